@@ -1,0 +1,5 @@
+//! adcnn's compiler: the YAML DSL, the layer graph, the reference interpreter and (later) the
+//! partition planner. See ARCHITECTURE.md for the map.
+
+pub mod ops;
+pub mod weights;
