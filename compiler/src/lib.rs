@@ -1,5 +1,10 @@
 //! adcnn's compiler: the YAML DSL, the layer graph, the reference interpreter and (later) the
 //! partition planner. See ARCHITECTURE.md for the map.
 
+pub mod check;
+pub mod cluster;
+pub mod diag;
+pub mod dsl;
+pub mod graph;
 pub mod ops;
 pub mod weights;

@@ -52,7 +52,12 @@ pub struct Pad2 {
 
 impl Pad2 {
     pub const fn uniform(p: usize) -> Self {
-        Pad2 { top: p, left: p, bottom: p, right: p }
+        Pad2 {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
     }
 
     pub fn is_zero(&self) -> bool {
@@ -62,9 +67,18 @@ impl Pad2 {
 
 impl fmt::Display for Pad2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Pad2 { top, left, bottom, right } = *self;
+        let Pad2 {
+            top,
+            left,
+            bottom,
+            right,
+        } = *self;
         if top == bottom && left == right {
-            if top == left { write!(f, "{top}") } else { write!(f, "[{top}, {left}]") }
+            if top == left {
+                write!(f, "{top}")
+            } else {
+                write!(f, "[{top}, {left}]")
+            }
         } else {
             write!(f, "[{top}, {left}, {bottom}, {right}]")
         }
@@ -86,7 +100,11 @@ impl Hw {
 
 impl fmt::Display for Hw {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.h == self.w { write!(f, "{}", self.h) } else { write!(f, "[{}, {}]", self.h, self.w) }
+        if self.h == self.w {
+            write!(f, "{}", self.h)
+        } else {
+            write!(f, "[{}, {}]", self.h, self.w)
+        }
     }
 }
 
@@ -123,11 +141,18 @@ pub struct Pool2d {
 pub enum Op {
     Conv2d(Conv2d),
     /// Inference batch norm: `(x - mean) / sqrt(var + eps) * gamma + beta`, per channel.
-    BatchNorm { eps: f32 },
+    BatchNorm {
+        eps: f32,
+    },
     Relu,
     /// `min(max(x, min), max)`; `relu6` is `Clip { min: 0, max: 6 }`.
-    Clip { min: f32, max: f32 },
-    LeakyRelu { slope: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        slope: f32,
+    },
     /// `x` if positive, else `slope[c] * x`, one learned slope per channel.
     PRelu,
     Sigmoid,
@@ -142,13 +167,19 @@ pub enum Op {
     /// `[C, H, W]` → `[C·H·W, 1, 1]`, row-major (PyTorch's `flatten(1)`).
     Flatten,
     /// Fully connected: `[N, 1, 1]` → `[out, 1, 1]`.
-    Linear { out_features: usize, bias: bool },
+    Linear {
+        out_features: usize,
+        bias: bool,
+    },
     /// Softmax over the channel axis of every pixel (over the vector for flat tensors).
     Softmax,
     /// Identity at inference.
     Dropout,
     /// Constant padding of the spatial axes.
-    Pad { padding: Pad2, value: f32 },
+    Pad {
+        padding: Pad2,
+        value: f32,
+    },
 }
 
 /// The weight tensors an operator expects, by suffix (`{layer}.{suffix}`, PyTorch naming).
@@ -225,7 +256,12 @@ impl Op {
             Op::Conv2d(c) => {
                 let mut v = vec![(
                     Weight,
-                    vec![c.out_channels, input.c / c.groups.max(1), c.kernel.h, c.kernel.w],
+                    vec![
+                        c.out_channels,
+                        input.c / c.groups.max(1),
+                        c.kernel.h,
+                        c.kernel.w,
+                    ],
                 )];
                 if c.bias {
                     v.push((Bias, vec![c.out_channels]));

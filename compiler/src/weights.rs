@@ -2,10 +2,15 @@
 //! names them), from a `.safetensors` file or generated from a seed.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
+use safetensors::{Dtype, SafeTensors};
 
-use crate::ops::WeightRole;
+use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::dsl::network::WeightsSource;
+use crate::graph::{Layer, LayerGraph, Source};
+use crate::ops::{Op, Shape, WeightRole};
 
 /// All weight tensors of a network, keyed by full tensor name (`layer.suffix`).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -92,4 +97,180 @@ impl SplitMix64 {
     pub fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> ArrayD<f32> {
         ArrayD::from_shape_simple_fn(IxDyn(shape), || self.uniform(lo, hi))
     }
+}
+
+/// Largest weights file read (bytes).
+pub const MAX_WEIGHTS_FILE_BYTES: u64 = 16 << 30;
+
+/// A layer and the tensors (role, shape) it needs.
+type Needed<'a> = (&'a Layer, Vec<(WeightRole, Vec<usize>)>);
+
+/// Binds weights to every layer that needs them, generated from the seed or read from the
+/// file the network names; checks that every tensor exists with the right shape.
+pub fn bind(graph: &LayerGraph, diags: &mut Diagnostics) -> Option<Weights> {
+    let needed: Vec<Needed> = graph
+        .layers()
+        .iter()
+        .map(|l| (l, l.op.weight_shapes(input_shape(graph, l))))
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    let Some(spec) = &graph.weights else {
+        if let Some((layer, _)) = needed.first() {
+            diags.push(
+                Diagnostic::error(format!("layer `{}` has weights, but the network has no `weights:`", layer.name))
+                    .at(&layer.span, "needs weights")
+                    .help("add `weights: net.safetensors` (tensors named `LAYER.weight`, …) or `weights: random(seed=0)` for benchmarks"),
+            );
+            return None;
+        }
+        return Some(Weights::new());
+    };
+    match &spec.source {
+        WeightsSource::Random { seed } => Some(random(*seed, &needed)),
+        WeightsSource::File(path) => load_file(path, &spec.span, &needed, diags),
+    }
+}
+
+fn input_shape(graph: &LayerGraph, layer: &Layer) -> Shape {
+    match layer.inputs.first() {
+        Some(Source::Layer(id)) => graph.layer(*id).shape,
+        _ => graph.input.shape,
+    }
+}
+
+/// He-uniform weights (variance 2 / fan-in) and near-identity batch norms, so activations
+/// keep their scale through deep stacks; biases small.
+fn random(seed: u64, needed: &[Needed]) -> Weights {
+    let mut w = Weights::new();
+    for (layer, tensors) in needed {
+        let fan_in: usize = tensors
+            .first()
+            .map_or(1, |(_, s)| s[1..].iter().product::<usize>().max(1));
+        for (role, shape) in tensors {
+            let name = Weights::tensor_name(&layer.name, *role);
+            let mut rng = SplitMix64::for_tensor(seed, &name);
+            let (lo, hi) = match (&layer.op, role) {
+                (Op::BatchNorm { .. }, WeightRole::Weight) => (0.8, 1.2),
+                (Op::BatchNorm { .. }, WeightRole::RunningVar) => (0.5, 1.5),
+                (Op::BatchNorm { .. }, _) => (-0.1, 0.1),
+                (Op::PRelu, _) => (0.05, 0.3),
+                (_, WeightRole::Weight) => {
+                    let a = (6.0 / fan_in as f32).sqrt();
+                    (-a, a)
+                }
+                (_, _) => (-0.05, 0.05),
+            };
+            w.insert(name, rng.tensor(shape, lo, hi));
+        }
+    }
+    w
+}
+
+fn load_file(
+    path: &Path,
+    span: &Span,
+    needed: &[Needed],
+    diags: &mut Diagnostics,
+) -> Option<Weights> {
+    let fail = |diags: &mut Diagnostics, message: String| {
+        diags.push(Diagnostic::error(message).at(span, "weights named here"));
+        None
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_WEIGHTS_FILE_BYTES => {
+            return fail(
+                diags,
+                format!(
+                    "{} is larger than {MAX_WEIGHTS_FILE_BYTES} bytes",
+                    path.display()
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return fail(
+                diags,
+                format!("cannot read weights {}: {e}", path.display()),
+            );
+        }
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                diags,
+                format!("cannot read weights {}: {e}", path.display()),
+            );
+        }
+    };
+    let st = match SafeTensors::deserialize(&bytes) {
+        Ok(st) => st,
+        Err(e) => {
+            return fail(
+                diags,
+                format!("{} is not a valid .safetensors file: {e}", path.display()),
+            );
+        }
+    };
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let mut w = Weights::new();
+    let before = diags.len();
+    for (layer, tensors) in needed {
+        for (role, shape) in tensors {
+            let name = Weights::tensor_name(&layer.name, *role);
+            let t = match st.tensor(&name) {
+                Ok(t) => t,
+                Err(_) => {
+                    diags.push(
+                        Diagnostic::error(format!("{file} has no tensor `{name}`"))
+                            .at(&layer.span, format!("`{}` needs `{name}` {shape:?}", layer.name))
+                            .note(span, "weights named here")
+                            .help("tensor names are the layer name plus `.weight`, `.bias`, `.running_mean` or `.running_var`"),
+                    );
+                    continue;
+                }
+            };
+            if t.dtype() != Dtype::F32 {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "tensor `{name}` in {file} is {:?}; adcnn reads F32",
+                        t.dtype()
+                    ))
+                    .at(&layer.span, "this layer's weights")
+                    .help("convert the weights to float32 before saving"),
+                );
+                continue;
+            }
+            if t.shape() != shape.as_slice() {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "tensor `{name}` in {file} has shape {:?}, layer `{}` needs {shape:?}",
+                        t.shape(),
+                        layer.name
+                    ))
+                    .at(&layer.span, format!("needs {shape:?}"))
+                    .note(span, "weights named here"),
+                );
+                continue;
+            }
+            let values: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            match ArrayD::from_shape_vec(IxDyn(shape), values) {
+                Ok(a) => w.insert(name, a),
+                Err(e) => {
+                    diags.push(
+                        Diagnostic::error(format!("tensor `{name}` in {file}: {e}"))
+                            .at(span, "here"),
+                    );
+                }
+            }
+        }
+    }
+    (diags.len() == before).then_some(w)
 }
