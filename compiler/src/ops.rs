@@ -33,11 +33,7 @@ impl Shape {
 
 impl fmt::Display for Shape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_flat() {
-            write!(f, "[{}]", self.c)
-        } else {
-            write!(f, "[{}, {}, {}]", self.c, self.h, self.w)
-        }
+        write!(f, "[{}, {}, {}]", self.c, self.h, self.w)
     }
 }
 

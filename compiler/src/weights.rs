@@ -219,20 +219,24 @@ fn load_file(
     let mut w = Weights::new();
     let before = diags.len();
     for (layer, tensors) in needed {
+        let missing: Vec<String> = tensors
+            .iter()
+            .map(|(role, shape)| (Weights::tensor_name(&layer.name, *role), shape))
+            .filter(|(name, _)| st.tensor(name).is_err())
+            .map(|(name, shape)| format!("`{name}` {shape:?}"))
+            .collect();
+        if !missing.is_empty() {
+            diags.push(
+                Diagnostic::error(format!("{file} has no weights for layer `{}`", layer.name))
+                    .at(&layer.span, format!("needs {}", missing.join(", ")))
+                    .note(span, "weights named here")
+                    .help("tensor names are the layer name plus `.weight`, `.bias`, `.running_mean` or `.running_var`"),
+            );
+            continue;
+        }
         for (role, shape) in tensors {
             let name = Weights::tensor_name(&layer.name, *role);
-            let t = match st.tensor(&name) {
-                Ok(t) => t,
-                Err(_) => {
-                    diags.push(
-                        Diagnostic::error(format!("{file} has no tensor `{name}`"))
-                            .at(&layer.span, format!("`{}` needs `{name}` {shape:?}", layer.name))
-                            .note(span, "weights named here")
-                            .help("tensor names are the layer name plus `.weight`, `.bias`, `.running_mean` or `.running_var`"),
-                    );
-                    continue;
-                }
-            };
+            let Ok(t) = st.tensor(&name) else { continue };
             if t.dtype() != Dtype::F32 {
                 diags.push(
                     Diagnostic::error(format!(

@@ -76,7 +76,7 @@ pub fn lower(call: &Call, diags: &mut Diagnostics) -> Option<Lowered> {
             .map(|(k, _)| *k)
             .chain(KIND_ALIASES.iter().map(|(a, _)| *a));
         let help = match did_you_mean(&call.kind.text, names) {
-            Some(s) => format!("did you mean `{s}`?"),
+            Some(s) => format!("did you mean `{}`?", canonical_kind(s).unwrap_or(s)),
             None => format!(
                 "known kinds: {}",
                 KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")

@@ -183,7 +183,10 @@ impl LayerGraph {
                         l.op.kind(),
                         l.name
                     ))
-                    .at(&l.span, format!("{n} inputs"))
+                    .at(
+                        &l.span,
+                        format!("{n} input{}", if n == 1 { "" } else { "s" }),
+                    )
                     .help(if max == 1 {
                         "only `add` and `concat` join several inputs"
                     } else {
@@ -397,8 +400,17 @@ impl LayerGraph {
             s.flops as f64 / 1e9,
             s.conv_flops as f64 / 1e9,
             self.input.shape,
-            self.output_shape()
+            flat_or_full(self.output_shape())
         )
+    }
+}
+
+/// `[1000]` for a flat vector, `[C, H, W]` otherwise.
+fn flat_or_full(s: Shape) -> String {
+    if s.is_flat() {
+        format!("[{}]", s.c)
+    } else {
+        s.to_string()
     }
 }
 

@@ -22,19 +22,8 @@ pub fn infer(
         diags.push(d);
         None
     };
-    let spatial_only = |what: &str| -> Option<String> {
-        x.is_flat().then(|| {
-            format!(
-                "`{what}` needs a [C, H, W] input; layer `{}` gets the flat {x}",
-                layer.name
-            )
-        })
-    };
     match op {
         Op::Conv2d(c) => {
-            if let Some(m) = spatial_only("conv") {
-                return fail(m, "flat input".into(), None);
-            }
             if c.groups == 0 {
                 c.groups = x.c;
                 c.out_channels = x.c;
@@ -79,22 +68,17 @@ pub fn infer(
                 ),
             }
         }
-        Op::MaxPool(p) | Op::AvgPool(p) => {
-            if let Some(m) = spatial_only("pool") {
-                return fail(m, "flat input".into(), None);
-            }
-            match pool_out(x, p) {
-                Some(s) => Some(s),
-                None => fail(
-                    format!(
-                        "layer `{}`: the {} pooling window does not fit the {x} input padded by {}",
-                        layer.name, p.kernel, p.padding
-                    ),
-                    format!("input is {x}"),
-                    None,
+        Op::MaxPool(p) | Op::AvgPool(p) => match pool_out(x, p) {
+            Some(s) => Some(s),
+            None => fail(
+                format!(
+                    "layer `{}`: the {} pooling window does not fit the {x} input padded by {}",
+                    layer.name, p.kernel, p.padding
                 ),
-            }
-        }
+                format!("input is {x}"),
+                None,
+            ),
+        },
         Op::GlobalAvgPool => Some(Shape::new(x.c, 1, 1)),
         Op::Flatten => Some(Shape::new(x.numel(), 1, 1)),
         Op::Linear { out_features, .. } => {
@@ -133,16 +117,11 @@ pub fn infer(
             }
             Some(Shape::new(inputs.iter().map(|s| s.c).sum(), x.h, x.w))
         }
-        Op::Pad { padding, .. } => {
-            if let Some(m) = spatial_only("pad") {
-                return fail(m, "flat input".into(), None);
-            }
-            Some(Shape::new(
-                x.c,
-                x.h + padding.top + padding.bottom,
-                x.w + padding.left + padding.right,
-            ))
-        }
+        Op::Pad { padding, .. } => Some(Shape::new(
+            x.c,
+            x.h + padding.top + padding.bottom,
+            x.w + padding.left + padding.right,
+        )),
         Op::BatchNorm { .. }
         | Op::Relu
         | Op::Clip { .. }
