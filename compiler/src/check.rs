@@ -44,6 +44,17 @@ impl Checked {
 pub fn check(path: &Path, cluster_file: Option<&Path>) -> Checked {
     let mut out = Checked::default();
     let doc = crate::dsl::load(path, &mut out.sources, &mut out.diagnostics);
+    finish(out, doc, cluster_file)
+}
+
+/// [`check`] for text in memory (`path` names it and anchors relative paths).
+pub fn check_text(path: &Path, text: String) -> Checked {
+    let mut out = Checked::default();
+    let doc = crate::dsl::load_text(path, text, &mut out.sources, &mut out.diagnostics);
+    finish(out, doc, None)
+}
+
+fn finish(mut out: Checked, doc: crate::dsl::Document, cluster_file: Option<&Path>) -> Checked {
     out.cluster = match cluster_file {
         Some(c) => crate::dsl::load_cluster(c, &mut out.sources, &mut out.diagnostics),
         None => doc.cluster,

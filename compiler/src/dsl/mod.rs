@@ -28,8 +28,22 @@ pub struct Document {
 
 /// Reads and lowers a DSL file. Files are added to `sources` so diagnostics can quote them.
 pub fn load(path: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Document {
+    match read_file(path, diags) {
+        Some(text) => load_text(path, text, sources, diags),
+        None => Document::default(),
+    }
+}
+
+/// Like [`load`], for text already in memory; `path` names it in messages and anchors
+/// relative paths (weights, cluster files).
+pub fn load_text(
+    path: &Path,
+    text: String,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+) -> Document {
     let mut doc = Document::default();
-    let Some(root) = read_yaml(path, sources, diags) else {
+    let Some(root) = parse_yaml(path, text, sources, diags) else {
         return doc;
     };
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -82,7 +96,8 @@ pub fn load_cluster(
     sources: &mut SourceMap,
     diags: &mut Diagnostics,
 ) -> Option<Cluster> {
-    let root = read_yaml(path, sources, diags)?;
+    let text = read_file(path, diags)?;
+    let root = parse_yaml(path, text, sources, diags)?;
     let stem = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -97,9 +112,8 @@ pub fn load_cluster(
 /// Largest file read, in bytes.
 const MAX_FILE_BYTES: u64 = yaml::MAX_YAML_BYTES as u64;
 
-fn read_yaml(path: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Option<yaml::Node> {
-    let meta = std::fs::metadata(path);
-    if let Ok(m) = &meta
+fn read_file(path: &Path, diags: &mut Diagnostics) -> Option<String> {
+    if let Ok(m) = std::fs::metadata(path)
         && m.len() > MAX_FILE_BYTES
     {
         diags.push(Diagnostic::error(format!(
@@ -109,15 +123,15 @@ fn read_yaml(path: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> O
         )));
         return None;
     }
-    let text = match std::fs::read(path) {
+    match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(t) => t,
+            Ok(t) => Some(t),
             Err(_) => {
                 diags.push(Diagnostic::error(format!(
                     "{}: not UTF-8 text",
                     path.display()
                 )));
-                return None;
+                None
             }
         },
         Err(e) => {
@@ -125,9 +139,17 @@ fn read_yaml(path: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> O
                 "cannot read {}: {e}",
                 path.display()
             )));
-            return None;
+            None
         }
-    };
+    }
+}
+
+fn parse_yaml(
+    path: &Path,
+    text: String,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+) -> Option<yaml::Node> {
     let file = sources.add(path, text);
     match yaml::parse(sources.text(file), file) {
         Ok(root) => Some(root),
