@@ -2,4 +2,5 @@
 //! partition planner. See ARCHITECTURE.md for the map.
 
 pub mod ops;
+pub mod reference;
 pub mod weights;
