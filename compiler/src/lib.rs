@@ -1,6 +1,7 @@
 //! adcnn's compiler: the YAML DSL, the layer graph, the reference interpreter and (later) the
 //! partition planner. See ARCHITECTURE.md for the map.
 
+pub mod npy;
 pub mod ops;
 pub mod reference;
 pub mod weights;
