@@ -6,5 +6,7 @@ pub mod cluster;
 pub mod diag;
 pub mod dsl;
 pub mod graph;
+pub mod npy;
 pub mod ops;
+pub mod reference;
 pub mod weights;
