@@ -45,3 +45,32 @@ fn a_network_checks_together_with_a_separate_cluster_file() {
         "{lines:?}"
     );
 }
+
+/// Seeded random weights keep every activation finite and of moderate size through every
+/// example network (up to ResNet-50's 175 layers), so benchmarks on them mean something.
+#[test]
+fn random_weights_keep_activations_finite() {
+    use adcnn_compiler::reference;
+    use adcnn_compiler::weights::SplitMix64;
+    for (name, _) in EXAMPLE_NETS {
+        let checked = check(&example(name), None);
+        let (graph, weights) = checked.network.as_ref().expect("a network");
+        let s = graph.input.shape;
+        let mut rng = SplitMix64::new(7);
+        let input =
+            ndarray::Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-2.0, 2.0));
+        let outputs = reference::run_all(graph, weights, &input).expect("runs");
+        for (layer, out) in graph.layers().iter().zip(&outputs) {
+            let max = out.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                max.is_finite() && max < 1e4,
+                "{name}: layer `{}` reaches |x| = {max}",
+                layer.name
+            );
+        }
+        let last = outputs.last().expect("output");
+        let mean = last.mean().unwrap_or(0.0);
+        let var = last.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / last.len() as f32;
+        assert!(var > 1e-8, "{name}: the output is constant");
+    }
+}

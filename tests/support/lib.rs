@@ -37,3 +37,44 @@ pub fn yaml_files(dir: &str) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// Every float32 tensor in a `.safetensors` file, by name.
+pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, ndarray::ArrayD<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            assert_eq!(
+                t.dtype(),
+                safetensors::Dtype::F32,
+                "{name} in {}",
+                path.display()
+            );
+            let v: Vec<f32> = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(t.shape()), v)
+                .expect("shape matches data");
+            (name, a)
+        })
+        .collect()
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ over all elements (in f64); `a` and `b` must have the same length.
+pub fn relative_l2<'a>(
+    a: impl IntoIterator<Item = &'a f32>,
+    b: impl IntoIterator<Item = &'a f32>,
+) -> f64 {
+    let (mut num, mut den, mut n) = (0f64, 0f64, 0usize);
+    for (x, y) in a.into_iter().zip(b) {
+        num += (f64::from(*x) - f64::from(*y)).powi(2);
+        den += f64::from(*y).powi(2);
+        n += 1;
+    }
+    assert!(n > 0, "empty tensors");
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
