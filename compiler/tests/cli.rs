@@ -1,0 +1,74 @@
+//! `adcnnc` as a user runs it: exit codes, what goes to stdout and stderr.
+
+use std::process::Command;
+
+fn adcnnc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adcnnc"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("adcnnc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_one_summary_line_and_exits_0() {
+    let (code, stdout, stderr) = adcnnc(&["check", "dsl-examples/vgg16.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("vgg16: 39 layers, 138.36 M parameters"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(30.69 in convolutions)") && stdout.contains("output [1000]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_with_a_cluster_file_prints_both() {
+    let (code, stdout, stderr) = adcnnc(&[
+        "check",
+        "dsl-examples/yolov2-tiny.yaml",
+        "--cluster",
+        "dsl-examples/edge4.yaml",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("output [125, 13, 13]"), "{stdout}");
+    assert!(
+        stdout.contains("cluster edge4: 5 nodes (4 workers"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn errors_go_to_stderr_with_places_and_exit_1() {
+    let (code, stdout, stderr) =
+        adcnnc(&["check", "tests/fixtures/invalid/wrong_argument_type.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("tests/fixtures/invalid/wrong_argument_type.yaml:5:21"),
+        "{stderr}"
+    );
+    assert!(stderr.trim_end().ends_with("3 errors found"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_is_one_clear_error() {
+    let (code, _, stderr) = adcnnc(&["check", "no/such/net.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read no/such/net.yaml"), "{stderr}");
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let (code, stdout, _) = adcnnc(&["check", "--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("file:line:col"), "{stdout}");
+}
