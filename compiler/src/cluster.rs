@@ -1,7 +1,7 @@
 //! The cluster a plan targets: its nodes, their speed and their link to the coordinator.
 
 /// A validated cluster description.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Cluster {
     pub name: String,
     pub nodes: Vec<Node>,
@@ -9,15 +9,15 @@ pub struct Cluster {
     pub coordinator: usize,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub name: String,
     /// `host:port` of the node's worker, for distributed runs.
     pub address: Option<String>,
     /// Sustained compute speed in GFLOP/s (FLOP = 2 × multiply-accumulate).
     pub gflops: f64,
-    /// Link bandwidth to the coordinator in Mbit/s (unused for the coordinator itself).
-    pub mbps: f64,
+    /// Link bandwidth to the coordinator in Mbit/s (`None` for the coordinator itself).
+    pub mbps: Option<f64>,
     /// One-way latency to the coordinator in milliseconds.
     pub latency_ms: f64,
     /// Whether the node processes tiles (a coordinator may only coordinate).
@@ -44,5 +44,27 @@ impl Cluster {
             self.total_gflops(),
             self.nodes[self.coordinator].name
         )
+    }
+}
+
+impl Cluster {
+    /// This machine as a cluster: one node per core, `node0` coordinating and working too.
+    /// The in-process runtime moves tiles through memory, so links are fast and near-instant.
+    pub fn local(cores: usize, gflops_per_core: f64) -> Cluster {
+        let nodes = (0..cores.max(1))
+            .map(|i| Node {
+                name: format!("core{i}"),
+                address: None,
+                gflops: gflops_per_core,
+                mbps: (i > 0).then_some(100_000.0),
+                latency_ms: if i > 0 { 0.01 } else { 0.0 },
+                worker: true,
+            })
+            .collect();
+        Cluster {
+            name: format!("local{}", cores.max(1)),
+            nodes,
+            coordinator: 0,
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! adcnn's compiler: the YAML DSL, the layer graph, the reference interpreter and (later) the
 //! partition planner. See ARCHITECTURE.md for the map.
 
+pub mod build;
 pub mod check;
 pub mod cluster;
 pub mod diag;
@@ -8,5 +9,6 @@ pub mod dsl;
 pub mod graph;
 pub mod npy;
 pub mod ops;
+pub mod plan;
 pub mod reference;
 pub mod weights;

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use adcnn_compiler::build::build;
+use adcnn_compiler::plan::{Compression, Options, Strategy, explain, format};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Compile CNNs described in adcnn's YAML DSL into partition plans for edge clusters.
 #[derive(Debug, Parser)]
@@ -26,6 +28,86 @@ enum Command {
         #[arg(long)]
         cluster: Option<PathBuf>,
     },
+    /// Plan a network for a cluster and write the plan (plan.bin).
+    ///
+    /// Without --cluster and without a `cluster:` in the network file, the plan targets this
+    /// machine: one node per core.
+    Build {
+        /// The network (YAML).
+        network: PathBuf,
+        /// The cluster (YAML); replaces any `cluster:` in the network file.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// How to search for the plan.
+        #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+        strategy: StrategyArg,
+        /// Force a tile grid ROWSxCOLS on every partitioned segment, e.g. 2x2.
+        #[arg(long, value_parser = parse_grid)]
+        grid: Option<(usize, usize)>,
+        /// Compression of tile outputs on the wire.
+        #[arg(long, value_enum, default_value_t = CompressArg::None)]
+        compress: CompressArg,
+        /// Let `auto` choose FDSP segments, which change the output near tile borders.
+        #[arg(long)]
+        allow_approx: bool,
+        /// Where to write the plan.
+        #[arg(short, long, default_value = "plan.bin")]
+        output: PathBuf,
+    },
+    /// Show a plan: as text (default), JSON, or an SVG picture of the tiles.
+    Explain {
+        plan: PathBuf,
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StrategyArg {
+    /// Lowest predicted latency among exact plans (FDSP too with --allow-approx).
+    Auto,
+    /// One fused segment over the whole convolutional part, exact halo tiles.
+    Halo,
+    /// ADCNN's independent tiles (approximate).
+    Fdsp,
+    /// One layer at a time, gathered after each (MoDNN).
+    Layerwise,
+    /// Everything on one node.
+    Single,
+    /// DeepThings: fused early layers in equal tiles and equal shares.
+    HaloEven,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CompressArg {
+    None,
+    Q8,
+    Q4,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
+    Svg,
+}
+
+fn parse_grid(s: &str) -> Result<(usize, usize), String> {
+    let (r, c) = s
+        .split_once(['x', '×'])
+        .ok_or("expected ROWSxCOLS, e.g. 2x2")?;
+    let r: usize = r
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{r}` is not a number of rows"))?;
+    let c: usize = c
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{c}` is not a number of columns"))?;
+    if r == 0 || c == 0 || r * c > 256 {
+        return Err("rows and columns must be at least 1, at most 256 tiles".into());
+    }
+    Ok((r, c))
 }
 
 fn main() -> ExitCode {
@@ -41,6 +123,79 @@ fn main() -> ExitCode {
             } else {
                 eprint!("{}", checked.render());
                 ExitCode::FAILURE
+            }
+        }
+        Command::Build {
+            network,
+            cluster,
+            strategy,
+            grid,
+            compress,
+            allow_approx,
+            output,
+        } => {
+            let strategy = match strategy {
+                StrategyArg::Auto => Strategy::Auto,
+                StrategyArg::Halo => Strategy::Halo,
+                StrategyArg::Fdsp => Strategy::Fdsp,
+                StrategyArg::Layerwise => Strategy::Layerwise,
+                StrategyArg::Single => Strategy::Single,
+                StrategyArg::HaloEven => Strategy::HaloEven,
+            };
+            let compression = match compress {
+                CompressArg::None => Compression::None,
+                CompressArg::Q8 => Compression::Q8,
+                CompressArg::Q4 => Compression::Q4,
+            };
+            let opts = Options {
+                strategy,
+                grid,
+                compression,
+                allow_approx,
+            };
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            match build(&network, cluster.as_deref(), &opts, cores) {
+                Ok(built) => {
+                    if let Err(e) = std::fs::write(&output, &built.bytes) {
+                        eprintln!("error: cannot write {}: {e}", output.display());
+                        return ExitCode::FAILURE;
+                    }
+                    print!("{}", built.summary());
+                    println!("wrote {} ({} bytes)", output.display(), built.bytes.len());
+                    ExitCode::SUCCESS
+                }
+                Err(adcnn_compiler::build::BuildError::Check(rendered)) => {
+                    eprint!("{rendered}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Explain { plan, format: how } => {
+            let bytes = match std::fs::read(&plan) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: cannot read {}: {e}", plan.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match format::decode(&bytes) {
+                Ok(loaded) => {
+                    let out = match how {
+                        ExplainFormat::Text => explain::text(&loaded.plan, &loaded.graph),
+                        ExplainFormat::Json => explain::json(&loaded.plan, &loaded.graph),
+                        ExplainFormat::Svg => explain::svg(&loaded.plan, &loaded.graph),
+                    };
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", plan.display());
+                    ExitCode::FAILURE
+                }
             }
         }
     }

@@ -68,7 +68,7 @@ pub fn lower(node: &Node, default_name: &str, diags: &mut Diagnostics) -> Option
     }
     let coordinator = coordinator?;
     for (i, (n, item)) in nodes.iter().enumerate() {
-        if i != coordinator && n.mbps.is_infinite() {
+        if i != coordinator && n.mbps.is_none() {
             diags.push(
                 Diagnostic::error(format!("node `{}` has no `mbps`", n.name))
                     .at(&item.span, "link bandwidth to the coordinator missing")
@@ -123,6 +123,7 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
             diags,
         )
     });
+    // `Some(None)`: no link declared (fine for the coordinator); `None`: invalid.
     let mbps = match mbps {
         Some(m) => read::number(
             m,
@@ -130,8 +131,9 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
             "a positive number",
             |v| v > 0.0 && v < 1e9,
             diags,
-        ),
-        None => Some(f64::INFINITY),
+        )
+        .map(Some),
+        None => Some(None),
     };
     let latency_ms = match latency {
         Some(l) => read::number(

@@ -159,3 +159,31 @@ fn parse_yaml(
         }
     }
 }
+
+/// Lowers only the `network:` section of DSL text, ignoring any `cluster:` (a plan carries its
+/// cluster itself), and reading no other file.
+pub fn load_network_text(
+    path: &Path,
+    text: String,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+) -> Option<NetworkSpec> {
+    let root = parse_yaml(path, text, sources, diags)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("network");
+    let (key, node) = root
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("network"))?;
+    network::lower(
+        node,
+        &key.span,
+        sources.text(node.span.file),
+        dir,
+        stem,
+        diags,
+    )
+}

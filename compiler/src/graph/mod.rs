@@ -3,7 +3,7 @@
 //! Architecture invariant: petgraph is an implementation detail of this module. Layers are
 //! addressed by [`LayerId`] (their index in topological order) everywhere else.
 
-mod shape;
+pub mod shape;
 
 use std::collections::HashMap;
 
@@ -15,7 +15,9 @@ use crate::dsl::network::{INPUT, InputSpec, NetworkSpec, WeightsSpec};
 use crate::ops::{Hw, Op, Shape};
 
 /// A layer's place in [`LayerGraph::layers`], which is in topological order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct LayerId(pub u32);
 
 impl LayerId {
@@ -25,7 +27,7 @@ impl LayerId {
 }
 
 /// Where a layer's input comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Source {
     /// The network input.
     Input,
@@ -406,7 +408,7 @@ impl LayerGraph {
 }
 
 /// `[1000]` for a flat vector, `[C, H, W]` otherwise.
-fn flat_or_full(s: Shape) -> String {
+pub fn flat_or_full(s: Shape) -> String {
     if s.is_flat() {
         format!("[{}]", s.c)
     } else {

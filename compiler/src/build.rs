@@ -1,0 +1,144 @@
+//! `adcnnc build`: check a network, plan it for a cluster, encode the plan.
+
+use std::path::Path;
+
+use crate::check::{Checked, check};
+use crate::cluster::Cluster;
+use crate::plan::{self, Options, Plan};
+
+/// Speed assumed per core when a plan targets this machine (FACTS: ~88 GFLOP/s SGEMM peak
+/// on one core here; tiled CNN layers reach about half of that).
+pub const LOCAL_GFLOPS_PER_CORE: f64 = 40.0;
+
+/// A built plan, its encoding and the checked inputs it came from.
+#[derive(Debug)]
+pub struct Built {
+    pub plan: Plan,
+    pub bytes: Vec<u8>,
+    pub checked: Checked,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The inputs do not check; the rendered diagnostics.
+    #[error("{0}")]
+    Check(String),
+    #[error("{0} describes no network")]
+    NoNetwork(String),
+    #[error("cannot plan: {0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{0}")]
+    Encode(#[from] plan::format::FormatError),
+}
+
+/// Checks `net` (with `cluster_file` replacing any cluster it names) and plans it. Without any
+/// cluster, the plan targets this machine: `local_cores` nodes.
+pub fn build(
+    net: &Path,
+    cluster_file: Option<&Path>,
+    opts: &Options,
+    local_cores: usize,
+) -> Result<Built, BuildError> {
+    let checked = check(net, cluster_file);
+    if !checked.is_ok() {
+        return Err(BuildError::Check(checked.render()));
+    }
+    let Some((graph, weights)) = &checked.network else {
+        return Err(BuildError::NoNetwork(net.display().to_string()));
+    };
+    let cluster = checked
+        .cluster
+        .clone()
+        .unwrap_or_else(|| Cluster::local(local_cores, LOCAL_GFLOPS_PER_CORE));
+    let plan = plan::plan(graph, &cluster, opts)?;
+    let file = graph.layers()[0].span.file;
+    let bytes = plan::format::encode(
+        &plan,
+        graph,
+        weights,
+        checked.sources.text(file),
+        checked.sources.name(file),
+    )?;
+    Ok(Built {
+        plan,
+        bytes,
+        checked,
+    })
+}
+
+impl Built {
+    /// The one-screen summary `adcnnc build` prints.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let Some((graph, _)) = &self.checked.network else {
+            return String::new();
+        };
+        let p = &self.plan;
+        let c = &p.cluster;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{} on {} ({} workers): strategy {}, compression {}",
+            p.network,
+            c.name,
+            c.workers().count(),
+            p.strategy.name(),
+            p.compression.name()
+        );
+        for (i, s) in p.segments.iter().enumerate() {
+            let mode = if s.tiles.len() == 1 {
+                "single"
+            } else {
+                s.mode.name()
+            };
+            let mut share: Vec<(usize, u64)> = Vec::new();
+            for t in &s.tiles {
+                match share.iter_mut().find(|(n, _)| *n == t.node) {
+                    Some((_, f)) => *f += t.flops,
+                    None => share.push((t.node, t.flops)),
+                }
+            }
+            let shares: Vec<String> = share
+                .iter()
+                .map(|(n, f)| {
+                    format!(
+                        "{} {:.0}%",
+                        c.nodes[*n].name,
+                        100.0 * *f as f64 / s.tile_flops.max(1) as f64
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                o,
+                "  segment {i}: {} … {} ({} layers), {mode} {}×{}, {:+.1} % FLOPs, {:.2} ms — {}",
+                graph.layer(s.first).name,
+                graph.layer(s.output()).name,
+                s.end.0 - s.first.0,
+                s.grid.0,
+                s.grid.1,
+                100.0 * s.redundancy(),
+                s.predicted_ms,
+                shares.join(", ")
+            );
+        }
+        let tail = graph.layers().len() - p.tail_start.index();
+        let _ = writeln!(
+            o,
+            "  tail on {}: {tail} layers, {:.2} ms",
+            c.nodes[c.coordinator].name, p.tail_ms
+        );
+        let busy: Vec<String> = c
+            .nodes
+            .iter()
+            .zip(&p.node_busy_ms)
+            .map(|(n, b)| format!("{} {:.1} ms", n.name, b))
+            .collect();
+        let _ = writeln!(o, "  busy: {}", busy.join(", "));
+        let _ = writeln!(
+            o,
+            "predicted latency {:.2} ms (ideal bound {:.2} ms)",
+            p.predicted_ms, p.ideal_ms
+        );
+        o
+    }
+}
