@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::Cluster;
 use crate::graph::{LayerGraph, LayerId, Source};
 pub use geometry::Region;
-pub use search::{PlanError, plan};
+pub use search::{PlanError, plan, segment_for};
 
 /// How a plan is searched for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -197,12 +197,7 @@ impl<'a> Ctx<'a> {
 
     /// Grid candidates for an `h × w` output: even grids up to 4×4, and strips whose sizes
     /// follow the workers' speeds.
-    fn grids(
-        &self,
-        h: usize,
-        w: usize,
-        forced: Option<(usize, usize)>,
-    ) -> Vec<Grid> {
+    fn grids(&self, h: usize, w: usize, forced: Option<(usize, usize)>) -> Vec<Grid> {
         let even = |n: usize| vec![1.0; n];
         let mut out = Vec::new();
         if let Some((r, c)) = forced {
@@ -695,4 +690,19 @@ type Grid = (Vec<(usize, usize)>, Vec<(usize, usize)>);
 enum Assign {
     Fastest,
     RoundRobin,
+}
+
+/// One segment over layers `first..end` with an even `rows × cols` grid in `mode`, tiles
+/// assigned for the lowest makespan: for tools and tests that examine a particular cut.
+pub fn segment_for(
+    graph: &LayerGraph,
+    cluster: &Cluster,
+    opts: &Options,
+    first: usize,
+    end: usize,
+    (rows, cols): (usize, usize),
+    mode: Mode,
+) -> Result<Segment, PlanError> {
+    let ctx = Ctx::new(graph, cluster, opts);
+    ctx.best_segment(first, end, &[mode], Some((rows, cols)))
 }

@@ -1,0 +1,302 @@
+//! The in-process cluster: the coordinator (the calling thread) and one worker thread per
+//! worker node, connected by crossbeam channels. A segment runs as scatter → tiles →
+//! (compressed) gather → stitch; the tail runs on the coordinator.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use adcnn_compiler::graph::Source;
+use adcnn_compiler::plan::Region;
+use adcnn_compiler::plan::format::LoadedPlan;
+use adcnn_compiler::reference::{self, EvalError};
+use crossbeam::channel::{Receiver, Sender, unbounded};
+use ndarray::{Array3, s};
+
+use crate::compress;
+use crate::tile::{crop, run_tile};
+use crate::trace::{Event, Trace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the input has shape {found:?}; the plan's network takes {expected}")]
+    InputShape { found: [usize; 3], expected: String },
+    #[error("node {node}: {source}")]
+    Kernel { node: String, source: EvalError },
+    #[error("worker thread of node {0} stopped")]
+    WorkerLost(String),
+}
+
+/// What one run produced and measured.
+#[derive(Debug)]
+pub struct RunReport {
+    pub output: Array3<f32>,
+    pub measured_ms: f64,
+    /// Per node: busy milliseconds (tiles for workers; scatter, stitch and tail for the
+    /// coordinator).
+    pub node_busy_ms: Vec<f64>,
+    pub wire_bytes: u64,
+    /// Relative L2 error that compression added to the tile outputs (0 without compression).
+    pub compression_error: f64,
+    pub trace: Trace,
+}
+
+struct Job {
+    segment: usize,
+    tile: usize,
+    input: Array3<f32>,
+}
+
+struct Done {
+    node: usize,
+    segment: usize,
+    tile: usize,
+    output: Result<(Array3<f32>, usize, f64, f64), EvalError>,
+    start_us: f64,
+    end_us: f64,
+}
+
+/// A loaded plan with its worker threads running.
+pub struct Executor {
+    plan: Arc<LoadedPlan>,
+    senders: Vec<Option<Sender<Job>>>,
+    done: Receiver<Done>,
+    handles: Vec<JoinHandle<()>>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("network", &self.plan.plan.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    pub fn new(plan: LoadedPlan) -> Self {
+        let plan = Arc::new(plan);
+        let epoch = Instant::now();
+        let (done_tx, done) = unbounded::<Done>();
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for (i, node) in plan.plan.cluster.nodes.iter().enumerate() {
+            if !node.worker {
+                senders.push(None);
+                continue;
+            }
+            let (tx, rx) = unbounded::<Job>();
+            senders.push(Some(tx));
+            let plan = Arc::clone(&plan);
+            let done_tx = done_tx.clone();
+            let name = format!("adcnn-{}", node.name);
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || worker(i, &plan, &rx, &done_tx, epoch));
+            if let Ok(h) = spawned {
+                handles.push(h);
+            }
+        }
+        Executor {
+            plan,
+            senders,
+            done,
+            handles,
+            epoch,
+        }
+    }
+
+    pub fn plan(&self) -> &LoadedPlan {
+        &self.plan
+    }
+
+    fn now_us(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1e6
+    }
+
+    /// Runs one input through the plan.
+    pub fn run(&self, input: &Array3<f32>) -> Result<RunReport, RunError> {
+        let lp = &*self.plan;
+        let (graph, plan) = (&lp.graph, &lp.plan);
+        let s = graph.input.shape;
+        if input.dim() != (s.c, s.h, s.w) {
+            let (c, h, w) = input.dim();
+            return Err(RunError::InputShape {
+                found: [c, h, w],
+                expected: s.to_string(),
+            });
+        }
+        let coord = plan.cluster.coordinator;
+        let mut trace = Trace::new(plan.cluster.nodes.iter().map(|n| n.name.clone()).collect());
+        let mut busy = vec![0.0; plan.cluster.nodes.len()];
+        let (mut wire, mut err_num, mut err_den) = (0u64, 0f64, 0f64);
+        let start = Instant::now();
+        let mut current = input.clone();
+        for (si, seg) in plan.segments.iter().enumerate() {
+            let t0 = self.now_us();
+            let in_shape = current.dim();
+            let full = Region {
+                r0: 0,
+                r1: in_shape.1,
+                c0: 0,
+                c1: in_shape.2,
+            };
+            for (ti, tile) in seg.tiles.iter().enumerate() {
+                let job = Job {
+                    segment: si,
+                    tile: ti,
+                    input: crop(&current, &full, &tile.input),
+                };
+                let node = &plan.cluster.nodes[tile.node].name;
+                let sender = self.senders.get(tile.node).and_then(Option::as_ref);
+                match sender {
+                    Some(tx) if tx.send(job).is_ok() => {}
+                    _ => return Err(RunError::WorkerLost(node.clone())),
+                }
+            }
+            let t1 = self.now_us();
+            trace.push(Event {
+                node: coord,
+                name: format!("scatter segment {si}"),
+                start_us: t0,
+                dur_us: t1 - t0,
+            });
+            busy[coord] += (t1 - t0) / 1e3;
+            let out_shape = graph.layer(seg.output()).shape;
+            let mut out = Array3::<f32>::zeros((out_shape.c, out_shape.h, out_shape.w));
+            for _ in 0..seg.tiles.len() {
+                let d = self
+                    .done
+                    .recv()
+                    .map_err(|_| RunError::WorkerLost("any".into()))?;
+                let node_name = plan.cluster.nodes[d.node].name.clone();
+                let (t, bytes, num, den) = d.output.map_err(|source| RunError::Kernel {
+                    node: node_name,
+                    source,
+                })?;
+                let tile = &plan.segments[d.segment].tiles[d.tile];
+                out.slice_mut(s![
+                    ..,
+                    tile.output.r0..tile.output.r1,
+                    tile.output.c0..tile.output.c1
+                ])
+                .assign(&t);
+                wire += bytes as u64;
+                err_num += num;
+                err_den += den;
+                busy[d.node] += (d.end_us - d.start_us) / 1e3;
+                trace.push(Event {
+                    node: d.node,
+                    name: format!("segment {} tile {},{}", d.segment, tile.row, tile.col),
+                    start_us: d.start_us,
+                    dur_us: d.end_us - d.start_us,
+                });
+            }
+            current = out;
+        }
+        // The tail, on the coordinator.
+        let t0 = self.now_us();
+        let tail_start = plan.tail_start.index();
+        let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
+        let live = tail_start.checked_sub(1);
+        let mut output = current;
+        for (i, layer) in graph.layers().iter().enumerate().skip(tail_start) {
+            let mut inputs = Vec::with_capacity(layer.inputs.len());
+            for src in &layer.inputs {
+                let v = match src {
+                    Source::Input => Some(input),
+                    Source::Layer(id) if Some(id.index()) == live => Some(&output),
+                    Source::Layer(id) => values[id.index()].as_ref(),
+                };
+                inputs.push(v.ok_or_else(|| RunError::Kernel {
+                    node: plan.cluster.nodes[coord].name.clone(),
+                    source: EvalError::Parameter {
+                        op: "tail",
+                        reason: format!("`{}` lacks an input", layer.name),
+                    },
+                })?);
+            }
+            let out = reference::eval_op(&layer.op, &layer.name, &inputs, &lp.weights).map_err(
+                |source| RunError::Kernel {
+                    node: plan.cluster.nodes[coord].name.clone(),
+                    source,
+                },
+            )?;
+            values[i] = Some(out);
+        }
+        if tail_start < graph.layers().len() {
+            output = values.pop().flatten().unwrap_or(output);
+            let t1 = self.now_us();
+            trace.push(Event {
+                node: coord,
+                name: "tail".into(),
+                start_us: t0,
+                dur_us: t1 - t0,
+            });
+            busy[coord] += (t1 - t0) / 1e3;
+        }
+        let measured_ms = start.elapsed().as_secs_f64() * 1e3;
+        let compression_error = if err_den > 0.0 {
+            (err_num / err_den).sqrt()
+        } else {
+            0.0
+        };
+        Ok(RunReport {
+            output,
+            measured_ms,
+            node_busy_ms: busy,
+            wire_bytes: wire,
+            compression_error,
+            trace,
+        })
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // Closing the job channels ends the workers.
+        self.senders.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(
+    node: usize,
+    plan: &LoadedPlan,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    epoch: Instant,
+) {
+    let how = plan.plan.compression;
+    while let Ok(job) = jobs.recv() {
+        let start_us = epoch.elapsed().as_secs_f64() * 1e6;
+        let seg = &plan.plan.segments[job.segment];
+        let tile = &seg.tiles[job.tile];
+        let output = run_tile(&plan.graph, &plan.weights, seg, tile, &job.input).map(|exact| {
+            let (sent, bytes) = compress::roundtrip(&exact, how);
+            let num: f64 = exact
+                .iter()
+                .zip(sent.iter())
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let den: f64 = exact.iter().map(|a| f64::from(*a).powi(2)).sum();
+            (sent, bytes, num, den)
+        });
+        let end_us = epoch.elapsed().as_secs_f64() * 1e6;
+        if done
+            .send(Done {
+                node,
+                segment: job.segment,
+                tile: job.tile,
+                output,
+                start_us,
+                end_us,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Computing one tile of a segment: the kernel interface of the runtime.
+//!
+//! Today every layer runs on the compiler's reference interpreter; compiled kernels will plug
+//! in behind [`run_tile`] with the same inputs and outputs.
+
+use adcnn_compiler::graph::{LayerGraph, Source};
+use adcnn_compiler::plan::geometry::{input_region, tile_op};
+use adcnn_compiler::plan::{Mode, Region, Segment, Tile};
+use adcnn_compiler::reference::{self, EvalError};
+use adcnn_compiler::weights::Weights;
+use ndarray::{Array3, s};
+
+/// The part `want` of a tensor that holds region `have` of its feature map.
+pub fn crop(t: &Array3<f32>, have: &Region, want: &Region) -> Array3<f32> {
+    let (r0, c0) = (want.r0 - have.r0, want.c0 - have.c0);
+    t.slice(s![.., r0..r0 + want.rows(), c0..c0 + want.cols()])
+        .to_owned()
+}
+
+/// Computes `tile` of `seg` from `input`, the tile's input region of the segment's input.
+/// Returns the tile's output region of the segment's output.
+pub fn run_tile(
+    graph: &LayerGraph,
+    weights: &Weights,
+    seg: &Segment,
+    tile: &Tile,
+    input: &Array3<f32>,
+) -> Result<Array3<f32>, EvalError> {
+    let first = seg.first.index();
+    let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(seg.end.index() - first);
+    for (i, id) in seg.layers().enumerate() {
+        let layer = graph.layer(id);
+        let region = tile.regions[i];
+        if region.is_empty() {
+            values.push(None);
+            continue;
+        }
+        let shape_of = |s: &Source| match s {
+            Source::Input => graph.input.shape,
+            Source::Layer(l) => graph.layer(*l).shape,
+        };
+        let out = match seg.mode {
+            Mode::Halo => {
+                let mut crops = Vec::with_capacity(layer.inputs.len());
+                for src in &layer.inputs {
+                    let need = input_region(&layer.op, &region, shape_of(src));
+                    let crop_of = match src {
+                        Source::Layer(l) if l.index() >= first => {
+                            let j = l.index() - first;
+                            values[j].as_ref().map(|t| crop(t, &tile.regions[j], &need))
+                        }
+                        _ => Some(crop(input, &tile.input, &need)),
+                    };
+                    crops.push(crop_of.ok_or_else(|| missing(&layer.name))?);
+                }
+                let op = tile_op(&layer.op, &region, shape_of(&layer.inputs[0])).map_err(|e| {
+                    EvalError::Parameter {
+                        op: "tile",
+                        reason: e.0,
+                    }
+                })?;
+                let refs: Vec<&Array3<f32>> = crops.iter().collect();
+                reference::eval_op(&op, &layer.name, &refs, weights)?
+            }
+            Mode::Fdsp => {
+                let mut refs: Vec<&Array3<f32>> = Vec::with_capacity(layer.inputs.len());
+                for src in &layer.inputs {
+                    let t = match src {
+                        Source::Layer(l) if l.index() >= first => {
+                            values[l.index() - first].as_ref()
+                        }
+                        _ => Some(input),
+                    };
+                    refs.push(t.ok_or_else(|| missing(&layer.name))?);
+                }
+                reference::eval_op(&layer.op, &layer.name, &refs, weights)?
+            }
+        };
+        values.push(Some(out));
+    }
+    values
+        .pop()
+        .flatten()
+        .ok_or_else(|| missing("the segment's output"))
+}
+
+fn missing(what: &str) -> EvalError {
+    EvalError::Parameter {
+        op: "tile",
+        reason: format!("{what}: an input region was not computed"),
+    }
+}

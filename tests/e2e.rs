@@ -1,0 +1,189 @@
+//! End to end: every example network, planned for `edge4.yaml` with every strategy, encoded to
+//! plan.bin and decoded again, run on the in-process cluster, equals the reference
+//! interpreter on the whole network (exact strategies), or a direct tile-by-tile computation
+//! (FDSP).
+
+use adcnn_compiler::build::build;
+use adcnn_compiler::graph::Source;
+use adcnn_compiler::plan::format::{LoadedPlan, decode};
+use adcnn_compiler::plan::{Compression, Mode, Options, Region, Strategy};
+use adcnn_compiler::reference;
+use adcnn_compiler::weights::SplitMix64;
+use adcnn_runtime::exec::Executor;
+use adcnn_runtime::tile::crop;
+use adcnn_tests::{EXAMPLE_NETS, example, relative_l2};
+use ndarray::{Array3, s};
+
+/// Stated tolerance for exact plans: relative L2 against the reference interpreter.
+const EXACT: f64 = 1e-5;
+
+fn load(net: &str, strategy: Strategy, compression: Compression) -> LoadedPlan {
+    let opts = Options {
+        strategy,
+        compression,
+        ..Options::default()
+    };
+    let built = build(&example(net), Some(&example("edge4")), &opts, 2)
+        .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()));
+    decode(&built.bytes).unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()))
+}
+
+fn random_input(lp: &LoadedPlan) -> Array3<f32> {
+    let s = lp.graph.input.shape;
+    let mut rng = SplitMix64::new(11);
+    Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.7, 1.7))
+}
+
+#[test]
+fn exact_strategies_equal_the_reference_on_every_example() {
+    for (net, _) in EXAMPLE_NETS {
+        let mut expected = None;
+        for strategy in [
+            Strategy::Halo,
+            Strategy::Layerwise,
+            Strategy::Single,
+            Strategy::HaloEven,
+            Strategy::Auto,
+        ] {
+            let lp = load(net, strategy, Compression::None);
+            assert!(lp.plan.is_exact(), "{net} {}", strategy.name());
+            let x = random_input(&lp);
+            let want = expected.get_or_insert_with(|| {
+                reference::run(&lp.graph, &lp.weights, &x).expect("reference")
+            });
+            let exec = Executor::new(lp);
+            let got = exec.run(&x).expect("runs");
+            let err = relative_l2(got.output.iter(), want.iter());
+            assert!(
+                err <= EXACT,
+                "{net} {}: relative L2 {err:.2e}",
+                strategy.name()
+            );
+            assert_eq!(got.compression_error, 0.0);
+        }
+    }
+}
+
+/// FDSP segments compute each tile as an image of its own; the expected output is built here
+/// independently of the runtime: each tile's block through the segment's layers on the
+/// reference interpreter, stitched.
+#[test]
+fn fdsp_equals_direct_tile_by_tile_computation() {
+    let mut approximate = 0;
+    for (net, _) in EXAMPLE_NETS {
+        let lp = load(net, Strategy::Fdsp, Compression::None);
+        let x = random_input(&lp);
+        let mut current = x.clone();
+        for seg in &lp.plan.segments {
+            let out_shape = lp.graph.layer(seg.output()).shape;
+            let mut out = Array3::<f32>::zeros((out_shape.c, out_shape.h, out_shape.w));
+            let full = Region {
+                r0: 0,
+                r1: current.dim().1,
+                c0: 0,
+                c1: current.dim().2,
+            };
+            for tile in &seg.tiles {
+                let block = crop(&current, &full, &tile.input);
+                let result = if seg.mode == Mode::Fdsp {
+                    independent_image(&lp, seg.first.index(), seg.end.index(), &block)
+                } else {
+                    // Halo segments of an FDSP plan are exact: their tile is the exact result.
+                    let exact = reference::run_all(&lp.graph, &lp.weights, &x).expect("reference");
+                    let o = &exact[seg.output().index()];
+                    o.slice(s![
+                        ..,
+                        tile.output.r0..tile.output.r1,
+                        tile.output.c0..tile.output.c1
+                    ])
+                    .to_owned()
+                };
+                out.slice_mut(s![
+                    ..,
+                    tile.output.r0..tile.output.r1,
+                    tile.output.c0..tile.output.c1
+                ])
+                .assign(&result);
+            }
+            current = out;
+        }
+        let want = tail(&lp, current, &x);
+        approximate += usize::from(!lp.plan.is_exact());
+        let exec = Executor::new(lp);
+        let got = exec.run(&x).expect("runs");
+        let err = relative_l2(got.output.iter(), want.iter());
+        assert!(
+            err <= EXACT,
+            "{net} fdsp: relative L2 {err:.2e} against the direct computation"
+        );
+    }
+    assert!(
+        approximate >= 3,
+        "FDSP should apply to most examples, applied to {approximate}"
+    );
+}
+
+/// Layers `a..b` on `block` as a network of its own.
+fn independent_image(lp: &LoadedPlan, a: usize, b: usize, block: &Array3<f32>) -> Array3<f32> {
+    let mut values: Vec<Array3<f32>> = Vec::new();
+    for i in a..b {
+        let layer = &lp.graph.layers()[i];
+        let inputs: Vec<&Array3<f32>> = layer
+            .inputs
+            .iter()
+            .map(|s| match s {
+                Source::Layer(id) if id.index() >= a => &values[id.index() - a],
+                _ => block,
+            })
+            .collect();
+        values.push(
+            reference::eval_op(&layer.op, &layer.name, &inputs, &lp.weights).expect("layer runs"),
+        );
+    }
+    values.pop().expect("a layer")
+}
+
+fn tail(lp: &LoadedPlan, live: Array3<f32>, input: &Array3<f32>) -> Array3<f32> {
+    let start = lp.plan.tail_start.index();
+    let mut values: Vec<Option<Array3<f32>>> = vec![None; lp.graph.layers().len()];
+    if start > 0 {
+        values[start - 1] = Some(live.clone());
+    }
+    for i in start..lp.graph.layers().len() {
+        let layer = &lp.graph.layers()[i];
+        let inputs: Vec<&Array3<f32>> = layer
+            .inputs
+            .iter()
+            .map(|s| match s {
+                Source::Input => input,
+                Source::Layer(id) => values[id.index()].as_ref().expect("computed"),
+            })
+            .collect();
+        values[i] = Some(
+            reference::eval_op(&layer.op, &layer.name, &inputs, &lp.weights).expect("layer runs"),
+        );
+    }
+    values.pop().flatten().unwrap_or(live)
+}
+
+#[test]
+fn compression_reports_its_error_and_saves_bytes() {
+    let mut errors = Vec::new();
+    for how in [Compression::None, Compression::Q8, Compression::Q4] {
+        let lp = load("resnet18", Strategy::Halo, how);
+        let x = random_input(&lp);
+        let want = reference::run(&lp.graph, &lp.weights, &x).expect("reference");
+        let exec = Executor::new(lp);
+        let got = exec.run(&x).expect("runs");
+        let end_to_end = relative_l2(got.output.iter(), want.iter());
+        errors.push((how, got.compression_error, end_to_end, got.wire_bytes));
+    }
+    let (_, e_none, d_none, b_none) = errors[0];
+    let (_, e_q8, _, b_q8) = errors[1];
+    let (_, e_q4, _, b_q4) = errors[2];
+    assert_eq!(e_none, 0.0);
+    assert!(d_none <= EXACT);
+    assert!(e_q8 > 0.0 && e_q8 < 0.01, "q8 error {e_q8}");
+    assert!(e_q4 > e_q8 && e_q4 < 0.2, "q4 error {e_q4}");
+    assert!(b_q8 * 3 < b_none && b_q4 < b_q8, "{b_none} {b_q8} {b_q4}");
+}

@@ -1,0 +1,85 @@
+//! Plans as reviewers see them: `adcnnc explain` text for every example network × strategy on
+//! edge4 is snapshotted in `snapshots/plans/`, so a planner change shows up as a diff; plus the
+//! partition figures measured in PyTorch that the geometry must reproduce.
+
+use adcnn_compiler::build::build;
+use adcnn_compiler::check::check;
+use adcnn_compiler::plan::format::decode;
+use adcnn_compiler::plan::{Mode, Options, Strategy, explain, segment_for};
+use adcnn_tests::{EXAMPLE_NETS, example, repo_root};
+
+#[test]
+fn explain_text_of_every_example_and_strategy() {
+    for (net, _) in EXAMPLE_NETS {
+        for strategy in Strategy::ALL {
+            let opts = Options {
+                strategy,
+                ..Options::default()
+            };
+            let built = build(&example(net), Some(&example("edge4")), &opts, 2)
+                .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()));
+            let lp = decode(&built.bytes).expect("decodes");
+            assert_eq!(lp.plan, built.plan, "{net}: plan.bin round trip");
+            let text = explain::text(&lp.plan, &lp.graph);
+            insta::with_settings!({
+                snapshot_path => "../snapshots/plans",
+                prepend_module_to_snapshot => false,
+                omit_expression => true,
+                description => format!("adcnnc build dsl-examples/{net}.yaml --cluster dsl-examples/edge4.yaml --strategy {}", strategy.name()),
+            }, {
+                insta::assert_snapshot!(format!("{net}-{}", strategy.name()), text);
+            });
+        }
+    }
+}
+
+#[test]
+fn no_orphaned_plan_snapshots() {
+    for entry in std::fs::read_dir(repo_root().join("snapshots/plans")).expect("snapshots/plans") {
+        let path = entry.expect("entry").path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(|f| f.strip_suffix(".snap"))
+        else {
+            continue;
+        };
+        let known = EXAMPLE_NETS.iter().any(|(n, _)| {
+            Strategy::ALL
+                .iter()
+                .any(|s| stem == format!("{n}-{}", s.name()))
+        });
+        assert!(known, "orphaned snapshot {}", path.display());
+    }
+}
+
+/// VGG16 at 224 on a 2×2 grid, measured in PyTorch: one halo segment over the whole conv stack
+/// computes +159 % FLOPs with a 90-pixel halo; the segment up to pool3, +16 % with 18 pixels.
+#[test]
+fn vgg16_halo_figures_match_the_pytorch_measurements() {
+    let checked = check(&example("vgg16"), Some(&example("edge4")));
+    let (graph, _) = checked.network.as_ref().expect("vgg16");
+    let cluster = checked.cluster.as_ref().expect("edge4");
+    let opts = Options::default();
+    let end_of = |name: &str| graph.find(name).expect("layer").index() + 1;
+    for (last, redundancy, halo) in [("features.30", 1.59, 90), ("features.16", 0.16, 18)] {
+        let seg = segment_for(graph, cluster, &opts, 0, end_of(last), (2, 2), Mode::Halo)
+            .expect("segment");
+        assert!(
+            (seg.redundancy() - redundancy).abs() < 0.01,
+            "up to {last}: +{:.1} % FLOPs, PyTorch measured +{:.0} %",
+            100.0 * seg.redundancy(),
+            100.0 * redundancy
+        );
+        // The top-left tile reads `halo` input pixels beyond its own block.
+        let t = &seg.tiles[0];
+        let stride = graph
+            .layer(seg.output())
+            .stats
+            .receptive
+            .expect("spatial")
+            .stride
+            .h;
+        assert_eq!(t.input.r1 - t.output.r1 * stride, halo, "halo up to {last}");
+    }
+}
