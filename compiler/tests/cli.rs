@@ -72,3 +72,68 @@ fn help_explains_the_commands() {
     assert_eq!(code, 0);
     assert!(stdout.contains("file:line:col"), "{stdout}");
 }
+
+#[test]
+fn build_then_explain_in_every_format() {
+    let out = std::env::temp_dir().join(format!("adcnnc-cli-{}.bin", std::process::id()));
+    let o = out.to_str().expect("utf-8");
+    let (code, stdout, stderr) = adcnnc(&[
+        "build",
+        "dsl-examples/resnet18.yaml",
+        "--cluster",
+        "dsl-examples/edge4.yaml",
+        "--strategy",
+        "halo",
+        "--compress",
+        "q8",
+        "-o",
+        o,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("resnet18 on edge4 (4 workers): strategy halo, compression q8"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("predicted latency"), "{stdout}");
+    let (code, text, _) = adcnnc(&["explain", o]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("segment 0: conv1 …") && text.contains("tail on gateway"),
+        "{text}"
+    );
+    let (code, json, _) = adcnnc(&["explain", o, "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["plan"]["strategy"], "Halo");
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(69));
+    let (code, svg, _) = adcnnc(&["explain", o, "--format", "svg"]);
+    assert_eq!(code, 0);
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg}"
+    );
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn build_errors_are_clear() {
+    let (code, _, stderr) = adcnnc(&[
+        "build",
+        "dsl-examples/alexnet.yaml",
+        "--grid",
+        "12x12",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: cannot plan: grid 12×12 does not fit"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = adcnnc(&["build", "dsl-examples/alexnet.yaml", "--grid", "2by2"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("expected ROWSxCOLS"), "{stderr}");
+    let (code, _, stderr) = adcnnc(&["explain", "Cargo.toml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not a plan file"), "{stderr}");
+}

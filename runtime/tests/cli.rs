@@ -71,3 +71,123 @@ fn an_invalid_network_shows_its_diagnostics() {
     assert_eq!(code, 1);
     assert!(stderr.contains("layers form a cycle"), "{stderr}");
 }
+
+/// Builds a plan for a bundled network with the compiler library and writes it to a
+/// temporary file.
+fn plan_file(net: &str, strategy: adcnn_compiler::plan::Strategy, tag: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let opts = adcnn_compiler::plan::Options {
+        strategy,
+        ..Default::default()
+    };
+    let built = adcnn_compiler::build::build(
+        &root.join(format!("dsl-examples/{net}.yaml")),
+        Some(&root.join("dsl-examples/edge4.yaml")),
+        &opts,
+        2,
+    )
+    .expect("builds");
+    let path = std::env::temp_dir().join(format!("adcnn-run-{tag}-{}.bin", std::process::id()));
+    std::fs::write(&path, built.bytes).expect("writes");
+    path
+}
+
+#[test]
+fn runs_a_plan_with_top_k_node_times_and_a_trace() {
+    let plan = plan_file("mobilenetv2", adcnn_compiler::plan::Strategy::Auto, "plan");
+    let trace = plan.with_extension("trace.json");
+    let (code, stdout, stderr) = adcnn_run(&[
+        plan.to_str().expect("utf-8"),
+        "--input",
+        "dsl-examples/images/coffee.jpg",
+        "--trace",
+        trace.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("top-5:"), "{stdout}");
+    for node in ["gateway", "edge1", "edge2", "edge3", "edge4"] {
+        assert!(
+            stdout.contains(&format!("  {node}")),
+            "{node} missing from\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("latency: measured"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).expect("trace written"))
+            .expect("trace is JSON");
+    let events = json["traceEvents"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["ph"] == "X" && e["tid"] == 1),
+        "no tile on edge1"
+    );
+    let _ = std::fs::remove_file(&plan);
+    let _ = std::fs::remove_file(&trace);
+}
+
+#[test]
+fn an_approximate_plan_reports_its_deviation() {
+    let plan = plan_file("resnet18", adcnn_compiler::plan::Strategy::Fdsp, "fdsp");
+    let (code, stdout, stderr) = adcnn_run(&[
+        plan.to_str().expect("utf-8"),
+        "--input",
+        "dsl-examples/images/chelsea.jpg",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("deviation of the output from the exact network: relative L2"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_file(&plan);
+}
+
+#[test]
+fn bad_plans_and_inputs_are_one_clear_error_each() {
+    let plan = plan_file("alexnet", adcnn_compiler::plan::Strategy::Single, "bad");
+    let p = plan.to_str().expect("utf-8");
+    // Wrong input shape.
+    let npy = plan.with_extension("npy");
+    adcnn_compiler::npy::write_f32_file(
+        &npy,
+        &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 10, 10])),
+    )
+    .expect("npy");
+    let (code, _, stderr) = adcnn_run(&[p, "--input", npy.to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the tensor has shape [3, 10, 10]; the network takes [3, 224, 224]"),
+        "{stderr}"
+    );
+    // Unreadable image.
+    let (code, _, stderr) = adcnn_run(&[p, "--input", "Cargo.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: Cargo.toml: not a readable image"),
+        "{stderr}"
+    );
+    // Corrupted plan.
+    let mut bytes = std::fs::read(&plan).expect("plan");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&plan, &bytes).expect("write");
+    let (code, _, stderr) = adcnn_run(&[p, "--input", "dsl-examples/images/chelsea.jpg"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the plan file is corrupted: checksum mismatch"),
+        "{stderr}"
+    );
+    // Another format version.
+    bytes[mid] ^= 0xff;
+    bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&plan, &bytes).expect("write");
+    let (code, _, stderr) = adcnn_run(&[p, "--input", "dsl-examples/images/chelsea.jpg"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("this plan uses plan format 7 (written by adcnn"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for f in [&plan, &npy] {
+        let _ = std::fs::remove_file(f);
+    }
+}
