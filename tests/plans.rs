@@ -10,7 +10,28 @@ use adcnn_tests::{EXAMPLE_NETS, example, repo_root};
 
 #[test]
 fn explain_text_of_every_example_and_strategy() {
+    let table =
+        std::fs::read_to_string(repo_root().join("book/src/predicted-latency.md")).expect("table");
+    let pictures = [
+        "vgg16-halo-even",
+        "vgg16-auto",
+        "vgg16-fdsp",
+        "yolov2-tiny-auto",
+        "resnet18-layerwise",
+    ];
     for (net, _) in EXAMPLE_NETS {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {net} |")))
+            .expect("a row per network");
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .expect("header")
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         for strategy in Strategy::ALL {
             let opts = Options {
                 strategy,
@@ -21,6 +42,29 @@ fn explain_text_of_every_example_and_strategy() {
             let lp = decode(&built.bytes).expect("decodes");
             assert_eq!(lp.plan, built.plan, "{net}: plan.bin round trip");
             let text = explain::text(&lp.plan, &lp.graph);
+            // The book's table and pictures are these plans (book/predicted-latency.sh and
+            // book/make-pictures.sh regenerate them).
+            let col = header
+                .iter()
+                .position(|h| *h == strategy.name())
+                .expect("a column per strategy");
+            assert_eq!(
+                cells[col],
+                format!("{:.2}", lp.plan.predicted_ms),
+                "book table: {net} {}",
+                strategy.name()
+            );
+            let name = format!("{net}-{}", strategy.name());
+            if pictures.contains(&name.as_str()) {
+                let svg =
+                    std::fs::read_to_string(repo_root().join(format!("book/src/img/{name}.svg")))
+                        .expect("svg");
+                assert_eq!(
+                    svg,
+                    explain::svg(&lp.plan, &lp.graph),
+                    "book/src/img/{name}.svg is stale"
+                );
+            }
             insta::with_settings!({
                 snapshot_path => "../snapshots/plans",
                 prepend_module_to_snapshot => false,
