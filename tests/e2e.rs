@@ -8,9 +8,9 @@ use adcnn_compiler::graph::Source;
 use adcnn_compiler::plan::format::{LoadedPlan, decode};
 use adcnn_compiler::plan::{Compression, Mode, Options, Region, Strategy};
 use adcnn_compiler::reference;
+use adcnn_compiler::reference::tile::crop;
 use adcnn_compiler::weights::SplitMix64;
 use adcnn_runtime::exec::Executor;
-use adcnn_runtime::tile::crop;
 use adcnn_tests::{EXAMPLE_NETS, example, relative_l2};
 use ndarray::{Array3, s};
 

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use crate::check::{Checked, check};
 use crate::cluster::Cluster;
+use crate::graph::LayerGraph;
 use crate::plan::{self, Options, Plan};
+use crate::reference;
+use crate::weights::{SplitMix64, Weights};
 
 /// Speed assumed per core when a plan targets this machine (FACTS: ~88 GFLOP/s SGEMM peak
 /// on one core here; tiled CNN layers reach about half of that).
@@ -29,6 +32,8 @@ pub enum BuildError {
     Plan(#[from] plan::PlanError),
     #[error("{0}")]
     Encode(#[from] plan::format::FormatError),
+    #[error("cannot evaluate the plan: {0}")]
+    Evaluate(String),
 }
 
 /// Checks `net` (with `cluster_file` replacing any cluster it names) and plans it. Without any
@@ -50,7 +55,10 @@ pub fn build(
         .cluster
         .clone()
         .unwrap_or_else(|| Cluster::local(local_cores, LOCAL_GFLOPS_PER_CORE));
-    let plan = plan::plan(graph, &cluster, opts)?;
+    let mut plan = plan::plan(graph, &cluster, opts)?;
+    if !plan.is_exact() {
+        plan.deviation = Some(measure_deviation(graph, weights, &plan)?);
+    }
     let file = graph.layers()[0].span.file;
     let bytes = plan::format::encode(
         &plan,
@@ -64,6 +72,30 @@ pub fn build(
         bytes,
         checked,
     })
+}
+
+/// How far an approximate plan's output is from the exact network's on a seeded random input
+/// (uniform, unit variance, like a normalised image): relative L2.
+fn measure_deviation(
+    graph: &LayerGraph,
+    weights: &Weights,
+    plan: &Plan,
+) -> Result<f64, BuildError> {
+    let s = graph.input.shape;
+    let mut rng = SplitMix64::new(0x5eed);
+    let a = 3f32.sqrt();
+    let x = ndarray::Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-a, a));
+    let exact =
+        reference::run(graph, weights, &x).map_err(|e| BuildError::Evaluate(e.to_string()))?;
+    let tiled = reference::tile::run_plan(graph, weights, plan, &x)
+        .map_err(|e| BuildError::Evaluate(e.to_string()))?;
+    let num: f64 = tiled
+        .iter()
+        .zip(exact.iter())
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    let den: f64 = exact.iter().map(|b| f64::from(*b).powi(2)).sum();
+    Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
 }
 
 impl Built {

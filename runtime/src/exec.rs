@@ -9,12 +9,12 @@ use std::time::Instant;
 use adcnn_compiler::graph::Source;
 use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
+use adcnn_compiler::reference::tile::{crop, run_tile};
 use adcnn_compiler::reference::{self, EvalError};
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use ndarray::{Array3, s};
 
 use crate::compress;
-use crate::tile::{crop, run_tile};
 use crate::trace::{Event, Trace};
 
 #[derive(Debug, thiserror::Error)]

@@ -5,5 +5,4 @@ pub mod compress;
 pub mod exec;
 pub mod input;
 pub mod report;
-pub mod tile;
 pub mod trace;

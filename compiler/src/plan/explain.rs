@@ -106,6 +106,12 @@ pub fn text(plan: &Plan, graph: &LayerGraph) -> String {
             o,
             "approximate: FDSP segments change the output near tile borders (see each segment's affected pixels)"
         );
+        if let Some(d) = plan.deviation {
+            let _ = writeln!(
+                o,
+                "deviation from the exact network: relative L2 {d:.1e} (measured at build on a seeded random input)"
+            );
+        }
     }
     o
 }

@@ -679,6 +679,7 @@ impl<'a> Ctx<'a> {
             node_busy_ms,
             predicted_ms,
             ideal_ms,
+            deviation: None,
         }
     }
 }

@@ -12,6 +12,7 @@ mod conv;
 mod pool;
 #[cfg(test)]
 mod tests;
+pub mod tile;
 
 use ndarray::{Array3, ArrayD, Axis, s};
 

@@ -1,14 +1,13 @@
-//! Computing one tile of a segment: the kernel interface of the runtime.
-//!
-//! Today every layer runs on the compiler's reference interpreter; compiled kernels will plug
-//! in behind [`run_tile`] with the same inputs and outputs.
+//! One tile of a plan's segment on the reference interpreter: the oracle for tile kernels,
+//! and what the runtime runs until compiled kernels take its place.
 
-use adcnn_compiler::graph::{LayerGraph, Source};
-use adcnn_compiler::plan::geometry::{input_region, tile_op};
-use adcnn_compiler::plan::{Mode, Region, Segment, Tile};
-use adcnn_compiler::reference::{self, EvalError};
-use adcnn_compiler::weights::Weights;
 use ndarray::{Array3, s};
+
+use crate::graph::{LayerGraph, Source};
+use crate::plan::geometry::{input_region, tile_op};
+use crate::plan::{Mode, Region, Segment, Tile};
+use crate::reference::{self, EvalError};
+use crate::weights::Weights;
 
 /// The part `want` of a tensor that holds region `have` of its feature map.
 pub fn crop(t: &Array3<f32>, have: &Region, want: &Region) -> Array3<f32> {
@@ -89,4 +88,67 @@ fn missing(what: &str) -> EvalError {
         op: "tile",
         reason: format!("{what}: an input region was not computed"),
     }
+}
+
+/// Runs a whole plan sequentially on the reference interpreter: every segment's tiles,
+/// stitched, then the tail. The threaded runtime must agree with it.
+pub fn run_plan(
+    graph: &LayerGraph,
+    weights: &Weights,
+    plan: &crate::plan::Plan,
+    input: &Array3<f32>,
+) -> Result<Array3<f32>, EvalError> {
+    let mut current = input.clone();
+    for seg in &plan.segments {
+        let out_shape = graph.layer(seg.output()).shape;
+        let mut out = Array3::<f32>::zeros((out_shape.c, out_shape.h, out_shape.w));
+        let full = Region {
+            r0: 0,
+            r1: current.dim().1,
+            c0: 0,
+            c1: current.dim().2,
+        };
+        for tile in &seg.tiles {
+            let t = run_tile(
+                graph,
+                weights,
+                seg,
+                tile,
+                &crop(&current, &full, &tile.input),
+            )?;
+            out.slice_mut(s![
+                ..,
+                tile.output.r0..tile.output.r1,
+                tile.output.c0..tile.output.c1
+            ])
+            .assign(&t);
+        }
+        current = out;
+    }
+    let start = plan.tail_start.index();
+    let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
+    if let Some(live) = start.checked_sub(1) {
+        values[live] = Some(current.clone());
+    }
+    for (i, layer) in graph.layers().iter().enumerate().skip(start) {
+        let mut inputs = Vec::with_capacity(layer.inputs.len());
+        for src in &layer.inputs {
+            let v = match src {
+                Source::Input => Some(input),
+                Source::Layer(id) => values[id.index()].as_ref(),
+            };
+            inputs.push(v.ok_or_else(|| missing(&layer.name))?);
+        }
+        values[i] = Some(reference::eval_op(
+            &layer.op,
+            &layer.name,
+            &inputs,
+            weights,
+        )?);
+    }
+    Ok(if start < graph.layers().len() {
+        values.pop().flatten().unwrap_or(current)
+    } else {
+        current
+    })
 }
