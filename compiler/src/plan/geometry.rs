@@ -150,45 +150,48 @@ pub struct NotTileable(pub String);
 
 /// The operator that computes exactly `out` from the crop `input_region(op, out)` of its
 /// input: the same operator with padding only where the tile meets the feature map's border.
+/// A tile that reaches the far (bottom or right) border keeps the operator's own padding
+/// there and its ceil mode, so windows hanging past the padding (ceil-mode pools) and their
+/// average-pool divisors come out exactly as on the whole map.
 pub fn tile_op(op: &Op, out: &Region, input: Shape) -> Result<Op, NotTileable> {
     if let Some((wh, ww, ceil)) = windows(op) {
-        let (_, _, pt, pb) = back(wh, out.r0, out.r1, input.h);
-        let (_, _, pl, pr) = back(ww, out.c0, out.c1, input.w);
-        let pad = Pad2 {
-            top: pt,
-            left: pl,
-            bottom: pb,
-            right: pr,
+        let counts_pad = matches!(op, Op::AvgPool(p) if p.count_include_pad);
+        let axis = |win: Window, o0: usize, o1: usize, len: usize| {
+            let full = window_out(len, win.k, win.s, win.d, win.pad_begin, win.pad_end, ceil);
+            let (_, _, before, after) = back(win, o0, o1, len);
+            match full {
+                // The whole axis: the operator as it is.
+                Some(n) if o0 == 0 && o1 == n => Ok((win.pad_begin, win.pad_end)),
+                // Up to the far border: its own padding, unless a ceil-mode window hangs past it.
+                Some(n) if o1 == n && after <= win.pad_end => Ok((before, win.pad_end)),
+                Some(n) if o1 == n && counts_pad => Err(NotTileable(
+                    "the last window of this ceil-mode average pool hangs past its padding, and its \
+                     divisor counts padding only the whole map can see; cut the other axis"
+                        .into(),
+                )),
+                Some(n) if o1 <= n => Ok((before, after)),
+                _ => Err(NotTileable(format!("rows or columns {o0}..{o1} are outside the layer's output"))),
+            }
         };
-        let original = match op {
-            Op::Conv2d(c) => c.padding,
-            Op::MaxPool(p) | Op::AvgPool(p) => p.padding,
-            _ => Pad2::default(),
+        let (top, bottom) = axis(wh, out.r0, out.r1, input.h)?;
+        let (left, right) = axis(ww, out.c0, out.c1, input.w)?;
+        let padding = Pad2 {
+            top,
+            left,
+            bottom,
+            right,
         };
-        if let Op::AvgPool(p) = op
-            && ceil
-            && p.count_include_pad
-            && (pb > original.bottom || pr > original.right)
-        {
-            return Err(NotTileable(
-                "an average pool in ceil mode whose last window hangs past its padding divides by a \
-                 window size the tile cannot see"
-                    .into(),
-            ));
-        }
         return Ok(match op {
             Op::Conv2d(c) => Op::Conv2d(crate::ops::Conv2d {
-                padding: pad,
+                padding,
                 ..c.clone()
             }),
             Op::MaxPool(p) => Op::MaxPool(crate::ops::Pool2d {
-                padding: pad,
-                ceil_mode: false,
+                padding,
                 ..p.clone()
             }),
             Op::AvgPool(p) => Op::AvgPool(crate::ops::Pool2d {
-                padding: pad,
-                ceil_mode: false,
+                padding,
                 ..p.clone()
             }),
             other => other.clone(),
