@@ -7,6 +7,7 @@ pub mod diag;
 pub mod dsl;
 pub mod graph;
 pub mod npy;
+pub mod onnx;
 pub mod ops;
 pub mod reference;
 pub mod weights;

@@ -3,7 +3,7 @@
 //! Architecture invariant: petgraph is an implementation detail of this module. Layers are
 //! addressed by [`LayerId`] (their index in topological order) everywhere else.
 
-mod shape;
+pub(crate) mod shape;
 
 use std::collections::HashMap;
 
