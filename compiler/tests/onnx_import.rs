@@ -54,8 +54,8 @@ const EXECUTORS: &[(&str, Executor)] = &[("reference", |g, w, x| {
 })];
 
 /// `input` and `output` of a case, the input as `[C, H, W]` (`[F]` becomes `[F, 1, 1]`).
-fn load_io(name: &str) -> (Array3<f32>, Vec<f32>) {
-    let bytes = std::fs::read(cases_dir().join(format!("{name}.io.safetensors"))).expect("io file");
+fn load_io(cases: &Path, name: &str) -> (Array3<f32>, Vec<f32>) {
+    let bytes = std::fs::read(cases.join(format!("{name}.io.safetensors"))).expect("io file");
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
     let floats = |t: &str| -> (Vec<usize>, Vec<f32>) {
         let v = st.tensor(t).expect("tensor present");
@@ -89,16 +89,16 @@ fn relative_l2(got: &[f32], want: &[f32]) -> f64 {
 }
 
 /// Imports, checks and runs one case; `Err` says what went wrong.
-fn run_case(name: &str, dir: &Path) -> Result<String, String> {
+fn run_case(cases: &Path, name: &str, dir: &Path) -> Result<String, String> {
     let yaml = dir.join(format!("{name}.yaml"));
-    let written = onnx::import_file(&cases_dir().join(format!("{name}.onnx")), &yaml)
+    let written = onnx::import_file(&cases.join(format!("{name}.onnx")), &yaml)
         .map_err(|e| format!("import: {e}"))?;
     let checked = adcnn_compiler::check::check(&yaml, None);
     let text = std::fs::read_to_string(&yaml).unwrap_or_default();
     let Some((graph, weights)) = checked.network.as_ref().filter(|_| checked.is_ok()) else {
         return Err(format!("check failed:\n{}\n{text}", checked.render()));
     };
-    let (x, want) = load_io(name);
+    let (x, want) = load_io(cases, name);
     for (executor, run) in EXECUTORS {
         let got = run(graph, weights, &x).map_err(|e| format!("{executor}: {e}"))?;
         if got.len() != want.len() {
@@ -125,7 +125,7 @@ fn every_case_imports_checks_and_matches_onnxruntime() {
     let dir = temp_dir("cases");
     let mut failures = Vec::new();
     for name in &names {
-        match run_case(name, &dir) {
+        match run_case(&cases_dir(), name, &dir) {
             Ok(summary) => println!("ok   {summary}"),
             Err(e) => failures.push(format!("{name}: {e}")),
         }
@@ -138,6 +138,31 @@ fn every_case_imports_checks_and_matches_onnxruntime() {
         names.len(),
         failures.join("\n\n")
     );
+}
+
+/// The full torchvision models written by `make_onnx.py --full DIR` (not committed: too
+/// large): `ADCNN_ONNX_FULL=DIR cargo test -p adcnn-compiler --test onnx_import -- --ignored`.
+#[test]
+#[ignore = "needs ADCNN_ONNX_FULL, a folder written by make_onnx.py --full"]
+fn full_torchvision_models_match_onnxruntime() {
+    let Some(folder) = std::env::var_os("ADCNN_ONNX_FULL") else {
+        panic!("set ADCNN_ONNX_FULL to the folder written by make_onnx.py --full");
+    };
+    let folder = PathBuf::from(folder);
+    let dir = temp_dir("full");
+    let mut failures = Vec::new();
+    for name in ["alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2"] {
+        if !folder.join(format!("{name}.onnx")).exists() {
+            println!("skip {name}: not exported");
+            continue;
+        }
+        match run_case(&folder, name, &dir) {
+            Ok(summary) => println!("ok   {summary}"),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

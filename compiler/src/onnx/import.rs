@@ -1714,10 +1714,12 @@ fn name_layers(layers: &mut [Layer]) {
             }
             let container = path_count.get(l.path.as_str()).is_some_and(|&c| c > 1)
                 || prefixes.contains(&l.path);
-            let op = if l.op_seg.is_empty() {
-                l.op_type.to_lowercase()
-            } else {
-                l.op_seg.clone()
+            // The op part of a node name (`GlobalAveragePool_1`) in DSL words (`global_avgpool_1`).
+            let op_type = l.op_type.to_lowercase();
+            let op = match l.op_seg.strip_prefix(&op_type) {
+                Some(rest) => format!("{}{rest}", l.op.kind()),
+                None if l.op_seg.is_empty() => l.op.kind().to_string(),
+                None => l.op_seg.clone(),
             };
             let name = if l.path.is_empty() {
                 op
