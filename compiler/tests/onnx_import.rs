@@ -489,6 +489,87 @@ fn unsupported_attributes_and_shapes_are_named() {
     assert!(matches!(err, ImportError::Input { .. }), "{err}");
 }
 
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(2),
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(7),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn hostile_attribute_values_are_errors() {
+    let weight = || float_tensor("c.weight", &[2, 2, 1, 1], &[1.0; 4]);
+    for attr in [
+        int_attr("group", i64::MAX),
+        int_attr("group", 0),
+        ints_attr("strides", &[0, 1]),
+        ints_attr("dilations", &[-1, 1]),
+        ints_attr("pads", &[0, 0, -1, 0]),
+        ints_attr("pads", &[1 << 40, 0, 0, 0]),
+        ints_attr("kernel_shape", &[3, 3]),
+    ] {
+        let mut conv = node("Conv", "c", &["input", "c.weight"], &["output"]);
+        conv.attribute.push(attr.clone());
+        let err = onnx::import(&model(vec![conv], vec![weight()], &[1, 2, 4, 4]), "h")
+            .expect_err("rejected");
+        assert!(
+            matches!(
+                err,
+                ImportError::UnsupportedAttribute { .. } | ImportError::Unsupported { .. }
+            ),
+            "{attr:?}: {err}"
+        );
+    }
+    let mut conv = node("Conv", "c", &["input", "c.weight"], &["output"]);
+    conv.attribute.push(ints_attr("kernel_shape", &[1, 1]));
+    onnx::import(&model(vec![conv], vec![weight()], &[1, 2, 4, 4]), "ok").expect("imports");
+}
+
+#[test]
+fn only_the_batch_dimension_may_be_dynamic() {
+    use proto::tensor_shape_proto::{Dimension, dimension};
+    let bytes_for = |dynamic_axis: usize| {
+        let mut m = ModelProto::decode(
+            model(
+                vec![node("Relu", "r", &["input"], &["output"])],
+                vec![],
+                &[1, 2, 3, 3],
+            )
+            .as_slice(),
+        )
+        .expect("decodes");
+        if let Some(proto::type_proto::Value::TensorType(t)) = m
+            .graph
+            .as_mut()
+            .and_then(|g| g.input[0].r#type.as_mut().and_then(|t| t.value.as_mut()))
+            && let Some(shape) = t.shape.as_mut()
+        {
+            shape.dim[dynamic_axis] = Dimension {
+                value: Some(dimension::Value::DimParam("n".into())),
+                ..Default::default()
+            };
+        }
+        m.encode_to_vec()
+    };
+    let imported = onnx::import(&bytes_for(0), "b").expect("dynamic batch is fixed to 1");
+    assert_eq!(imported.input.c, 2);
+    match onnx::import(&bytes_for(2), "h") {
+        Err(ImportError::Input { reason, .. }) => assert!(reason.contains("dynamic"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 // ---- the command line ------------------------------------------------------------------------
 
 fn adcnnc(args: &[&str]) -> (i32, String, String) {

@@ -156,6 +156,10 @@ pub fn fold(
                 }
                 let a = a as usize;
                 let d = x.dims[a] as i64;
+                if d == 0 {
+                    out[a] = 0;
+                    continue;
+                }
                 let fix = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
                 let (s, e) = if steps[k] > 0 {
                     (fix(starts[k]).clamp(0, d), fix(ends[k]).clamp(0, d))

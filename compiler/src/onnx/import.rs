@@ -394,6 +394,12 @@ fn graph_input(g: &GraphProto, inits: &HashSet<&str>) -> Result<(String, Vec<usi
         }
         dims.push(v);
     }
+    if prod(&dims) > crate::dsl::network::MAX_INPUT_ELEMENTS {
+        return Err(err(format!(
+            "dims {dims:?} exceed {} elements",
+            crate::dsl::network::MAX_INPUT_ELEMENTS
+        )));
+    }
     if dims[..].first() != Some(&1) {
         return Err(err(format!("dims {dims:?}: the batch must be 1")));
     }
@@ -403,6 +409,11 @@ fn graph_input(g: &GraphProto, inits: &HashSet<&str>) -> Result<(String, Vec<usi
         )));
     }
     Ok((name, dims))
+}
+
+/// Number of elements, saturating (dims of hostile models may overflow).
+fn prod(dims: &[usize]) -> usize {
+    dims.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
 
 /// The DSL shape of ONNX dims: `[1, C, H, W]` → `[C, H, W]`, `[1, N]` → `[N, 1, 1]`.
@@ -522,6 +533,9 @@ pub fn lower(model: &ModelProto, name: &str) -> Result<Imported, ImportError> {
         let value = match lower_node(&n, &mut ctx)? {
             Lowered::Alias(v) => v,
             Lowered::Layer(mut layer, dims) => {
+                if prod(&dims) > super::MAX_TENSOR_ELEMENTS {
+                    return Err(n.unsupported(format!("output dims {dims:?} are too large")));
+                }
                 let (path, op_seg) = module_path(node.name());
                 layer.path = path;
                 layer.op_seg = op_seg;
@@ -676,7 +690,7 @@ fn spatial_pads(n: &Node, hw: (usize, usize), k: Hw, s: Hw, d: Hw) -> Result<Pad
         "SAME_UPPER" | "SAME_LOWER" => {
             let same = |len: usize, k: usize, s: usize, d: usize| {
                 let out = len.div_ceil(s);
-                let total = ((out - 1) * s + (k - 1) * d + 1).saturating_sub(len);
+                let total = (out.saturating_sub(1) * s + (k - 1) * d + 1).saturating_sub(len);
                 if auto == "SAME_UPPER" {
                     (total / 2, total - total / 2)
                 } else {
@@ -785,7 +799,7 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
                 return Err(n.unsupported(format!("axis {axis} out of range for rank {r}")));
             }
             let (a, b) = x.dims.split_at(axis as usize);
-            Ok(with_dims(vec![a.iter().product(), b.iter().product()]))
+            Ok(with_dims(vec![prod(a), prod(b)]))
         }
         _ => fold::fold(
             op,
@@ -830,6 +844,12 @@ fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
             let x = ctx.tensor(n, 0)?;
             rank(n, &x, &[2, 4])?;
             let slope = n.float("alpha", 0.01);
+            if !slope.is_finite() {
+                return Err(n.bad_attr(
+                    n.attr("alpha").unwrap_or(&AttributeProto::default()),
+                    "a finite slope",
+                ));
+            }
             Ok(Lowered::Layer(
                 layer(Op::LeakyRelu { slope }, vec![x.src]),
                 x.dims,
@@ -920,7 +940,7 @@ fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
                 return Err(n.unsupported(format!("axis {axis} out of range for rank {r}")));
             }
             let (a, b) = x.dims.split_at(axis as usize);
-            reshape_to(n, x.clone(), vec![a.iter().product(), b.iter().product()])
+            reshape_to(n, x.clone(), vec![prod(a), prod(b)])
         }
         "Reshape" => {
             n.check_attrs(&["allowzero"])?;
@@ -956,7 +976,7 @@ fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
             let axis = n.int("axis", if n.opset >= 13 { -1 } else { 1 });
             let axis = if axis < 0 { axis + r } else { axis };
             // Before opset 13, softmax runs over all axes from `axis` on (flattened).
-            let ok = axis == 1 && (n.opset >= 13 || x.dims[2..].iter().product::<usize>() == 1);
+            let ok = axis == 1 && (n.opset >= 13 || prod(&x.dims[2..]) == 1);
             if !ok {
                 return Err(n.bad_attr(
                     n.attr("axis").unwrap_or(&AttributeProto::default()),
@@ -1104,6 +1124,12 @@ fn lower_conv(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
     };
     let group = n.int("group", 1);
     let c = x.dims[1];
+    if !(1..=c as i64).contains(&group) {
+        return Err(n.bad_attr(
+            n.attr("group").unwrap_or(&AttributeProto::default()),
+            format!("a group count from 1 to the {c} input channels"),
+        ));
+    }
     if group < 1
         || m == 0
         || kh == 0
@@ -1548,7 +1574,7 @@ fn reshape_target(
     shape: &[i64],
     allowzero: bool,
 ) -> Result<Vec<usize>, ImportError> {
-    let total: usize = dims.iter().product();
+    let total = prod(dims);
     let mut out = Vec::with_capacity(shape.len());
     let mut infer = None;
     for (i, &s) in shape.iter().enumerate() {
@@ -1632,7 +1658,7 @@ fn unsqueeze(n: &Node, dims: &[usize], axes: &[i64]) -> Result<Vec<usize>, Impor
 /// Flatten, Reshape, Squeeze and Unsqueeze: a `flatten` layer, or nothing when the DSL shape
 /// does not change; anything else is an error.
 fn reshape_to(n: &Node, x: Val, target: Vec<usize>) -> Result<Lowered, ImportError> {
-    let numel: usize = x.dims.iter().product();
+    let numel = prod(&x.dims);
     if target == x.dims {
         return Ok(Lowered::Alias(Value::Tensor(x)));
     }
