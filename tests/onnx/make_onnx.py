@@ -40,6 +40,13 @@ def randomize(model, seed):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                # PyTorch's default initialisation, but from the seeded generator, so that
+                # weights do not depend on how many modules were built before.
+                bound = 1.0 / m.weight[0].numel() ** 0.5
+                m.weight.copy_((torch.rand(m.weight.shape, generator=g) * 2 - 1) * bound)
+                if m.bias is not None:
+                    m.bias.copy_((torch.rand(m.bias.shape, generator=g) * 2 - 1) * bound)
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
@@ -82,6 +89,23 @@ def export(name, module, shape, seed, opset=13, keep_bn=True):
         input_names=["input"], output_names=["output"], **kwargs,
     )
     save_case(name, f.getvalue(), x.numpy())
+
+
+def export_dynamo(name, module, shape, seed):
+    """The default exporter of recent PyTorch (torch.export based): it folds batch norms into
+    convolutions, writes adaptive average pools as ReduceMean and names nodes `node_*`, with
+    module paths in each node's metadata."""
+    torch.manual_seed(seed)
+    module = randomize(module, seed)
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed + 1000))
+    program = torch.onnx.export(module, (x,), dynamo=True, input_names=["input"],
+                                output_names=["output"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.onnx")
+        program.save(path)
+        save_case(name, open(path, "rb").read(), x.numpy())
 
 
 def seq(*layers):
@@ -238,6 +262,9 @@ def torch_cases():
     export("mobilenetv2_tiny", TinyMobileNetV2(), (3, 16, 16), 27, opset=17)
     export("yolo_tiny", TinyYolo(), (3, 16, 16), 28, opset=18)
     export("resnet_tiny_opset11", TinyResNet(), (3, 16, 16), 29, opset=11)
+    export_dynamo("dynamo_resnet_tiny", TinyResNet(), (3, 16, 16), 30)
+    export_dynamo("dynamo_mobilenetv2_tiny", TinyMobileNetV2(), (3, 16, 16), 31)
+    export_dynamo("dynamo_yolo_tiny", TinyYolo(), (3, 16, 16), 32)
 
 
 # ---- hand-built graphs (options PyTorch does not emit) --------------------------------------

@@ -30,6 +30,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Pad",
     "PRelu",
+    "ReduceMean",
     "Relu",
     "Reshape",
     "Sigmoid",
@@ -536,7 +537,7 @@ pub fn lower(model: &ModelProto, name: &str) -> Result<Imported, ImportError> {
                 if prod(&dims) > super::MAX_TENSOR_ELEMENTS {
                     return Err(n.unsupported(format!("output dims {dims:?} are too large")));
                 }
-                let (path, op_seg) = module_path(node.name());
+                let (path, op_seg) = module_path(&scope_name(node));
                 layer.path = path;
                 layer.op_seg = op_seg;
                 layer.op_type = node.op_type().to_string();
@@ -893,6 +894,37 @@ fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
             Ok(Lowered::Layer(layer(Op::GlobalAvgPool, vec![x.src]), dims))
         }
         "BatchNormalization" => lower_bn(n, ctx),
+        "ReduceMean" => {
+            // The dynamo exporter writes adaptive_avg_pool2d(1) as a mean over H and W.
+            let x = ctx.tensor(n, 0)?;
+            rank(n, &x, &[4])?;
+            let axes: Option<Vec<i64>> = if n.opset >= 18 {
+                n.check_attrs(&["keepdims", "noop_with_empty_axes"])?;
+                ctx.constant(n, 1)?
+                    .map(|c| c.ints().map(<[i64]>::to_vec))
+                    .transpose()?
+            } else {
+                n.check_attrs(&["axes", "keepdims"])?;
+                n.ints("axes").map(<[i64]>::to_vec)
+            };
+            let mut axes: Vec<i64> = axes
+                .unwrap_or_default()
+                .iter()
+                .map(|&a| if a < 0 { a + 4 } else { a })
+                .collect();
+            axes.sort_unstable();
+            if axes != [2, 3] {
+                return Err(n.unsupported(format!(
+                    "a mean over axes {axes:?}; supported: over height and width (2, 3)"
+                )));
+            }
+            let dims = if n.int("keepdims", 1) != 0 {
+                vec![1, x.dims[1], 1, 1]
+            } else {
+                vec![1, x.dims[1]]
+            };
+            Ok(Lowered::Layer(layer(Op::GlobalAvgPool, vec![x.src]), dims))
+        }
         "Add" => lower_add(n, ctx),
         "Concat" => {
             n.check_attrs(&["axis"])?;
@@ -1678,6 +1710,26 @@ fn reshape_to(n: &Node, x: Val, target: Vec<usize>) -> Result<Lowered, ImportErr
     )))
 }
 
+/// The node's scope as a TorchScript-style name: the dynamo exporter names nodes
+/// `node_relu_1` but records `pkg.torch.onnx.name_scopes` =
+/// `['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']`, which becomes
+/// `/layer1/layer1.0/layer1.0.relu/relu_1`.
+fn scope_name(node: &NodeProto) -> String {
+    let scopes = node
+        .metadata_props
+        .iter()
+        .find(|p| p.key() == "pkg.torch.onnx.name_scopes")
+        .map(|p| p.value());
+    match scopes {
+        Some(list) if list.starts_with('[') && list.ends_with(']') => list[1..list.len() - 1]
+            .split(',')
+            .map(|s| s.trim().trim_matches(['\'', '"']))
+            .filter(|s| !s.is_empty())
+            .fold(String::new(), |acc, s| format!("{acc}/{s}")),
+        _ => node.name().to_string(),
+    }
+}
+
 /// `/layer1/layer1.0/conv1/Conv` → (`layer1.0.conv1`, `conv`). Torch names each scope by
 /// its qualified name from the last non-numeric atom on (`features.1`, `conv`, `conv.0.2`),
 /// so a scope's last atom is its attribute name in the parent scope.
@@ -1720,10 +1772,8 @@ fn sanitize(s: &str) -> String {
 /// Gives every layer a unique valid name: the weight's PyTorch name, else the node's module
 /// path (plus the op for nodes directly inside a container module), else the op type.
 fn name_layers(layers: &mut [Layer]) {
-    let mut path_count: HashMap<&str, usize> = HashMap::new();
     let mut prefixes: HashSet<String> = HashSet::new();
     for l in layers.iter() {
-        *path_count.entry(&l.path).or_default() += 1;
         for name in [Some(&l.path), l.preferred.as_ref()].into_iter().flatten() {
             let mut p = name.as_str();
             while let Some((head, _)) = p.rsplit_once('.') {
@@ -1738,8 +1788,9 @@ fn name_layers(layers: &mut [Layer]) {
             if let Some(p) = &l.preferred {
                 return p.clone();
             }
-            let container = path_count.get(l.path.as_str()).is_some_and(|&c| c > 1)
-                || prefixes.contains(&l.path);
+            // A module with sub-modules: name its own nodes `module.op`. A module called
+            // several times (one ReLU reused) gets `_1`, `_2`, … when names are made unique.
+            let container = prefixes.contains(&l.path);
             // The op part of a node name (`GlobalAveragePool_1`) in DSL words (`global_avgpool_1`).
             let op_type = l.op_type.to_lowercase();
             let op = match l.op_seg.strip_prefix(&op_type) {
