@@ -570,6 +570,37 @@ fn only_the_batch_dimension_may_be_dynamic() {
     }
 }
 
+#[test]
+fn opsets_outside_the_supported_range_are_errors() {
+    let relu = || {
+        model(
+            vec![node("Relu", "r", &["input"], &["output"])],
+            vec![],
+            &[1, 2, 3, 3],
+        )
+    };
+    let with_opset = |version: Option<i64>| {
+        let mut m = ModelProto::decode(relu().as_slice()).expect("decodes");
+        m.opset_import = version
+            .map(|v| OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(v),
+            })
+            .into_iter()
+            .collect();
+        m.encode_to_vec()
+    };
+    assert!(matches!(
+        onnx::import(&with_opset(Some(3)), "o"),
+        Err(ImportError::Opset { version: 3, .. })
+    ));
+    assert!(matches!(
+        onnx::import(&with_opset(None), "o"),
+        Err(ImportError::NoOpset)
+    ));
+    onnx::import(&with_opset(Some(18)), "o").expect("opset 18 imports");
+}
+
 // ---- the command line ------------------------------------------------------------------------
 
 fn adcnnc(args: &[&str]) -> (i32, String, String) {

@@ -255,11 +255,7 @@ fn opset(model: &ModelProto) -> Result<i64, ImportError> {
         .iter()
         .find(|o| is_default_domain(o.domain()))
         .map(|o| o.version())
-        .ok_or(ImportError::Opset {
-            version: 0,
-            min: MIN_OPSET,
-            max: MAX_OPSET,
-        })?;
+        .ok_or(ImportError::NoOpset)?;
     if !(MIN_OPSET..=MAX_OPSET).contains(&version) {
         return Err(ImportError::Opset {
             version,

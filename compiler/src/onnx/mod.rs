@@ -41,6 +41,8 @@ pub enum ImportError {
     NoGraph,
     #[error("the model declares ONNX opset {version}; supported: opsets {min} to {max}")]
     Opset { version: i64, min: i64, max: i64 },
+    #[error("the model declares no ONNX (ai.onnx) opset")]
+    NoOpset,
     #[error("tensor `{tensor}`: {reason}")]
     Tensor { tensor: String, reason: String },
     #[error("tensor `{tensor}` is {found}, expected {expected}")]
