@@ -618,11 +618,11 @@ fn adcnnc(args: &[&str]) -> (i32, String, String) {
 #[test]
 fn cli_import_writes_yaml_and_weights_that_check() {
     let dir = temp_dir("cli");
-    let model = cases_dir().join("yolo_tiny.onnx");
+    let yolo = cases_dir().join("yolo_tiny.onnx");
     let yaml = dir.join("net.yaml");
     let (code, stdout, stderr) = adcnnc(&[
         "import",
-        model.to_str().expect("utf-8"),
+        yolo.to_str().expect("utf-8"),
         "-o",
         yaml.to_str().expect("utf-8"),
     ]);
@@ -634,11 +634,36 @@ fn cli_import_writes_yaml_and_weights_that_check() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("output [21, 4, 4]"), "{stdout}");
 
-    let (code, stdout, _) = adcnnc(&["import", "--check", model.to_str().expect("utf-8")]);
+    let (code, stdout, _) = adcnnc(&["import", "--check", yolo.to_str().expect("utf-8")]);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("Conv") && stdout.contains("supported"),
         "{stdout}"
+    );
+
+    let tanh = dir.join("tanh.onnx");
+    let bytes = model(
+        vec![node("Tanh", "act/tanh", &["input"], &["output"])],
+        vec![],
+        &[1, 2, 3, 3],
+    );
+    std::fs::write(&tanh, bytes).expect("write");
+    let (code, stdout, _) = adcnnc(&["import", "--check", tanh.to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("Tanh") && stdout.contains("NOT SUPPORTED"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = adcnnc(&[
+        "import",
+        tanh.to_str().expect("utf-8"),
+        "-o",
+        yaml.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("act/tanh") && stderr.contains("`Tanh`"),
+        "{stderr}"
     );
 
     let bad = dir.join("bad.onnx");
