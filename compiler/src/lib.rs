@@ -8,6 +8,7 @@ pub mod diag;
 pub mod dsl;
 pub mod graph;
 pub mod npy;
+pub mod onnx;
 pub mod ops;
 pub mod plan;
 pub mod reference;
