@@ -230,21 +230,6 @@ impl Op {
         }
     }
 
-    /// Element-wise operators map each element to one element of the same position.
-    pub fn is_elementwise(&self) -> bool {
-        matches!(
-            self,
-            Op::BatchNorm { .. }
-                | Op::Relu
-                | Op::Clip { .. }
-                | Op::LeakyRelu { .. }
-                | Op::PRelu
-                | Op::Sigmoid
-                | Op::Dropout
-                | Op::Add
-        )
-    }
-
     /// The weight tensors of this operator with their shapes, given its input shape.
     pub fn weight_shapes(&self, input: Shape) -> Vec<(WeightRole, Vec<usize>)> {
         use WeightRole::*;

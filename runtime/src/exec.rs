@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use adcnn_compiler::graph::Source;
 use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
-use adcnn_compiler::reference::tile::{crop, run_tile};
-use adcnn_compiler::reference::{self, EvalError};
+use adcnn_compiler::reference::EvalError;
+use adcnn_compiler::reference::tile::{crop, run_tail, run_tile};
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use ndarray::{Array3, s};
 
@@ -197,35 +196,14 @@ impl Executor {
         // The tail, on the coordinator.
         let t0 = self.now_us();
         let tail_start = plan.tail_start.index();
-        let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
-        let live = tail_start.checked_sub(1);
-        let mut output = current;
-        for (i, layer) in graph.layers().iter().enumerate().skip(tail_start) {
-            let mut inputs = Vec::with_capacity(layer.inputs.len());
-            for src in &layer.inputs {
-                let v = match src {
-                    Source::Input => Some(input),
-                    Source::Layer(id) if Some(id.index()) == live => Some(&output),
-                    Source::Layer(id) => values[id.index()].as_ref(),
-                };
-                inputs.push(v.ok_or_else(|| RunError::Kernel {
-                    node: plan.cluster.nodes[coord].name.clone(),
-                    source: EvalError::Parameter {
-                        op: "tail",
-                        reason: format!("`{}` lacks an input", layer.name),
-                    },
-                })?);
-            }
-            let out = reference::eval_op(&layer.op, &layer.name, &inputs, &lp.weights).map_err(
-                |source| RunError::Kernel {
+        let output =
+            run_tail(graph, &lp.weights, tail_start, current, input).map_err(|source| {
+                RunError::Kernel {
                     node: plan.cluster.nodes[coord].name.clone(),
                     source,
-                },
-            )?;
-            values[i] = Some(out);
-        }
+                }
+            })?;
         if tail_start < graph.layers().len() {
-            output = values.pop().flatten().unwrap_or(output);
             let t1 = self.now_us();
             trace.push(Event {
                 node: coord,

@@ -39,14 +39,14 @@ enum Command {
         #[arg(long)]
         cluster: Option<PathBuf>,
         /// How to search for the plan.
-        #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
-        strategy: StrategyArg,
+        #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+        strategy: Strategy,
         /// Force a tile grid ROWSxCOLS on every partitioned segment, e.g. 2x2.
         #[arg(long, value_parser = parse_grid)]
         grid: Option<(usize, usize)>,
         /// Compression of tile outputs on the wire.
-        #[arg(long, value_enum, default_value_t = CompressArg::None)]
-        compress: CompressArg,
+        #[arg(long = "compress", value_enum, default_value_t = Compression::None)]
+        compression: Compression,
         /// Let `auto` choose FDSP segments, which change the output near tile borders.
         #[arg(long)]
         allow_approx: bool,
@@ -75,29 +75,6 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum StrategyArg {
-    /// Lowest predicted latency among exact plans (FDSP too with --allow-approx).
-    Auto,
-    /// One fused segment over the whole convolutional part, exact halo tiles.
-    Halo,
-    /// ADCNN's independent tiles (approximate).
-    Fdsp,
-    /// One layer at a time, gathered after each (MoDNN).
-    Layerwise,
-    /// Everything on one node.
-    Single,
-    /// DeepThings: fused early layers in equal tiles and equal shares.
-    HaloEven,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum CompressArg {
-    None,
-    Q8,
-    Q4,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -145,23 +122,10 @@ fn main() -> ExitCode {
             cluster,
             strategy,
             grid,
-            compress,
+            compression,
             allow_approx,
             output,
         } => {
-            let strategy = match strategy {
-                StrategyArg::Auto => Strategy::Auto,
-                StrategyArg::Halo => Strategy::Halo,
-                StrategyArg::Fdsp => Strategy::Fdsp,
-                StrategyArg::Layerwise => Strategy::Layerwise,
-                StrategyArg::Single => Strategy::Single,
-                StrategyArg::HaloEven => Strategy::HaloEven,
-            };
-            let compression = match compress {
-                CompressArg::None => Compression::None,
-                CompressArg::Q8 => Compression::Q8,
-                CompressArg::Q4 => Compression::Q4,
-            };
             let opts = Options {
                 strategy,
                 grid,

@@ -23,20 +23,20 @@ pub use geometry::Region;
 pub use search::{PlanError, plan, segment_for};
 
 /// How a plan is searched for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Strategy {
-    /// Lowest predicted latency among exact plans (and FDSP ones with `allow_approx`).
+    /// Lowest predicted latency among exact plans (FDSP too with --allow-approx).
     Auto,
-    /// One fused segment over the whole head, exact halo tiles.
+    /// One fused segment over the whole convolutional part, exact halo tiles.
     Halo,
-    /// The ADCNN paper's Fully Decomposable Spatial Partition: independent tiles (approximate).
+    /// ADCNN's Fully Decomposable Spatial Partition: independent tiles (approximate).
     Fdsp,
-    /// One layer at a time, gathered after each (MoDNN-style).
+    /// One layer at a time, gathered after each (MoDNN).
     Layerwise,
-    /// The whole head on one node.
+    /// Everything on one node.
     Single,
-    /// DeepThings' choice: one fused segment up to a fixed depth (cumulative stride 16),
-    /// equal tiles in equal shares; the rest on the coordinator.
+    /// DeepThings: fused early layers (to cumulative stride 16) in equal tiles and equal
+    /// shares; the rest on the coordinator.
     HaloEven,
 }
 
@@ -60,10 +60,6 @@ impl Strategy {
             Strategy::HaloEven => "halo-even",
         }
     }
-
-    pub fn from_name(s: &str) -> Option<Strategy> {
-        Strategy::ALL.into_iter().find(|x| x.name() == s)
-    }
 }
 
 /// How one segment's tiles relate to each other.
@@ -85,8 +81,9 @@ impl Mode {
 }
 
 /// Wire compression of tile outputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Compression {
+    /// Exact float32.
     None,
     /// 8-bit uniform quantisation with a per-tile, per-channel scale and offset.
     Q8,
@@ -101,12 +98,6 @@ impl Compression {
             Compression::Q8 => "q8",
             Compression::Q4 => "q4",
         }
-    }
-
-    pub fn from_name(s: &str) -> Option<Compression> {
-        [Compression::None, Compression::Q8, Compression::Q4]
-            .into_iter()
-            .find(|c| c.name() == s)
     }
 
     /// Bytes on the wire for `values` values in `channels` channels (payload + per-channel

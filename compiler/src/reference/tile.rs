@@ -125,10 +125,24 @@ pub fn run_plan(
         }
         current = out;
     }
-    let start = plan.tail_start.index();
+    run_tail(graph, weights, plan.tail_start.index(), current, input)
+}
+
+/// Runs layers `start..` (the tail, on the coordinator): `live` is the output of layer
+/// `start - 1`, the one tensor live at a cut; `input` the network input.
+pub fn run_tail(
+    graph: &LayerGraph,
+    weights: &Weights,
+    start: usize,
+    live: Array3<f32>,
+    input: &Array3<f32>,
+) -> Result<Array3<f32>, EvalError> {
+    if start >= graph.layers().len() {
+        return Ok(live);
+    }
     let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
-    if let Some(live) = start.checked_sub(1) {
-        values[live] = Some(current.clone());
+    if let Some(l) = start.checked_sub(1) {
+        values[l] = Some(live);
     }
     for (i, layer) in graph.layers().iter().enumerate().skip(start) {
         let mut inputs = Vec::with_capacity(layer.inputs.len());
@@ -146,9 +160,8 @@ pub fn run_plan(
             weights,
         )?);
     }
-    Ok(if start < graph.layers().len() {
-        values.pop().flatten().unwrap_or(current)
-    } else {
-        current
-    })
+    values
+        .pop()
+        .flatten()
+        .ok_or_else(|| missing("the tail's output"))
 }
