@@ -74,3 +74,29 @@ fn random_weights_keep_activations_finite() {
         assert!(var > 1e-8, "{name}: the output is constant");
     }
 }
+
+/// Receptive fields measured in PyTorch for VGG16: 44 pixels at pool3, 212 at pool5.
+#[test]
+fn receptive_fields_and_strides_of_vgg16() {
+    let checked = check(&example("vgg16"), None);
+    let (graph, _) = checked.network.as_ref().expect("vgg16");
+    for (layer, field, stride) in [("features.16", 44, 8), ("features.30", 212, 32)] {
+        let r = graph
+            .layer(graph.find(layer).expect("layer"))
+            .stats
+            .receptive
+            .expect("spatial");
+        assert_eq!(
+            (r.field.h, r.field.w, r.stride.h),
+            (field, field, stride),
+            "{layer}"
+        );
+    }
+    let table = graph.layer_table();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("features.30") && l.contains("212×212")),
+        "{table}"
+    );
+}

@@ -137,3 +137,17 @@ fn build_errors_are_clear() {
     assert_eq!(code, 1);
     assert!(stderr.contains("not a plan file"), "{stderr}");
 }
+
+#[test]
+fn check_layers_prints_a_row_per_layer() {
+    let (code, stdout, stderr) = adcnnc(&["check", "dsl-examples/alexnet.yaml", "--layers"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The summary, a header, and 21 layers.
+    assert_eq!(stdout.lines().count(), 23, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("features.0") && l.contains("conv(64, k=11, s=4, p=2)")),
+        "{stdout}"
+    );
+}

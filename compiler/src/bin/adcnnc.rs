@@ -27,6 +27,10 @@ enum Command {
         /// A separate cluster file (replaces any `cluster:` in FILE).
         #[arg(long)]
         cluster: Option<PathBuf>,
+        /// Also print every layer: operator, inputs, output shape, FLOPs, parameters,
+        /// receptive field and cumulative stride.
+        #[arg(long)]
+        layers: bool,
     },
     /// Plan a network for a cluster and write the plan (plan.bin).
     ///
@@ -105,11 +109,18 @@ fn parse_grid(s: &str) -> Result<(usize, usize), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file, cluster } => {
+        Command::Check {
+            file,
+            cluster,
+            layers,
+        } => {
             let checked = adcnn_compiler::check::check(&file, cluster.as_deref());
             if checked.is_ok() {
                 for line in checked.summary() {
                     println!("{line}");
+                }
+                if let (true, Some((graph, _))) = (layers, &checked.network) {
+                    print!("{}", graph.layer_table());
                 }
                 ExitCode::SUCCESS
             } else {

@@ -405,6 +405,50 @@ impl LayerGraph {
             flat_or_full(self.output_shape())
         )
     }
+
+    /// One line per layer: name, operator, inputs, output shape, MFLOPs, parameters, and the
+    /// receptive field and cumulative stride of spatial layers (`adcnnc check --layers`).
+    pub fn layer_table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{:<26} {:<36} {:<24} {:>16} {:>9} {:>10} {:>9} {:>6}",
+            "layer", "operator", "inputs", "output", "MFLOPs", "params", "field", "stride"
+        );
+        for l in &self.layers {
+            let inputs: Vec<&str> = l
+                .inputs
+                .iter()
+                .map(|s| match s {
+                    Source::Input => "input",
+                    Source::Layer(id) => self.layer(*id).name.as_str(),
+                })
+                .collect();
+            let (field, stride) =
+                l.stats
+                    .receptive
+                    .map_or(("-".to_string(), "-".to_string()), |r| {
+                        (
+                            format!("{}×{}", r.field.h, r.field.w),
+                            r.stride.h.to_string(),
+                        )
+                    });
+            let _ = writeln!(
+                o,
+                "{:<26} {:<36} {:<24} {:>16} {:>9.2} {:>10} {:>9} {:>6}",
+                l.name,
+                l.op.to_string(),
+                inputs.join(", "),
+                flat_or_full(l.shape),
+                l.stats.flops as f64 / 1e6,
+                human_count(l.stats.params),
+                field,
+                stride
+            );
+        }
+        o
+    }
 }
 
 /// `[1000]` for a flat vector, `[C, H, W]` otherwise.
