@@ -97,9 +97,15 @@ pub fn parse(text: &str, file: FileId) -> Result<Node, Diagnostic> {
                 .and_then(|l| byte_offset(&l, text))
                 .unwrap_or(0);
             let message = strip_location(&e.to_string());
+            let help = if message.contains("budget") {
+                "the document expands to more than the parser's budget allows (aliases repeated \
+                 at many levels?); network and cluster files are small"
+            } else {
+                "check indentation, brackets and quotes around this point"
+            };
             Err(Diagnostic::error(format!("invalid YAML: {message}"))
                 .at(&Span::new(file, offset..offset + 1), "here")
-                .help("check indentation, brackets and quotes around this point"))
+                .help(help))
         }
     }
 }
