@@ -32,6 +32,7 @@ fn explain_text_of_every_example_and_strategy() {
             .map(str::trim)
             .collect();
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let mut predicted = Vec::new();
         for strategy in Strategy::ALL {
             let opts = Options {
                 strategy,
@@ -40,6 +41,7 @@ fn explain_text_of_every_example_and_strategy() {
             let built = build(&example(net), Some(&example("edge4")), &opts, 2)
                 .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()));
             let lp = decode(&built.bytes).expect("decodes");
+            predicted.push((strategy, lp.plan.predicted_ms));
             assert_eq!(lp.plan, built.plan, "{net}: plan.bin round trip");
             let text = explain::text(&lp.plan, &lp.graph);
             // The book's table and pictures are these plans (book/predicted-latency.sh and
@@ -73,6 +75,21 @@ fn explain_text_of_every_example_and_strategy() {
             }, {
                 insta::assert_snapshot!(format!("{net}-{}", strategy.name()), text);
             });
+        }
+        // `auto` searches a space that holds the `single`, `halo` and `layerwise` plans.
+        let of = |s: Strategy| {
+            predicted
+                .iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, p)| *p)
+                .expect("planned")
+        };
+        for other in [Strategy::Single, Strategy::Halo, Strategy::Layerwise] {
+            assert!(
+                of(Strategy::Auto) <= of(other) + 1e-9,
+                "{net}: auto predicts worse than {}",
+                other.name()
+            );
         }
     }
 }
