@@ -1,7 +1,8 @@
 """adcnn vs onnxruntime, interleaved (see vs-onnxruntime.sh). Exports the torchvision
 architectures with seeded random weights and YOLOv2-tiny (as dsl-examples/yolov2-tiny.yaml
-describes it) to ONNX once; each round times one adcnn run (`adcnn-run bench --runs 1`, after
-its own warm-up) and one onnxruntime run (session warmed up once), alternating."""
+describes it) to ONNX once; each round times adcnn (`adcnn-run bench --runs 3`: the median of
+three runs after two warm-up runs, in a fresh process) and then onnxruntime (the median of three
+runs on a session warmed up once), alternating; the table gives medians over rounds."""
 import argparse
 import os
 import statistics
@@ -92,12 +93,13 @@ def main():
         ours, theirs, compile_ms, gflop = [], [], [], 0.0
         plan = os.path.join(a.out, f"{name}.plan.bin")
         for _ in range(a.rounds):
-            r = subprocess.run([a.adcnn_run, "bench", plan, "--threads", "1", "--runs", "1", "--quiet"],
+            r = subprocess.run([a.adcnn_run, "bench", plan, "--threads", "1", "--runs", "3", "--quiet"],
                                check=True, capture_output=True, text=True).stdout.split()
             ours.append(float(r[1]))
             compile_ms.append(float(r[3]))
             gflop = float(r[4])
-            theirs.append(1e3 * timed(lambda: sess.run(None, {"input": x})))
+            theirs.append(statistics.median(1e3 * timed(lambda: sess.run(None, {"input": x}))
+                                            for _ in range(3)))
         mo, mt = statistics.median(ours), statistics.median(theirs)
         gfs = gflop / (mo / 1e3)
         rows.append((name, mo, mt, mo / mt, gfs, 100 * gfs / ceiling, statistics.median(compile_ms)))
@@ -105,8 +107,8 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.0f} % | {r[6]:.0f} |")
-    print(f"\n(medians of {a.rounds} interleaved rounds; each adcnn round is one timed run after two "
-          "warm-up runs in a fresh process; ORT: one run per round on a warmed-up session)")
+    print(f"\n(medians of {a.rounds} interleaved rounds; a round: adcnn's median of 3 runs after 2 "
+          "warm-up runs in a fresh process, then ORT's median of 3 runs on a warmed-up session)")
 
 
 if __name__ == "__main__":

@@ -84,11 +84,31 @@ impl PackedA {
     }
 }
 
+/// Something that can write blocks of a `k × n` B matrix in packed form: for the block
+/// `B[k0..k0+kc, n0..n0+nc]`, NR-column strips one after another, each `kc` rows of NR
+/// values (`out` arrives zeroed, `nc.div_ceil(NR) · NR · kc` long; columns past `n0 + nc`
+/// stay zero). A convolution implements it straight from its input (implicit im2col), so
+/// the `(Cin·kh·kw) × (H·W)` matrix never exists in memory.
+pub trait PackB {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]);
+}
+
+/// A row-major `k × n` matrix with leading dimension `ldb`.
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<'a> {
+    pub b: &'a [f32],
+    pub ldb: usize,
+}
+
+impl PackB for Dense<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+        pack_b(self.b, self.ldb, k0, kc, n0, nc, out);
+    }
+}
+
 /// Packs `B[k0..k0+kc, n0..n0+nc]` into NR-column strips (columns past the edge are zero).
-fn pack_b(b: &[f32], ldb: usize, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut Vec<f32>) {
+fn pack_b(b: &[f32], ldb: usize, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
     let strips = nc.div_ceil(NR);
-    out.clear();
-    out.resize(strips * NR * kc, 0.0);
     for s in 0..strips {
         let c0 = n0 + s * NR;
         let w = NR.min(n0 + nc - c0);
@@ -125,13 +145,40 @@ pub fn gemm_packed(
         return;
     }
     assert!(ldb >= n && b.len() >= (k - 1) * ldb + n, "B too short");
+    gemm_packed_with(a, &Dense { b, ldb }, n, c, ldc, accumulate);
+}
+
+/// `C (+)= A · B` with A pre-packed and B packed block by block by `b`.
+pub fn gemm_packed_with(
+    a: &PackedA,
+    b: &impl PackB,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
     let isa = isa();
     let mut bp = Vec::new();
     for n0 in (0..n).step_by(NC) {
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            pack_b(b, ldb, k0, kc, n0, nc, &mut bp);
+            bp.clear();
+            bp.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+            b.pack(k0, kc, n0, nc, &mut bp);
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
                 let ap = a.strip(k0, kc, s);

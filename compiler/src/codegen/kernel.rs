@@ -9,12 +9,13 @@
 //! without padding are JIT loop nests. Every other layer kind runs on the reference
 //! interpreter (`eval_op`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
 use ndarray::Array3;
 
-use super::gemm::{PackedA, gemm_packed};
+use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with};
 use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Shape, WeightRole};
@@ -390,20 +391,21 @@ impl CompiledKernels {
                 continue;
             }
             // The layer's inputs: cropped to what it needs (halo) or whole (FDSP).
-            let operand = |src: &Source, need: Option<Region>| -> Result<Array3<f32>, EvalError> {
-                let (t, have) = match src {
-                    Source::Layer(l) if l.index() >= first => {
-                        let j = l.index() - first;
-                        let t = values[j].as_ref().ok_or_else(|| missing(&layer.name))?;
-                        (t, tile.regions[j])
-                    }
-                    _ => (input, tile.input),
+            let operand =
+                |src: &Source, need: Option<Region>| -> Result<Cow<'_, Array3<f32>>, EvalError> {
+                    let (t, have) = match src {
+                        Source::Layer(l) if l.index() >= first => {
+                            let j = l.index() - first;
+                            let t = values[j].as_ref().ok_or_else(|| missing(&layer.name))?;
+                            (t, tile.regions[j])
+                        }
+                        _ => (input, tile.input),
+                    };
+                    Ok(match need {
+                        Some(need) if need != have => Cow::Owned(crop(t, &have, &need)),
+                        _ => Cow::Borrowed(t),
+                    })
                 };
-                Ok(match need {
-                    Some(need) if need != have => crop(t, &have, &need),
-                    _ => t.clone(),
-                })
-            };
             let op = match seg.mode {
                 Mode::Halo => tile_op(&layer.op, &region, shape_of(graph, &layer.inputs[0]))
                     .map_err(|e| EvalError::Parameter {
@@ -436,7 +438,7 @@ impl CompiledKernels {
                     }
                     None => None,
                 };
-                let y = self.conv(i, k, c, &x, residual.as_ref())?;
+                let y = self.conv(i, k, c, &x, residual.as_deref())?;
                 if let Some(p) = profile.as_deref_mut() {
                     *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
                 }
@@ -462,7 +464,7 @@ impl CompiledKernels {
                     rest.push(operand(src, need_of(src))?);
                 }
                 let mut refs: Vec<&Array3<f32>> = vec![&x];
-                refs.extend(rest.iter());
+                refs.extend(rest.iter().map(|r| &**r));
                 reference::eval_op(&op, &layer.name, &refs, weights)?
             };
             if let Some(p) = profile.as_deref_mut() {
@@ -594,21 +596,15 @@ impl CompiledKernels {
                 && c.stride.h == 1
                 && c.stride.w == 1
                 && p.is_zero();
-            let mut cols = if direct {
-                Vec::new()
-            } else {
-                vec![0.0f32; kdim * n]
-            };
+            debug_assert_eq!(kdim, k.packed.first().map_or(0, |p| p.k));
             for (gi, pa) in k.packed.iter().enumerate() {
                 let xg = &xs[gi * k.cin_g * h * w..(gi + 1) * k.cin_g * h * w];
-                let b: &[f32] = if direct {
-                    xg
-                } else {
-                    im2col(&geo, xg, k.cin_g, &mut cols);
-                    &cols
-                };
                 let yg = &mut y[gi * k.cout_g * n..(gi + 1) * k.cout_g * n];
-                gemm_packed(pa, b, n, n, yg, n, false);
+                if direct {
+                    gemm_packed(pa, xg, n, n, yg, n, false);
+                } else {
+                    gemm_packed_with(pa, &Im2col { g: &geo, x: xg }, n, yg, n, false);
+                }
             }
         }
         let res = match residual {
@@ -644,46 +640,64 @@ struct Geo {
     c: Conv2d,
 }
 
-/// The output positions `o` in `0..out` whose input `o·s + off − pad` lies in `0..len`.
-fn valid_range(out: usize, s: usize, off: usize, pad: usize, len: usize) -> (usize, usize) {
-    // o·s + off ≥ pad  and  o·s + off < pad + len
-    let lo = pad.saturating_sub(off).div_ceil(s);
-    let hi = if pad + len > off {
-        (pad + len - off).div_ceil(s)
-    } else {
-        0
-    };
-    (lo.min(out), hi.min(out).max(lo.min(out)))
+/// The im2col matrix of a convolution's input, never materialised: B`[(ci, ky, kx), (oy, ox)]`
+/// = the padded input at `(oy·s + ky·d, ox·s + kx·d)`, packed block by block for the GEMM.
+struct Im2col<'a> {
+    g: &'a Geo,
+    x: &'a [f32],
 }
 
-/// `cols[(ci, ky, kx), (oy, ox)]` = the padded input at `(oy·s + ky·d, ox·s + kx·d)`.
-fn im2col(g: &Geo, x: &[f32], cin: usize, cols: &mut [f32]) {
-    let c = &g.c;
-    let (kh, kw) = (c.kernel.h, c.kernel.w);
-    let n = g.oh * g.ow;
-    for ci in 0..cin {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..kh {
-            let (y0, y1) = valid_range(g.oh, c.stride.h, ky * c.dilation.h, c.padding.top, g.h);
-            for kx in 0..kw {
-                let (x0, x1) =
-                    valid_range(g.ow, c.stride.w, kx * c.dilation.w, c.padding.left, g.w);
-                let row = &mut cols[((ci * kh + ky) * kw + kx) * n..][..n];
-                row[..y0 * g.ow].fill(0.0);
-                row[y1 * g.ow..].fill(0.0);
-                for oy in y0..y1 {
-                    let iy = oy * c.stride.h + ky * c.dilation.h - c.padding.top;
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                    dst[..x0].fill(0.0);
-                    dst[x1..].fill(0.0);
-                    if x1 > x0 {
-                        let ix0 = x0 * c.stride.w + kx * c.dilation.w - c.padding.left;
-                        if c.stride.w == 1 {
-                            dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                        } else {
-                            for (j, d) in dst[x0..x1].iter_mut().enumerate() {
-                                *d = src[ix0 + j * c.stride.w];
+impl PackB for Im2col<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+        let (g, c) = (self.g, &self.g.c);
+        let (kh, kw) = (c.kernel.h, c.kernel.w);
+        let (sh, sw) = (c.stride.h, c.stride.w);
+        let (h, w) = (g.h as isize, g.w as isize);
+        // Per B row (tap): its input plane and the offsets of its window position.
+        let taps: Vec<(usize, isize, isize)> = (k0..k0 + kc)
+            .map(|row| {
+                let (ci, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+                let dy = (ky * c.dilation.h) as isize - c.padding.top as isize;
+                let dx = (kx * c.dilation.w) as isize - c.padding.left as isize;
+                (ci * g.h * g.w, dy, dx)
+            })
+            .collect();
+        for s in 0..nc.div_ceil(NR) {
+            let c0 = n0 + s * NR;
+            let width = NR.min(n0 + nc - c0);
+            // The strip's columns as runs along output rows: (first lane, oy, ox, length).
+            let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+            let mut count = 0;
+            let mut col = c0;
+            while col < c0 + width {
+                let (oy, ox) = (col / g.ow, col % g.ow);
+                let len = (g.ow - ox).min(c0 + width - col);
+                runs[count] = (col - c0, oy, ox, len);
+                count += 1;
+                col += len;
+            }
+            let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
+            for (dst, &(plane, dy, dx)) in strip.chunks_exact_mut(NR).zip(&taps) {
+                for &(j0, oy, ox, len) in &runs[..count] {
+                    let iy = (oy * sh) as isize + dy;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let row = &self.x[plane + iy as usize * g.w..][..g.w];
+                    let ix0 = (ox * sw) as isize + dx;
+                    if sw == 1 {
+                        let lo = (-ix0).clamp(0, len as isize);
+                        let hi = (w - ix0).clamp(lo, len as isize);
+                        let (lo, hi) = (lo as usize, hi as usize);
+                        if hi > lo {
+                            let from = (ix0 + lo as isize) as usize;
+                            dst[j0 + lo..j0 + hi].copy_from_slice(&row[from..from + hi - lo]);
+                        }
+                    } else {
+                        for t in 0..len {
+                            let ix = ix0 + (t * sw) as isize;
+                            if ix >= 0 && ix < w {
+                                dst[j0 + t] = row[ix as usize];
                             }
                         }
                     }
@@ -693,35 +707,38 @@ fn im2col(g: &Geo, x: &[f32], cin: usize, cols: &mut [f32]) {
     }
 }
 
-/// Depthwise convolution (one input and one output channel per group), direct.
+/// Depthwise convolution (one input and one output channel per group), direct: each
+/// channel's plane is copied once into a zero-padded buffer, then every output row
+/// accumulates its taps while it stays in L1.
 fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
     let c = &g.c;
     let (kh, kw) = (c.kernel.h, c.kernel.w);
+    let (sh, sw, dh, dw) = (c.stride.h, c.stride.w, c.dilation.h, c.dilation.w);
+    let p = c.padding;
+    let (ph, pw) = (g.h + p.top + p.bottom, g.w + p.left + p.right);
     let n = g.oh * g.ow;
+    let mut padded = vec![0.0f32; ph * pw];
     for ch in 0..channels {
         let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+        for (r, src) in plane.chunks_exact(g.w).enumerate() {
+            let row = (r + p.top) * pw + p.left;
+            padded[row..row + g.w].copy_from_slice(src);
+        }
+        let taps = &wts[ch * kh * kw..(ch + 1) * kh * kw];
         let out = &mut y[ch * n..(ch + 1) * n];
-        for ky in 0..kh {
-            let (y0, y1) = valid_range(g.oh, c.stride.h, ky * c.dilation.h, c.padding.top, g.h);
-            for kx in 0..kw {
-                let wv = wts[(ch * kh + ky) * kw + kx];
-                let (x0, x1) =
-                    valid_range(g.ow, c.stride.w, kx * c.dilation.w, c.padding.left, g.w);
-                if x1 <= x0 {
-                    continue;
-                }
-                for oy in y0..y1 {
-                    let iy = oy * c.stride.h + ky * c.dilation.h - c.padding.top;
-                    let ix0 = x0 * c.stride.w + kx * c.dilation.w - c.padding.left;
-                    let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let dst = &mut out[oy * g.ow + x0..oy * g.ow + x1];
-                    if c.stride.w == 1 {
-                        for (d, s) in dst.iter_mut().zip(&src[ix0..]) {
+        for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
+            for ky in 0..kh {
+                let row = &padded[(oy * sh + ky * dh) * pw..][..pw];
+                for kx in 0..kw {
+                    let wv = taps[ky * kw + kx];
+                    let src = &row[kx * dw..];
+                    if sw == 1 {
+                        for (d, s) in dst.iter_mut().zip(src) {
                             *d += wv * s;
                         }
                     } else {
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            *d += wv * src[ix0 + j * c.stride.w];
+                        for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                            *d += wv * s;
                         }
                     }
                 }
