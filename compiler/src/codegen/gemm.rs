@@ -171,14 +171,36 @@ pub fn gemm_packed_with(
         return;
     }
     let isa = isa();
-    let mut bp = Vec::new();
+    // The packed-B buffer is reused per thread: at 192 KiB it is above glibc's mmap
+    // threshold, and a fresh one per call cost a map, page faults and an unmap each time.
+    thread_local! {
+        static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PACKED_B.with_borrow_mut(|bp| gemm_blocks(isa, a, b, n, c, ldc, accumulate, bp));
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the blocked loop nest of gemm_packed_with"
+)]
+fn gemm_blocks(
+    isa: Isa,
+    a: &PackedA,
+    b: &impl PackB,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    bp: &mut Vec<f32>,
+) {
+    let (m, k) = (a.m, a.k);
     for n0 in (0..n).step_by(NC) {
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             bp.clear();
             bp.resize(nc.div_ceil(NR) * NR * kc, 0.0);
-            b.pack(k0, kc, n0, nc, &mut bp);
+            b.pack(k0, kc, n0, nc, bp);
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
                 let ap = a.strip(k0, kc, s);
