@@ -763,6 +763,7 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
     let (ph, pw) = (g.h + p.top + p.bottom, g.w + p.left + p.right);
     let n = g.oh * g.ow;
     let mut padded = vec![0.0f32; ph * pw];
+    let mut wide = Vec::new();
     for ch in 0..channels {
         let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
         for (r, src) in plane.chunks_exact(g.w).enumerate() {
@@ -771,20 +772,35 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
         }
         let taps = &wts[ch * kh * kw..(ch + 1) * kh * kw];
         let out = &mut y[ch * n..(ch + 1) * n];
+        if sw == 1 && sh == 1 {
+            // Stride 1: compute on the padded width, so each tap is one long axpy over the
+            // whole plane (rows of 7–14 pixels are too short to vectorise one by one), then
+            // keep the `ow` valid columns of each row.
+            let len = (g.oh - 1) * pw + g.ow;
+            wide.clear();
+            wide.resize(len, 0.0);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let wv = taps[ky * kw + kx];
+                    let src = &padded[ky * dh * pw + kx * dw..][..len];
+                    for (d, s) in wide.iter_mut().zip(src) {
+                        *d += wv * s;
+                    }
+                }
+            }
+            for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
+                dst.copy_from_slice(&wide[oy * pw..oy * pw + g.ow]);
+            }
+            continue;
+        }
         for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
             for ky in 0..kh {
                 let row = &padded[(oy * sh + ky * dh) * pw..][..pw];
                 for kx in 0..kw {
                     let wv = taps[ky * kw + kx];
                     let src = &row[kx * dw..];
-                    if sw == 1 {
-                        for (d, s) in dst.iter_mut().zip(src) {
-                            *d += wv * s;
-                        }
-                    } else {
-                        for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                            *d += wv * s;
-                        }
+                    for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                        *d += wv * s;
                     }
                 }
             }
