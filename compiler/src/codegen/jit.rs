@@ -154,14 +154,35 @@ impl JitSession {
     pub fn finish(mut self) -> Result<JitCode, JitError> {
         self.module.finalize_definitions().map_err(err)?;
         Ok(JitCode {
-            module: self.module,
+            module: Some(self.module),
         })
     }
 }
 
-/// Finished code. Immutable after `finalize_definitions`; shared by worker threads.
+/// Finished code. Immutable after `finalize_definitions`; shared by worker threads. Its
+/// code memory is freed when it drops (a plan reloaded many times does not leak).
 pub struct JitCode {
-    module: JITModule,
+    /// `None` only while dropping.
+    module: Option<JITModule>,
+}
+
+impl Drop for JitCode {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: function pointers into this module are only ever obtained inside
+            // `JitCode`'s own methods and called there; none outlives `&self`, so no code of
+            // the module can run once it is being dropped.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+impl JitCode {
+    fn function(&self, h: Handle) -> *const u8 {
+        self.module
+            .as_ref()
+            .map_or(std::ptr::null(), |m| m.get_finalized_function(h.0))
+    }
 }
 
 impl std::fmt::Debug for JitCode {
@@ -197,7 +218,8 @@ impl JitCode {
             }
             None => std::ptr::null(),
         };
-        let p = self.module.get_finalized_function(h.0);
+        let p = self.function(h);
+        assert!(!p.is_null());
         // SAFETY: `p` was compiled from `spec` with the EpilogueFn signature; it reads
         // `channels` biases and `channels × pixels` residuals and writes as many values of y,
         // all checked above.
@@ -210,7 +232,8 @@ impl JitCode {
     /// Runs a max pool. Panics if a slice is shorter than its spec says.
     pub fn run_max_pool(&self, h: Handle, spec: &MaxPoolSpec, x: &[f32], y: &mut [f32]) {
         assert!(x.len() >= spec.c * spec.h * spec.w && y.len() >= spec.c * spec.oh * spec.ow);
-        let p = self.module.get_finalized_function(h.0);
+        let p = self.function(h);
+        assert!(!p.is_null());
         // SAFETY: compiled from `spec` with the MaxPoolFn signature; reads only inside
         // `[c, h, w]` (every window is inside the input) and writes `[c, oh, ow]`.
         unsafe {
