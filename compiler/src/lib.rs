@@ -4,6 +4,7 @@
 pub mod build;
 pub mod check;
 pub mod cluster;
+pub mod codegen;
 pub mod diag;
 pub mod dsl;
 pub mod graph;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use adcnn_compiler::codegen::CompiledKernels;
 use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
 use adcnn_compiler::reference::EvalError;
@@ -55,9 +56,33 @@ struct Done {
     end_us: f64,
 }
 
+/// Which tile kernels the workers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// Compiled kernels (host GEMM + Cranelift JIT), compiled per node when the plan loads.
+    #[default]
+    Jit,
+    /// The reference interpreter (the oracle).
+    Reference,
+}
+
+impl Kernels {
+    pub fn from_name(s: &str) -> Option<Kernels> {
+        match s {
+            "jit" => Some(Kernels::Jit),
+            "reference" => Some(Kernels::Reference),
+            _ => None,
+        }
+    }
+}
+
 /// A loaded plan with its worker threads running.
 pub struct Executor {
     plan: Arc<LoadedPlan>,
+    /// Per node: milliseconds spent compiling its kernels (JIT only).
+    compile_ms: Vec<f64>,
+    /// Why compilation failed on some node, which then runs the reference kernels.
+    compile_error: Option<String>,
     senders: Vec<Option<Sender<Job>>>,
     done: Receiver<Done>,
     handles: Vec<JoinHandle<()>>,
@@ -73,8 +98,15 @@ impl std::fmt::Debug for Executor {
 }
 
 impl Executor {
+    /// Loads `plan` with compiled kernels.
     pub fn new(plan: LoadedPlan) -> Self {
+        Executor::with_kernels(plan, Kernels::Jit)
+    }
+
+    pub fn with_kernels(plan: LoadedPlan, kernels: Kernels) -> Self {
         let plan = Arc::new(plan);
+        let mut compile_ms = vec![0.0; plan.plan.cluster.nodes.len()];
+        let mut compile_error = None;
         let epoch = Instant::now();
         let (done_tx, done) = unbounded::<Done>();
         let mut senders = Vec::new();
@@ -86,18 +118,40 @@ impl Executor {
             }
             let (tx, rx) = unbounded::<Job>();
             senders.push(Some(tx));
+            // Each node compiles its own share: one JIT session per node, whose finished code
+            // only that node's thread uses.
+            let compiled = match kernels {
+                Kernels::Reference => None,
+                Kernels::Jit => match CompiledKernels::compile(
+                    &plan.graph,
+                    &plan.weights,
+                    &plan.plan.segments,
+                    |t| t.node == i,
+                ) {
+                    Ok(k) => {
+                        compile_ms[i] = k.compile_ms;
+                        Some(k)
+                    }
+                    Err(e) => {
+                        compile_error = Some(format!("node {}: {e}", node.name));
+                        None
+                    }
+                },
+            };
             let plan = Arc::clone(&plan);
             let done_tx = done_tx.clone();
             let name = format!("adcnn-{}", node.name);
             let spawned = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || worker(i, &plan, &rx, &done_tx, epoch));
+                .spawn(move || worker(i, &plan, compiled.as_ref(), &rx, &done_tx, epoch));
             if let Ok(h) = spawned {
                 handles.push(h);
             }
         }
         Executor {
             plan,
+            compile_ms,
+            compile_error,
             senders,
             done,
             handles,
@@ -107,6 +161,16 @@ impl Executor {
 
     pub fn plan(&self) -> &LoadedPlan {
         &self.plan
+    }
+
+    /// Per node: milliseconds its kernels took to compile (0 for reference kernels).
+    pub fn compile_ms(&self) -> &[f64] {
+        &self.compile_ms
+    }
+
+    /// Set when some node's kernels failed to compile (that node runs the reference).
+    pub fn compile_error(&self) -> Option<&str> {
+        self.compile_error.as_deref()
     }
 
     fn now_us(&self) -> f64 {
@@ -243,6 +307,7 @@ impl Drop for Executor {
 fn worker(
     node: usize,
     plan: &LoadedPlan,
+    compiled: Option<&CompiledKernels>,
     jobs: &Receiver<Job>,
     done: &Sender<Done>,
     epoch: Instant,
@@ -252,7 +317,11 @@ fn worker(
         let start_us = epoch.elapsed().as_secs_f64() * 1e6;
         let seg = &plan.plan.segments[job.segment];
         let tile = &seg.tiles[job.tile];
-        let output = run_tile(&plan.graph, &plan.weights, seg, tile, &job.input).map(|exact| {
+        let result = match compiled {
+            Some(k) => k.run_tile(&plan.graph, &plan.weights, seg, tile, &job.input),
+            None => run_tile(&plan.graph, &plan.weights, seg, tile, &job.input),
+        };
+        let output = result.map(|exact| {
             let (sent, bytes) = compress::roundtrip(&exact, how);
             let num: f64 = exact
                 .iter()

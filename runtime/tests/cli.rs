@@ -191,3 +191,38 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
         let _ = std::fs::remove_file(f);
     }
 }
+
+#[test]
+fn bench_prints_latency_and_compile_time_with_either_kernels() {
+    let plan = plan_file("alexnet", adcnn_compiler::plan::Strategy::Single, "bench");
+    let p = plan.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = adcnn_run(&["bench", p, "--runs", "2", "--profile"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("kernels jit, 1 thread(s)"), "{stdout}");
+    assert!(
+        stdout.contains("p50 ") && stdout.contains("frames/s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kernel compile time: "), "{stdout}");
+    assert!(stdout.contains("conv im2col + gemm"), "{stdout}");
+    let (code, stdout, stderr) = adcnn_run(&[
+        "bench",
+        p,
+        "--runs",
+        "1",
+        "--threads",
+        "2",
+        "--kernels",
+        "reference",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.split_whitespace().count(), 5, "{stdout}");
+    let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("--kernels takes `jit` or `reference`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&plan);
+}

@@ -68,7 +68,7 @@ struct PlanMeta {
 }
 
 /// A decoded plan with the network rebuilt from it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct LoadedPlan {
     pub plan: Plan,
     pub graph: LayerGraph,

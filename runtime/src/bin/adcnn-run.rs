@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use adcnn_compiler::check::check;
+use adcnn_compiler::codegen::{CompiledKernels, Profile};
 use adcnn_compiler::graph::LayerGraph;
 use adcnn_compiler::plan::Compression;
 use adcnn_compiler::plan::format::{self, MAGIC};
+use adcnn_compiler::reference::tile::run_plan as reference_run_plan;
 use adcnn_compiler::{npy, reference};
-use adcnn_runtime::exec::Executor;
+use adcnn_runtime::exec::{Executor, Kernels};
 use adcnn_runtime::{input, report};
 use clap::Parser;
 use ndarray::Array3;
@@ -36,9 +38,47 @@ struct Cli {
     /// Write a Chrome trace-event JSON of the run (one track per node; open in Perfetto).
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Tile kernels: `jit` (compiled: host GEMM + Cranelift) or `reference` (the interpreter).
+    #[arg(long, default_value = "jit")]
+    kernels: String,
+}
+
+/// `adcnn-run bench PLAN`: latency of a plan on a seeded random input (a benchmark: it
+/// measures and prints; nothing is asserted).
+#[derive(Debug, Parser)]
+#[command(name = "adcnn-run bench")]
+struct BenchCli {
+    /// plan.bin
+    plan: PathBuf,
+    /// 1: every tile on the calling thread, one after another (no worker threads);
+    /// more: the in-process cluster, one thread per node.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Timed runs after two warm-up runs.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// `jit` or `reference`.
+    #[arg(long, default_value = "jit")]
+    kernels: String,
+    /// Print milliseconds per kind of layer work (one thread, JIT kernels).
+    #[arg(long)]
+    profile: bool,
+    /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP>`.
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        let cli = BenchCli::parse_from(std::env::args().skip(1));
+        return match bench(&cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,7 +135,10 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
     let loaded =
         format::decode(&bytes).map_err(|e| format!("error: {}: {e}", cli.plan.display()))?;
     let x = input::load(&cli.input, &loaded.graph.input).map_err(|e| format!("error: {e}"))?;
-    let exec = Executor::new(loaded);
+    let exec = Executor::with_kernels(loaded, kernels(&cli.kernels)?);
+    if let Some(e) = exec.compile_error() {
+        eprintln!("warning: {e}; that node runs the reference kernels");
+    }
     // One warm-up run: first-touch allocations and thread start-up are not the plan's cost.
     exec.run(&x).map_err(|e| format!("error: {e}"))?;
     let r = exec.run(&x).map_err(|e| format!("error: {e}"))?;
@@ -142,6 +185,98 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
         println!("wrote trace {}", path.display());
     }
     write_output(cli, &r.output)
+}
+
+fn kernels(name: &str) -> Result<Kernels, String> {
+    Kernels::from_name(name)
+        .ok_or_else(|| format!("error: --kernels takes `jit` or `reference`, not `{name}`"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn bench(cli: &BenchCli) -> Result<(), String> {
+    let bytes = std::fs::read(&cli.plan)
+        .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
+    let lp = format::decode(&bytes).map_err(|e| format!("error: {}: {e}", cli.plan.display()))?;
+    let which = kernels(&cli.kernels)?;
+    let s = lp.graph.input.shape;
+    let mut rng = adcnn_compiler::weights::SplitMix64::new(1);
+    let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
+    let runs = cli.runs.max(1);
+    let mut times = Vec::with_capacity(runs);
+    let mut profile = Profile::new();
+    let compile_ms;
+    if cli.threads <= 1 {
+        let compiled = match which {
+            Kernels::Jit => Some(
+                CompiledKernels::compile(&lp.graph, &lp.weights, &lp.plan.segments, |_| true)
+                    .map_err(|e| format!("error: {e}"))?,
+            ),
+            Kernels::Reference => None,
+        };
+        compile_ms = compiled.as_ref().map_or(0.0, |k| k.compile_ms);
+        let once = |profile: Option<&mut Profile>| match &compiled {
+            Some(k) => k.run_plan(&lp.graph, &lp.weights, &lp.plan, &x, profile),
+            None => reference_run_plan(&lp.graph, &lp.weights, &lp.plan, &x),
+        };
+        for _ in 0..2 {
+            once(None).map_err(|e| format!("error: {e}"))?;
+        }
+        for _ in 0..runs {
+            let t = Instant::now();
+            once(cli.profile.then_some(&mut profile)).map_err(|e| format!("error: {e}"))?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    } else {
+        let exec = Executor::with_kernels(lp.clone(), which);
+        if let Some(e) = exec.compile_error() {
+            return Err(format!("error: {e}"));
+        }
+        compile_ms = exec.compile_ms().iter().copied().fold(0.0, f64::max);
+        for _ in 0..2 {
+            exec.run(&x).map_err(|e| format!("error: {e}"))?;
+        }
+        for _ in 0..runs {
+            times.push(exec.run(&x).map_err(|e| format!("error: {e}"))?.measured_ms);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    let gflop = lp.graph.layers().iter().map(|l| l.stats.flops).sum::<u64>() as f64 / 1e9;
+    if cli.quiet {
+        println!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4}");
+        return Ok(());
+    }
+    println!(
+        "{} plan {} ({} segment(s)), kernels {}, {} thread(s), {runs} runs after 2 warm-up",
+        lp.plan.network,
+        lp.plan.strategy.name(),
+        lp.plan.segments.len(),
+        cli.kernels,
+        cli.threads.max(1)
+    );
+    println!(
+        "p50 {p50:.2} ms  p99 {p99:.2} ms  min {:.2} ms  {:.2} frames/s  {:.1} GFLOP/s ({gflop:.2} GFLOP)",
+        times[0],
+        1e3 / p50,
+        gflop / (p50 / 1e3)
+    );
+    println!("kernel compile time: {compile_ms:.1} ms");
+    if cli.profile {
+        let total: f64 = profile.values().sum();
+        println!("per kind of work (ms per run):");
+        for (k, v) in &profile {
+            println!(
+                "  {:>9.2}  {:>5.1} %  {k}",
+                v / runs as f64,
+                100.0 * v / total
+            );
+        }
+    }
+    Ok(())
 }
 
 fn relative_l2(a: &Array3<f32>, b: &Array3<f32>) -> f64 {

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# adcnn (plan `single`, one thread, compiled kernels) against onnxruntime (1 intra-op thread,
+# all graph optimisations) on the same architectures, interleaved, in one run.
+#
+#   bench/vs-onnxruntime.sh [ROUNDS] [MODELS...]     (default: 10 rounds, all five models)
+#
+# Makes its own venv under bench/.venv (torch, torchvision, onnx, onnxruntime, numpy) unless
+# ADCNN_BENCH_VENV names an existing one (e.g. /tmp/tv). A benchmark: prints, asserts nothing.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+ROUNDS="${1:-10}"
+shift || true
+MODELS="${*:-vgg16 yolov2-tiny resnet18 resnet50 mobilenetv2}"
+VENV="${ADCNN_BENCH_VENV:-$ROOT/bench/.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet torch torchvision onnx onnxruntime numpy
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+cargo build --release --quiet -p adcnn-compiler --bin adcnnc -p adcnn-runtime --bin adcnn-run
+OUT="$ROOT/bench/out"
+mkdir -p "$OUT"
+for m in $MODELS; do
+  [ -f "$OUT/$m.plan.bin" ] || "$CARGO_TARGET_DIR/release/adcnnc" build "dsl-examples/$m.yaml" \
+      --strategy single -o "$OUT/$m.plan.bin" >/dev/null
+done
+echo "loadavg: $(cat /proc/loadavg)"
+OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+  "$VENV/bin/python" "$ROOT/bench/vs_onnxruntime.py" --rounds "$ROUNDS" --out "$OUT" \
+  --adcnn-run "$CARGO_TARGET_DIR/release/adcnn-run" $MODELS
+echo "loadavg: $(cat /proc/loadavg)"

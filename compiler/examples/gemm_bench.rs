@@ -1,0 +1,66 @@
+//! Measures the host SGEMM (`codegen::gemm`) against ndarray's `general_mat_mul` (the
+//! reference interpreter's GEMM, matrixmultiply) on one thread, in GFLOP/s.
+//!
+//! `cargo run --release -p adcnn-compiler --example gemm_bench` — a benchmark, not a test:
+//! it prints best-of and median figures and asserts nothing.
+
+use std::time::Instant;
+
+use adcnn_compiler::codegen::gemm::{PackedA, gemm_packed, isa};
+use adcnn_compiler::weights::SplitMix64;
+use ndarray::{Array2, linalg::general_mat_mul};
+
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+/// (best, median) seconds of `f` over enough runs to fill ~0.4 s (at least 5).
+fn time(mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let mut v = Vec::new();
+    let start = Instant::now();
+    while v.len() < 5 || (start.elapsed().as_secs_f64() < 0.4 && v.len() < 200) {
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+fn main() {
+    println!("micro-kernel: {:?}; one thread", isa());
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10}",
+        "shape (M×N×K)", "adcnn best", "adcnn p50", "ndarray best", "ndarray p50"
+    );
+    let shapes: &[(&str, usize, usize, usize)] = &[
+        ("256³", 256, 256, 256),
+        ("VGG conv1_2 56×56 tile", 64, 3136, 576),
+        ("VGG conv2_2 56×56", 128, 3136, 1152),
+        ("VGG conv3_2 56×56", 256, 3136, 2304),
+        ("VGG conv4_2 28×28", 512, 784, 4608),
+        ("VGG conv5_2 14×14", 512, 196, 4608),
+        ("VGG conv1_1 (K=27)", 64, 3136, 27),
+    ];
+    for &(name, m, n, k) in shapes {
+        let (a, b) = (data(m * k, 1), data(k * n, 2));
+        let gf = 2.0 * (m * n * k) as f64 / 1e9;
+        let pa = PackedA::new(&a, m, k, k);
+        let mut c = vec![0.0f32; m * n];
+        let (best, med) = time(|| gemm_packed(&pa, &b, n, n, &mut c, n, false));
+        let an = Array2::from_shape_vec((m, k), a.clone()).expect("shape");
+        let bn = Array2::from_shape_vec((k, n), b.clone()).expect("shape");
+        let mut cn = Array2::<f32>::zeros((m, n));
+        let (nbest, nmed) = time(|| general_mat_mul(1.0, &an, &bn, 0.0, &mut cn));
+        println!(
+            "{:<28} {:>10.1} {:>10.1} {:>12.1} {:>11.1}   GFLOP/s ({m}×{n}×{k})",
+            name,
+            gf / best,
+            gf / med,
+            gf / nbest,
+            gf / nmed
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! Host SGEMM: packed panels, cache blocking, and a register-blocked micro-kernel chosen at
+//! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators) on x86-64, a portable kernel
+//! elsewhere. Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third
+//! of this kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
+//! [`adcnn_sgemm`] through `JITBuilder::symbol`.
+//!
+//! `C[m×n] (+)= A[m×k] · B[k×n]`, all row-major with explicit leading dimensions.
+//! Weights (A) are packed once when a plan loads ([`PackedA`]); B is packed per call.
+#![allow(
+    unsafe_code,
+    reason = "SIMD intrinsics and the raw-pointer C entry point for JIT code; each unsafe \
+              block states the bounds it relies on"
+)]
+
+use std::sync::OnceLock;
+
+/// Rows of A per micro-tile.
+pub const MR: usize = 6;
+/// Columns of B per micro-tile.
+pub const NR: usize = 16;
+/// Depth of one packed block (A and B panels of this depth stay in L1/L2).
+const KC: usize = 256;
+/// Columns of B per packed block: KC × NC floats = 192 KiB stay in the 512 KiB L2 of the
+/// target next to C; 512 columns measured no better (`examples/gemm_bench.rs`).
+const NC: usize = 192;
+
+/// Which micro-kernel this machine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx2Fma,
+    Portable,
+}
+
+/// The micro-kernel for this CPU, detected once.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// A (`m × k`, row-major) packed into MR-row strips per KC block: for each k block, for each
+/// strip, `kc` groups of MR values (rows past `m` are zero).
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    pub m: usize,
+    pub k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    pub fn new(a: &[f32], m: usize, k: usize, lda: usize) -> PackedA {
+        assert!(m == 0 || a.len() >= (m - 1) * lda + k, "A too short");
+        let strips = m.div_ceil(MR);
+        let mut data = vec![0.0f32; strips * MR * k];
+        let mut off = 0;
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for s in 0..strips {
+                for kk in 0..kc {
+                    for r in 0..MR {
+                        let row = s * MR + r;
+                        if row < m {
+                            data[off + kk * MR + r] = a[row * lda + k0 + kk];
+                        }
+                    }
+                }
+                off += kc * MR;
+            }
+        }
+        PackedA { m, k, data }
+    }
+
+    /// The packed strip `s` of the k block starting at `k0` (depth `kc`).
+    fn strip(&self, k0: usize, kc: usize, s: usize) -> &[f32] {
+        let strips = self.m.div_ceil(MR);
+        let start = k0 * strips * MR + s * kc * MR;
+        &self.data[start..start + kc * MR]
+    }
+}
+
+/// Something that can write blocks of a `k × n` B matrix in packed form: for the block
+/// `B[k0..k0+kc, n0..n0+nc]`, NR-column strips one after another, each `kc` rows of NR
+/// values (`out` arrives zeroed, `nc.div_ceil(NR) · NR · kc` long; columns past `n0 + nc`
+/// stay zero). A convolution implements it straight from its input (implicit im2col), so
+/// the `(Cin·kh·kw) × (H·W)` matrix never exists in memory.
+pub trait PackB {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]);
+}
+
+/// A row-major `k × n` matrix with leading dimension `ldb`.
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<'a> {
+    pub b: &'a [f32],
+    pub ldb: usize,
+}
+
+impl PackB for Dense<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+        pack_b(self.b, self.ldb, k0, kc, n0, nc, out);
+    }
+}
+
+/// Packs `B[k0..k0+kc, n0..n0+nc]` into NR-column strips (columns past the edge are zero).
+fn pack_b(b: &[f32], ldb: usize, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+    let strips = nc.div_ceil(NR);
+    for s in 0..strips {
+        let c0 = n0 + s * NR;
+        let w = NR.min(n0 + nc - c0);
+        let dst = &mut out[s * NR * kc..(s + 1) * NR * kc];
+        for kk in 0..kc {
+            let src = &b[(k0 + kk) * ldb + c0..(k0 + kk) * ldb + c0 + w];
+            dst[kk * NR..kk * NR + w].copy_from_slice(src);
+        }
+    }
+}
+
+/// `C (+)= A · B` with A pre-packed. `accumulate == false` overwrites C.
+/// `b` is `k × n` with leading dimension `ldb`; `c` is `m × n` with `ldc`.
+pub fn gemm_packed(
+    a: &PackedA,
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(ldb >= n && b.len() >= (k - 1) * ldb + n, "B too short");
+    gemm_packed_with(a, &Dense { b, ldb }, n, c, ldc, accumulate);
+}
+
+/// `C (+)= A · B` with A pre-packed and B packed block by block by `b`.
+pub fn gemm_packed_with(
+    a: &PackedA,
+    b: &impl PackB,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (m, k) = (a.m, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let isa = isa();
+    // The packed-B buffer is reused per thread: at 192 KiB it is above glibc's mmap
+    // threshold, and a fresh one per call cost a map, page faults and an unmap each time.
+    thread_local! {
+        static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    PACKED_B.with_borrow_mut(|bp| gemm_blocks(isa, a, b, n, c, ldc, accumulate, bp));
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the blocked loop nest of gemm_packed_with"
+)]
+fn gemm_blocks(
+    isa: Isa,
+    a: &PackedA,
+    b: &impl PackB,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    bp: &mut Vec<f32>,
+) {
+    let (m, k) = (a.m, a.k);
+    for n0 in (0..n).step_by(NC) {
+        let nc = NC.min(n - n0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            bp.clear();
+            bp.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+            b.pack(k0, kc, n0, nc, bp);
+            let acc = accumulate || k0 > 0;
+            for s in 0..m.div_ceil(MR) {
+                let ap = a.strip(k0, kc, s);
+                let r0 = s * MR;
+                let mr = MR.min(m - r0);
+                for t in 0..nc.div_ceil(NR) {
+                    let c0 = n0 + t * NR;
+                    let nr = NR.min(n0 + nc - c0);
+                    let bpanel = &bp[t * NR * kc..(t + 1) * NR * kc];
+                    let cblk = &mut c[r0 * ldc + c0..];
+                    micro(isa, kc, ap, bpanel, cblk, ldc, mr, nr, acc);
+                }
+            }
+        }
+    }
+}
+
+/// `C (+)= A · B`, packing A too (for one-off products; conv weights use [`PackedA`]).
+#[allow(clippy::too_many_arguments, reason = "BLAS-shaped signature")]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let pa = PackedA::new(a, m, k, lda);
+    gemm_packed(&pa, b, ldb, n, c, ldc, accumulate);
+}
+
+/// One `mr × nr` (≤ MR × NR) block of C from packed panels of depth `kc`.
+#[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
+#[inline]
+fn micro(
+    isa: Isa,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    acc: bool,
+) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    debug_assert!(c.len() >= (mr - 1) * ldc + nr);
+    let mut tmp = [[0.0f32; NR]; MR];
+    let full = mr == MR && nr == NR;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => {
+            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
+            // kc·MR and `b` kc·NR floats (checked above). With `full`, C has MR rows of NR
+            // floats at stride ldc (the asserts in gemm_packed and the block bounds);
+            // otherwise the kernel writes the local MR × NR `tmp`.
+            unsafe {
+                if full {
+                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, acc);
+                } else {
+                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
+                }
+            }
+            if full {
+                return;
+            }
+        }
+        _ => {
+            portable_kernel(kc, a, b, &mut tmp);
+            if full {
+                for (r, row) in tmp.iter().enumerate() {
+                    let dst = &mut c[r * ldc..r * ldc + NR];
+                    if acc {
+                        dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+                    } else {
+                        dst.copy_from_slice(row);
+                    }
+                }
+                return;
+            }
+        }
+    }
+    for (r, row) in tmp.iter().enumerate().take(mr) {
+        let dst = &mut c[r * ldc..r * ldc + nr];
+        if acc {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        } else {
+            dst.copy_from_slice(&row[..nr]);
+        }
+    }
+}
+
+/// Portable micro-kernel: plain loops over fixed-size arrays (LLVM vectorises them for the
+/// baseline ISA: SSE2 on x86-64, NEON on aarch64).
+fn portable_kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]) {
+    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for r in 0..MR {
+            let av = ak[r];
+            for (o, bv) in out[r].iter_mut().zip(bk) {
+                *o += av * bv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// 6×16 block: twelve ymm accumulators, two B loads and six A broadcasts per k.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` points at `kc·MR`, `b` at `kc·NR` readable floats;
+    /// `c` at MR rows of NR writable floats, `ldc` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x16(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let mut r = [[_mm256_setzero_ps(); 2]; MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for (i, ri) in r.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(i));
+                    ri[0] = _mm256_fmadd_ps(av, b0, ri[0]);
+                    ri[1] = _mm256_fmadd_ps(av, b1, ri[1]);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            for (i, ri) in r.iter().enumerate() {
+                let row = c.add(i * ldc);
+                let (mut v0, mut v1) = (ri[0], ri[1]);
+                if acc {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row.add(8)));
+                }
+                _mm256_storeu_ps(row, v0);
+                _mm256_storeu_ps(row.add(8), v1);
+            }
+        }
+    }
+}
+
+/// C entry point for generated code: `C (+)= A · B` (row-major, leading dimensions given).
+///
+/// # Safety
+/// `a` must hold `m` rows of `k` floats at stride `lda`, `b` `k` rows of `n` at `ldb`, `c`
+/// `m` rows of `n` writable floats at `ldc`, with no overlap between C and A or B.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments, reason = "BLAS-shaped C ABI")]
+pub unsafe extern "C" fn adcnn_sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: u32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let span =
+        |rows: usize, cols: usize, ld: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+    // SAFETY: the caller guarantees these extents (see above).
+    let (a, b, c) = unsafe {
+        (
+            std::slice::from_raw_parts(a, span(m, k, lda)),
+            std::slice::from_raw_parts(b, span(k, n, ldb)),
+            std::slice::from_raw_parts_mut(c, span(m, n, ldc)),
+        )
+    };
+    sgemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate != 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    c[i * n + j] += a[i * k + p] * b[p * n + j];
+                }
+            }
+        }
+        c
+    }
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::weights::SplitMix64::new(seed);
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    #[test]
+    fn matches_naive_on_odd_shapes() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 17, 3),
+            (6, 16, 256),
+            (13, 33, 300),
+            (64, 530, 27),
+            (5, 3, 600),
+        ] {
+            let (a, b) = (data(m * k, 1), data(k * n, 2));
+            let want = naive(m, n, k, &a, &b);
+            let mut got = vec![0.0f32; m * n];
+            sgemm(m, n, k, &a, k, &b, n, &mut got, n, false);
+            let err = crate::codegen::rel_l2(&got, &want);
+            assert!(err < 1e-6, "{m}x{n}x{k}: {err}");
+            // Accumulating adds the product once more.
+            sgemm(m, n, k, &a, k, &b, n, &mut got, n, true);
+            let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+            assert!(crate::codegen::rel_l2(&got, &twice) < 1e-6);
+        }
+    }
+}

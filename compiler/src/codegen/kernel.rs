@@ -1,0 +1,833 @@
+//! Compiled tile kernels: a plan's segments prepared once when it loads (weights packed for
+//! the host GEMM, batch norm folded into conv weights and bias, activations fused), plus the
+//! JIT functions for every tile shape a node runs. [`CompiledKernels::run_tile`] takes the
+//! same inputs as [`crate::reference::tile::run_tile`], the oracle it is tested against.
+//!
+//! Generated/host split: convolutions (dense and grouped) are im2col (or the input itself for
+//! 1×1 stride-1 convolutions) + the host GEMM + a JIT epilogue (bias, folded batch norm,
+//! residual add, activation); depthwise convolutions are a direct host loop; max pools
+//! without padding are JIT loop nests. Every other layer kind runs on the reference
+//! interpreter (`eval_op`).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ndarray::Array3;
+
+use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with};
+use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
+use crate::graph::{LayerGraph, LayerId, Source};
+use crate::ops::{Conv2d, Op, Shape, WeightRole};
+use crate::plan::geometry::{input_region, tile_op};
+use crate::plan::{Mode, Plan, Region, Segment, Tile};
+use crate::reference::tile::crop;
+use crate::reference::{self, EvalError};
+use crate::weights::Weights;
+
+/// A convolution with what follows it folded or fused.
+#[derive(Debug)]
+struct ConvKernel {
+    cin_g: usize,
+    cout_g: usize,
+    groups: usize,
+    /// Per group: weights `[cout_g, cin_g·kh·kw]`, packed. Empty for depthwise.
+    packed: Vec<PackedA>,
+    /// Depthwise only: `[c, kh·kw]`.
+    depthwise: Vec<f32>,
+    bias: Vec<f32>,
+    act: Act,
+    /// The fused `add` layer and the index (0 or 1) of its other operand, if any.
+    residual: Option<(usize, usize)>,
+    /// The last layer of the fused chain (conv itself when nothing is fused).
+    last: usize,
+}
+
+/// Milliseconds per kind of work (see [`CompiledKernels::run_tile_profiled`]).
+pub type Profile = std::collections::BTreeMap<&'static str, f64>;
+
+/// Counters of what ran how (for reports and tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub convs: usize,
+    pub fused_layers: usize,
+    pub epilogues: usize,
+    pub max_pools: usize,
+}
+
+/// A plan's compiled kernels. Shared read-only by worker threads.
+#[derive(Debug)]
+pub struct CompiledKernels {
+    convs: HashMap<usize, ConvKernel>,
+    /// Layer → the conv it is fused into.
+    fused_into: HashMap<usize, usize>,
+    epilogues: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
+    pools: HashMap<(usize, MaxPoolSpec), Handle>,
+    code: JitCode,
+    pub stats: KernelStats,
+    /// Wall time of preparation and compilation.
+    pub compile_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Jit(#[from] JitError),
+    #[error("{0}")]
+    Tile(String),
+}
+
+fn single_input(graph: &LayerGraph, id: usize, from: usize) -> bool {
+    graph.layers()[id].inputs == [Source::Layer(LayerId(from as u32))]
+        && graph.consumers(LayerId(from as u32)).len() == 1
+}
+
+fn act_of(op: &Op) -> Option<Act> {
+    match op {
+        Op::Relu => Some(Act::Relu),
+        Op::Clip { min, max } => Some(Act::Clip {
+            min: *min,
+            max: *max,
+        }),
+        Op::LeakyRelu { slope } if *slope >= 0.0 => Some(Act::Leaky { slope: *slope }),
+        _ => None,
+    }
+}
+
+fn vector(weights: &Weights, layer: &str, role: WeightRole, n: usize) -> Option<Vec<f32>> {
+    let t = weights.get(layer, role)?;
+    (t.shape() == [n]).then(|| t.iter().copied().collect())
+}
+
+/// Prepares conv `i` of a segment ending before `end`, or `None` to leave it to the reference.
+fn prepare_conv(
+    graph: &LayerGraph,
+    weights: &Weights,
+    i: usize,
+    end: usize,
+    in_shape: Shape,
+) -> Option<ConvKernel> {
+    let layer = &graph.layers()[i];
+    let Op::Conv2d(c) = &layer.op else {
+        return None;
+    };
+    let (cin, cout, g) = (in_shape.c, c.out_channels, c.groups);
+    if g == 0 || cin % g != 0 || cout % g != 0 {
+        return None;
+    }
+    let (cin_g, cout_g) = (cin / g, cout / g);
+    let taps = c.kernel.h * c.kernel.w;
+    let kdim = cin_g * taps;
+    let w = weights.get(&layer.name, WeightRole::Weight)?;
+    if w.shape() != [cout, cin_g, c.kernel.h, c.kernel.w] {
+        return None;
+    }
+    let mut w: Vec<f32> = w.iter().copied().collect();
+    let mut bias = if c.bias {
+        vector(weights, &layer.name, WeightRole::Bias, cout)?
+    } else {
+        vec![0.0; cout]
+    };
+    let mut last = i;
+    // Batch norm folded into the weights: w' = w·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β.
+    if let Some(next) = graph.layers().get(last + 1).filter(|_| last + 1 < end)
+        && let Op::BatchNorm { eps } = next.op
+        && single_input(graph, last + 1, last)
+    {
+        let v = |role| vector(weights, &next.name, role, cout);
+        let (gamma, beta) = (v(WeightRole::Weight)?, v(WeightRole::Bias)?);
+        let (mean, var) = (v(WeightRole::RunningMean)?, v(WeightRole::RunningVar)?);
+        for o in 0..cout {
+            let scale = gamma[o] / (var[o] + eps).sqrt();
+            w[o * kdim..(o + 1) * kdim]
+                .iter_mut()
+                .for_each(|x| *x *= scale);
+            bias[o] = (bias[o] - mean[o]) * scale + beta[o];
+        }
+        last += 1;
+    }
+    // A residual add whose other operand is already computed.
+    let mut residual = None;
+    if let Some(next) = graph.layers().get(last + 1).filter(|_| last + 1 < end)
+        && matches!(next.op, Op::Add)
+        && next.inputs.len() == 2
+        && graph.consumers(LayerId(last as u32)).len() == 1
+    {
+        let me = Source::Layer(LayerId(last as u32));
+        if let Some(k) = next.inputs.iter().position(|s| *s == me)
+            && next.inputs[1 - k] != me
+        {
+            residual = Some((last + 1, 1 - k));
+            last += 1;
+        }
+    }
+    let mut act = Act::None;
+    if let Some(next) = graph.layers().get(last + 1).filter(|_| last + 1 < end)
+        && let Some(a) = act_of(&next.op)
+        && single_input(graph, last + 1, last)
+    {
+        act = a;
+        last += 1;
+    }
+    let depthwise = cin_g == 1 && cout_g == 1;
+    let packed = if depthwise {
+        Vec::new()
+    } else {
+        (0..g)
+            .map(|gi| PackedA::new(&w[gi * cout_g * kdim..], cout_g, kdim, kdim))
+            .collect()
+    };
+    Some(ConvKernel {
+        cin_g,
+        cout_g,
+        groups: g,
+        packed,
+        depthwise: if depthwise { w } else { Vec::new() },
+        bias,
+        act,
+        residual,
+        last,
+    })
+}
+
+fn shape_of(graph: &LayerGraph, s: &Source) -> Shape {
+    match s {
+        Source::Input => graph.input.shape,
+        Source::Layer(l) => graph.layer(*l).shape,
+    }
+}
+
+/// The operator a tile runs for layer `i` of `seg` and the `(h, w)` of its first input.
+fn tile_geometry(
+    graph: &LayerGraph,
+    seg: &Segment,
+    tile: &Tile,
+    i: usize,
+) -> Result<(Op, usize, usize), CompileError> {
+    let first = seg.first.index();
+    let layer = &graph.layers()[i];
+    let region = tile.regions[i - first];
+    let src = &layer.inputs[0];
+    match seg.mode {
+        Mode::Halo => {
+            let need = input_region(&layer.op, &region, shape_of(graph, src));
+            let op = tile_op(&layer.op, &region, shape_of(graph, src))
+                .map_err(|e| CompileError::Tile(e.0))?;
+            Ok((op, need.rows(), need.cols()))
+        }
+        Mode::Fdsp => {
+            let r = match src {
+                Source::Layer(l) if l.index() >= first => tile.regions[l.index() - first],
+                _ => tile.input,
+            };
+            Ok((layer.op.clone(), r.rows(), r.cols()))
+        }
+    }
+}
+
+fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
+    let Op::MaxPool(p) = op else { return None };
+    if !p.padding.is_zero()
+        || h < p.kernel.h
+        || w < p.kernel.w
+        || p.stride.h == 0
+        || p.stride.w == 0
+    {
+        return None;
+    }
+    let (oh, ow) = (
+        (h - p.kernel.h) / p.stride.h + 1,
+        (w - p.kernel.w) / p.stride.w + 1,
+    );
+    // Ceil mode would add windows hanging past the input: left to the reference.
+    let exact = |len: usize, k: usize, s: usize| (len - k).is_multiple_of(s);
+    if p.ceil_mode && !(exact(h, p.kernel.h, p.stride.h) && exact(w, p.kernel.w, p.stride.w)) {
+        return None;
+    }
+    Some(MaxPoolSpec {
+        c,
+        h,
+        w,
+        kh: p.kernel.h,
+        kw: p.kernel.w,
+        sh: p.stride.h,
+        sw: p.stride.w,
+        oh,
+        ow,
+    })
+}
+
+impl CompiledKernels {
+    /// Prepares and compiles the kernels of `segments` for the tiles `want` selects (a node's
+    /// share; `|_| true` for all).
+    pub fn compile(
+        graph: &LayerGraph,
+        weights: &Weights,
+        segments: &[Segment],
+        want: impl Fn(&Tile) -> bool,
+    ) -> Result<CompiledKernels, CompileError> {
+        let t0 = Instant::now();
+        let mut convs = HashMap::new();
+        let mut fused_into = HashMap::new();
+        let mut stats = KernelStats::default();
+        for seg in segments {
+            let (first, end) = (seg.first.index(), seg.end.index());
+            let mut i = first;
+            while i < end {
+                let layer = &graph.layers()[i];
+                let in_shape = shape_of(graph, &layer.inputs[0]);
+                if let Some(k) = prepare_conv(graph, weights, i, end, in_shape) {
+                    for j in i + 1..=k.last {
+                        fused_into.insert(j, i);
+                    }
+                    stats.convs += 1;
+                    stats.fused_layers += k.last - i;
+                    let next = k.last + 1;
+                    convs.insert(i, k);
+                    i = next;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let mut session = JitSession::new()?;
+        let mut epilogues = HashMap::new();
+        let mut pools = HashMap::new();
+        for seg in segments {
+            for tile in seg.tiles.iter().filter(|t| want(t)) {
+                for (n, id) in seg.layers().enumerate() {
+                    let i = id.index();
+                    if tile.regions[n].is_empty() {
+                        continue;
+                    }
+                    let layer = graph.layer(id);
+                    if let Some(k) = convs.get(&i) {
+                        let pixels = tile.regions[n].area();
+                        if let std::collections::hash_map::Entry::Vacant(e) =
+                            epilogues.entry((i, pixels))
+                        {
+                            let spec = EpilogueSpec {
+                                channels: layer.shape.c,
+                                pixels,
+                                act: k.act,
+                                residual: k.residual.is_some(),
+                            };
+                            e.insert((session.epilogue(&spec)?, spec));
+                            stats.epilogues += 1;
+                        }
+                    } else if matches!(layer.op, Op::MaxPool(_)) && !fused_into.contains_key(&i) {
+                        let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
+                        let c = shape_of(graph, &layer.inputs[0]).c;
+                        if let Some(spec) = max_pool_spec(&op, c, h, w)
+                            && !pools.contains_key(&(i, spec))
+                        {
+                            pools.insert((i, spec), session.max_pool(&spec)?);
+                            stats.max_pools += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let code = session.finish()?;
+        Ok(CompiledKernels {
+            convs,
+            fused_into,
+            epilogues,
+            pools,
+            code,
+            stats,
+            compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Computes `tile` of `seg` from `input`, like [`crate::reference::tile::run_tile`].
+    pub fn run_tile(
+        &self,
+        graph: &LayerGraph,
+        weights: &Weights,
+        seg: &Segment,
+        tile: &Tile,
+        input: &Array3<f32>,
+    ) -> Result<Array3<f32>, EvalError> {
+        self.run_tile_profiled(graph, weights, seg, tile, input, None)
+    }
+
+    /// [`Self::run_tile`], adding each layer's wall time to `profile` by how it ran.
+    pub fn run_tile_profiled(
+        &self,
+        graph: &LayerGraph,
+        weights: &Weights,
+        seg: &Segment,
+        tile: &Tile,
+        input: &Array3<f32>,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Array3<f32>, EvalError> {
+        let first = seg.first.index();
+        let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(seg.end.index() - first);
+        // The fused chain's result waiting for its last layer.
+        let mut carry: Option<(usize, usize, Array3<f32>)> = None;
+        for (n, id) in seg.layers().enumerate() {
+            let i = id.index();
+            let layer = graph.layer(id);
+            let region = tile.regions[n];
+            if self.fused_into.contains_key(&i) {
+                let value = match carry.take() {
+                    Some((last, from, t)) if last == i => Some(match seg.mode {
+                        Mode::Halo if tile.regions[from - first] != region => {
+                            crop(&t, &tile.regions[from - first], &region)
+                        }
+                        _ => t,
+                    }),
+                    other => {
+                        carry = other;
+                        None
+                    }
+                };
+                values.push(value);
+                continue;
+            }
+            if region.is_empty() {
+                values.push(None);
+                continue;
+            }
+            // The layer's inputs: cropped to what it needs (halo) or whole (FDSP).
+            let operand =
+                |src: &Source, need: Option<Region>| -> Result<Cow<'_, Array3<f32>>, EvalError> {
+                    let (t, have) = match src {
+                        Source::Layer(l) if l.index() >= first => {
+                            let j = l.index() - first;
+                            let t = values[j].as_ref().ok_or_else(|| missing(&layer.name))?;
+                            (t, tile.regions[j])
+                        }
+                        _ => (input, tile.input),
+                    };
+                    Ok(match need {
+                        Some(need) if need != have => Cow::Owned(crop(t, &have, &need)),
+                        _ => Cow::Borrowed(t),
+                    })
+                };
+            let op = match seg.mode {
+                Mode::Halo => tile_op(&layer.op, &region, shape_of(graph, &layer.inputs[0]))
+                    .map_err(|e| EvalError::Parameter {
+                        op: "tile",
+                        reason: e.0,
+                    })?,
+                Mode::Fdsp => layer.op.clone(),
+            };
+            let need_of = |src: &Source| match seg.mode {
+                Mode::Halo => Some(input_region(&layer.op, &region, shape_of(graph, src))),
+                Mode::Fdsp => None,
+            };
+            let t0 = Instant::now();
+            let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
+            let kind = match (self.convs.get(&i), &op) {
+                (Some(k), _) if k.packed.is_empty() => "conv depthwise (host) + epilogue (jit)",
+                (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
+                (None, Op::MaxPool(_)) => "maxpool (jit, or reference when padded)",
+                (None, other) => other.kind(),
+            };
+            let out = if let (Some(k), Op::Conv2d(c)) = (self.convs.get(&i), &op) {
+                let residual = match k.residual {
+                    Some((add, other)) => {
+                        let src = &graph.layers()[add].inputs[other];
+                        let need = match seg.mode {
+                            Mode::Halo => Some(tile.regions[add - first]),
+                            Mode::Fdsp => None,
+                        };
+                        Some(operand(src, need)?)
+                    }
+                    None => None,
+                };
+                let y = self.conv(i, k, c, &x, residual.as_deref())?;
+                if let Some(p) = profile.as_deref_mut() {
+                    *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+                }
+                if k.last > i {
+                    carry = Some((k.last, i, y));
+                    values.push(None);
+                    continue;
+                }
+                y
+            } else if let Some(h) = max_pool_spec(&op, x.dim().0, x.dim().1, x.dim().2)
+                .and_then(|spec| self.pools.get(&(i, spec)).map(|h| (*h, spec)))
+            {
+                let (h, spec) = h;
+                let x = x.as_standard_layout();
+                let xs = x.as_slice().ok_or_else(|| missing(&layer.name))?;
+                let mut y = Array3::<f32>::zeros((spec.c, spec.oh, spec.ow));
+                let ys = y.as_slice_mut().ok_or_else(|| missing(&layer.name))?;
+                self.code.run_max_pool(h, &spec, xs, ys);
+                y
+            } else {
+                let mut rest = Vec::with_capacity(layer.inputs.len());
+                for src in &layer.inputs[1..] {
+                    rest.push(operand(src, need_of(src))?);
+                }
+                let mut refs: Vec<&Array3<f32>> = vec![&x];
+                refs.extend(rest.iter().map(|r| &**r));
+                reference::eval_op(&op, &layer.name, &refs, weights)?
+            };
+            if let Some(p) = profile.as_deref_mut() {
+                *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+            }
+            values.push(Some(out));
+        }
+        let out = values.pop().flatten();
+        for v in values.into_iter().flatten() {
+            recycle(v);
+        }
+        out.ok_or_else(|| missing("the segment's output"))
+    }
+
+    /// Runs a whole plan on the calling thread: every segment's tiles with these kernels,
+    /// stitched, then the tail on the reference interpreter (like
+    /// [`crate::reference::tile::run_plan`]).
+    pub fn run_plan(
+        &self,
+        graph: &LayerGraph,
+        weights: &Weights,
+        plan: &Plan,
+        input: &Array3<f32>,
+        mut profile: Option<&mut Profile>,
+    ) -> Result<Array3<f32>, EvalError> {
+        let mut current = input.clone();
+        for seg in &plan.segments {
+            let o = graph.layer(seg.output()).shape;
+            let mut out = Array3::<f32>::zeros((o.c, o.h, o.w));
+            let full = Region {
+                r0: 0,
+                r1: current.dim().1,
+                c0: 0,
+                c1: current.dim().2,
+            };
+            for tile in &seg.tiles {
+                let x = if tile.input == full {
+                    current.clone()
+                } else {
+                    crop(&current, &full, &tile.input)
+                };
+                let t =
+                    self.run_tile_profiled(graph, weights, seg, tile, &x, profile.as_deref_mut())?;
+                out.slice_mut(ndarray::s![
+                    ..,
+                    tile.output.r0..tile.output.r1,
+                    tile.output.c0..tile.output.c1
+                ])
+                .assign(&t);
+            }
+            current = out;
+        }
+        let t0 = Instant::now();
+        let start = plan.tail_start.index();
+        let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
+        let live = start.checked_sub(1);
+        for (i, layer) in graph.layers().iter().enumerate().skip(start) {
+            let mut inputs = Vec::with_capacity(layer.inputs.len());
+            for src in &layer.inputs {
+                let v = match src {
+                    Source::Input => Some(input),
+                    Source::Layer(id) if Some(id.index()) == live => Some(&current),
+                    Source::Layer(id) => values[id.index()].as_ref(),
+                };
+                inputs.push(v.ok_or_else(|| missing(&layer.name))?);
+            }
+            values[i] = Some(reference::eval_op(
+                &layer.op,
+                &layer.name,
+                &inputs,
+                weights,
+            )?);
+        }
+        if let Some(p) = profile {
+            *p.entry("tail (reference)").or_default() += t0.elapsed().as_secs_f64() * 1e3;
+        }
+        Ok(if start < graph.layers().len() {
+            values.pop().flatten().unwrap_or(current)
+        } else {
+            current
+        })
+    }
+
+    fn conv(
+        &self,
+        i: usize,
+        k: &ConvKernel,
+        c: &Conv2d,
+        x: &Array3<f32>,
+        residual: Option<&Array3<f32>>,
+    ) -> Result<Array3<f32>, EvalError> {
+        let bad = |reason: &str| EvalError::Parameter {
+            op: "conv",
+            reason: reason.into(),
+        };
+        let (cin, h, w) = x.dim();
+        if cin != k.cin_g * k.groups {
+            return Err(bad("input channels differ from the compiled kernel's"));
+        }
+        let span = |len: usize, pb: usize, pe: usize, kk: usize, s: usize, d: usize| {
+            let padded = len + pb + pe;
+            let sp = d * (kk - 1) + 1;
+            (padded >= sp && s > 0).then(|| (padded - sp) / s + 1)
+        };
+        let p = c.padding;
+        let (Some(oh), Some(ow)) = (
+            span(h, p.top, p.bottom, c.kernel.h, c.stride.h, c.dilation.h),
+            span(w, p.left, p.right, c.kernel.w, c.stride.w, c.dilation.w),
+        ) else {
+            return Err(bad("the padded input is smaller than the kernel"));
+        };
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().ok_or_else(|| bad("layout"))?;
+        let cout = k.cout_g * k.groups;
+        let n = oh * ow;
+        let mut y = zeroed(cout * n);
+        let geo = Geo {
+            h,
+            w,
+            oh,
+            ow,
+            c: c.clone(),
+        };
+        if k.packed.is_empty() {
+            depthwise(&geo, xs, &k.depthwise, &mut y, cout);
+        } else {
+            let kdim = k.cin_g * c.kernel.h * c.kernel.w;
+            let direct = c.kernel.h == 1
+                && c.kernel.w == 1
+                && c.stride.h == 1
+                && c.stride.w == 1
+                && p.is_zero();
+            debug_assert_eq!(kdim, k.packed.first().map_or(0, |p| p.k));
+            for (gi, pa) in k.packed.iter().enumerate() {
+                let xg = &xs[gi * k.cin_g * h * w..(gi + 1) * k.cin_g * h * w];
+                let yg = &mut y[gi * k.cout_g * n..(gi + 1) * k.cout_g * n];
+                if direct {
+                    gemm_packed(pa, xg, n, n, yg, n, false);
+                } else {
+                    gemm_packed_with(pa, &Im2col { g: &geo, x: xg }, n, yg, n, false);
+                }
+            }
+        }
+        let res = match residual {
+            Some(r) => {
+                if r.dim() != (cout, oh, ow) {
+                    return Err(bad("residual operand has the wrong shape"));
+                }
+                Some(r.as_standard_layout())
+            }
+            None => None,
+        };
+        let rs = res.as_ref().and_then(|r| r.as_slice());
+        match self.epilogues.get(&(i, n)) {
+            Some((h, spec)) => self.code.run_epilogue(*h, spec, &mut y, &k.bias, rs),
+            None => epilogue_host(&mut y, n, &k.bias, rs, k.act),
+        }
+        Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| bad(&e.to_string()))
+    }
+}
+
+// Intermediate tensors of a tile are recycled per thread: large allocations come from mmap in
+// glibc, and a fresh one per layer cost page faults on every run (MobileNetV2: ~40 % of its
+// time on one core).
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// At most this many buffers wait for reuse per thread.
+const POOL: usize = 16;
+
+/// A zeroed vector of `len` floats, reusing a recycled buffer when one is large enough.
+fn zeroed(len: usize) -> Vec<f32> {
+    let reused = BUFFERS.with_borrow_mut(|pool| {
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)?;
+        Some(pool.swap_remove(best))
+    });
+    match reused {
+        Some(mut v) => {
+            v.clear();
+            v.resize(len, 0.0);
+            v
+        }
+        None => vec![0.0; len],
+    }
+}
+
+fn recycle(t: Array3<f32>) {
+    let (v, _) = t.into_raw_vec_and_offset();
+    BUFFERS.with_borrow_mut(|pool| {
+        if pool.len() < POOL {
+            pool.push(v);
+        } else if let Some(smallest) = pool.iter_mut().min_by_key(|b| b.capacity())
+            && smallest.capacity() < v.capacity()
+        {
+            *smallest = v;
+        }
+    });
+}
+
+fn missing(what: &str) -> EvalError {
+    EvalError::Parameter {
+        op: "tile",
+        reason: format!("{what}: an input region was not computed"),
+    }
+}
+
+struct Geo {
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    c: Conv2d,
+}
+
+/// The im2col matrix of a convolution's input, never materialised: B`[(ci, ky, kx), (oy, ox)]`
+/// = the padded input at `(oy·s + ky·d, ox·s + kx·d)`, packed block by block for the GEMM.
+struct Im2col<'a> {
+    g: &'a Geo,
+    x: &'a [f32],
+}
+
+impl PackB for Im2col<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+        let (g, c) = (self.g, &self.g.c);
+        let (kh, kw) = (c.kernel.h, c.kernel.w);
+        let (sh, sw) = (c.stride.h, c.stride.w);
+        let (h, w) = (g.h as isize, g.w as isize);
+        // Per B row (tap): its input plane and the offsets of its window position.
+        let taps: Vec<(usize, isize, isize)> = (k0..k0 + kc)
+            .map(|row| {
+                let (ci, ky, kx) = (row / (kh * kw), row / kw % kh, row % kw);
+                let dy = (ky * c.dilation.h) as isize - c.padding.top as isize;
+                let dx = (kx * c.dilation.w) as isize - c.padding.left as isize;
+                (ci * g.h * g.w, dy, dx)
+            })
+            .collect();
+        for s in 0..nc.div_ceil(NR) {
+            let c0 = n0 + s * NR;
+            let width = NR.min(n0 + nc - c0);
+            // The strip's columns as runs along output rows: (first lane, oy, ox, length).
+            let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+            let mut count = 0;
+            let mut col = c0;
+            while col < c0 + width {
+                let (oy, ox) = (col / g.ow, col % g.ow);
+                let len = (g.ow - ox).min(c0 + width - col);
+                runs[count] = (col - c0, oy, ox, len);
+                count += 1;
+                col += len;
+            }
+            let strip = &mut out[s * NR * kc..(s + 1) * NR * kc];
+            for (dst, &(plane, dy, dx)) in strip.chunks_exact_mut(NR).zip(&taps) {
+                for &(j0, oy, ox, len) in &runs[..count] {
+                    let iy = (oy * sh) as isize + dy;
+                    if iy < 0 || iy >= h {
+                        continue;
+                    }
+                    let row = &self.x[plane + iy as usize * g.w..][..g.w];
+                    let ix0 = (ox * sw) as isize + dx;
+                    if sw == 1 {
+                        let lo = (-ix0).clamp(0, len as isize);
+                        let hi = (w - ix0).clamp(lo, len as isize);
+                        let (lo, hi) = (lo as usize, hi as usize);
+                        if hi > lo {
+                            let from = (ix0 + lo as isize) as usize;
+                            dst[j0 + lo..j0 + hi].copy_from_slice(&row[from..from + hi - lo]);
+                        }
+                    } else {
+                        for t in 0..len {
+                            let ix = ix0 + (t * sw) as isize;
+                            if ix >= 0 && ix < w {
+                                dst[j0 + t] = row[ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise convolution (one input and one output channel per group), direct: each
+/// channel's plane is copied once into a zero-padded buffer, then every output row
+/// accumulates its taps while it stays in L1.
+fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
+    let c = &g.c;
+    let (kh, kw) = (c.kernel.h, c.kernel.w);
+    let (sh, sw, dh, dw) = (c.stride.h, c.stride.w, c.dilation.h, c.dilation.w);
+    let p = c.padding;
+    let (ph, pw) = (g.h + p.top + p.bottom, g.w + p.left + p.right);
+    let n = g.oh * g.ow;
+    let mut padded = vec![0.0f32; ph * pw];
+    let mut wide = Vec::new();
+    for ch in 0..channels {
+        let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+        for (r, src) in plane.chunks_exact(g.w).enumerate() {
+            let row = (r + p.top) * pw + p.left;
+            padded[row..row + g.w].copy_from_slice(src);
+        }
+        let taps = &wts[ch * kh * kw..(ch + 1) * kh * kw];
+        let out = &mut y[ch * n..(ch + 1) * n];
+        if sw == 1 && sh == 1 {
+            // Stride 1: compute on the padded width, so each tap is one long axpy over the
+            // whole plane (rows of 7–14 pixels are too short to vectorise one by one), then
+            // keep the `ow` valid columns of each row.
+            let len = (g.oh - 1) * pw + g.ow;
+            wide.clear();
+            wide.resize(len, 0.0);
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let wv = taps[ky * kw + kx];
+                    let src = &padded[ky * dh * pw + kx * dw..][..len];
+                    for (d, s) in wide.iter_mut().zip(src) {
+                        *d += wv * s;
+                    }
+                }
+            }
+            for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
+                dst.copy_from_slice(&wide[oy * pw..oy * pw + g.ow]);
+            }
+            continue;
+        }
+        for (oy, dst) in out.chunks_exact_mut(g.ow).enumerate() {
+            for ky in 0..kh {
+                let row = &padded[(oy * sh + ky * dh) * pw..][..pw];
+                for kx in 0..kw {
+                    let wv = taps[ky * kw + kx];
+                    let src = &row[kx * dw..];
+                    for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
+                        *d += wv * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The epilogue in plain Rust, for shapes no JIT function was compiled for.
+fn epilogue_host(y: &mut [f32], n: usize, bias: &[f32], residual: Option<&[f32]>, act: Act) {
+    for (ch, row) in y.chunks_mut(n).enumerate() {
+        for (p, v) in row.iter_mut().enumerate() {
+            let mut t = *v + bias[ch];
+            if let Some(r) = residual {
+                t += r[ch * n + p];
+            }
+            *v = match act {
+                Act::None => t,
+                Act::Relu => t.max(0.0),
+                Act::Clip { min, max } => t.max(min).min(max),
+                Act::Leaky { slope } => {
+                    if t > 0.0 {
+                        t
+                    } else {
+                        t * slope
+                    }
+                }
+            };
+        }
+    }
+}
