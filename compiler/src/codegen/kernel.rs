@@ -21,7 +21,7 @@ use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
 use crate::plan::{Mode, Plan, Region, Segment, Tile};
-use crate::reference::tile::crop;
+use crate::reference::tile::{crop, run_segments, run_tail};
 use crate::reference::{self, EvalError};
 use crate::weights::Weights;
 
@@ -490,62 +490,15 @@ impl CompiledKernels {
         input: &Array3<f32>,
         mut profile: Option<&mut Profile>,
     ) -> Result<Array3<f32>, EvalError> {
-        let mut current = input.clone();
-        for seg in &plan.segments {
-            let o = graph.layer(seg.output()).shape;
-            let mut out = Array3::<f32>::zeros((o.c, o.h, o.w));
-            let full = Region {
-                r0: 0,
-                r1: current.dim().1,
-                c0: 0,
-                c1: current.dim().2,
-            };
-            for tile in &seg.tiles {
-                let x = if tile.input == full {
-                    current.clone()
-                } else {
-                    crop(&current, &full, &tile.input)
-                };
-                let t =
-                    self.run_tile_profiled(graph, weights, seg, tile, &x, profile.as_deref_mut())?;
-                out.slice_mut(ndarray::s![
-                    ..,
-                    tile.output.r0..tile.output.r1,
-                    tile.output.c0..tile.output.c1
-                ])
-                .assign(&t);
-            }
-            current = out;
-        }
+        let head = run_segments(graph, plan, input, |seg, tile, x| {
+            self.run_tile_profiled(graph, weights, seg, tile, x, profile.as_deref_mut())
+        })?;
         let t0 = Instant::now();
-        let start = plan.tail_start.index();
-        let mut values: Vec<Option<Array3<f32>>> = vec![None; graph.layers().len()];
-        let live = start.checked_sub(1);
-        for (i, layer) in graph.layers().iter().enumerate().skip(start) {
-            let mut inputs = Vec::with_capacity(layer.inputs.len());
-            for src in &layer.inputs {
-                let v = match src {
-                    Source::Input => Some(input),
-                    Source::Layer(id) if Some(id.index()) == live => Some(&current),
-                    Source::Layer(id) => values[id.index()].as_ref(),
-                };
-                inputs.push(v.ok_or_else(|| missing(&layer.name))?);
-            }
-            values[i] = Some(reference::eval_op(
-                &layer.op,
-                &layer.name,
-                &inputs,
-                weights,
-            )?);
-        }
+        let out = run_tail(graph, weights, plan.tail_start.index(), head, input)?;
         if let Some(p) = profile {
             *p.entry("tail (reference)").or_default() += t0.elapsed().as_secs_f64() * 1e3;
         }
-        Ok(if start < graph.layers().len() {
-            values.pop().flatten().unwrap_or(current)
-        } else {
-            current
-        })
+        Ok(out)
     }
 
     fn conv(

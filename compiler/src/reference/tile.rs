@@ -98,6 +98,21 @@ pub fn run_plan(
     plan: &crate::plan::Plan,
     input: &Array3<f32>,
 ) -> Result<Array3<f32>, EvalError> {
+    let head = run_segments(graph, plan, input, |seg, tile, x| {
+        run_tile(graph, weights, seg, tile, x)
+    })?;
+    run_tail(graph, weights, plan.tail_start.index(), head, input)
+}
+
+/// Runs a plan's segments one after another on the calling thread, each tile with
+/// `tile_kernel(segment, tile, tile input)`, stitching each segment's output; returns the
+/// last segment's output (the input when there are no segments).
+pub fn run_segments(
+    graph: &LayerGraph,
+    plan: &crate::plan::Plan,
+    input: &Array3<f32>,
+    mut tile_kernel: impl FnMut(&Segment, &Tile, &Array3<f32>) -> Result<Array3<f32>, EvalError>,
+) -> Result<Array3<f32>, EvalError> {
     let mut current = input.clone();
     for seg in &plan.segments {
         let out_shape = graph.layer(seg.output()).shape;
@@ -109,13 +124,11 @@ pub fn run_plan(
             c1: current.dim().2,
         };
         for tile in &seg.tiles {
-            let t = run_tile(
-                graph,
-                weights,
-                seg,
-                tile,
-                &crop(&current, &full, &tile.input),
-            )?;
+            let t = if tile.input == full {
+                tile_kernel(seg, tile, &current)?
+            } else {
+                tile_kernel(seg, tile, &crop(&current, &full, &tile.input))?
+            };
             out.slice_mut(s![
                 ..,
                 tile.output.r0..tile.output.r1,
@@ -125,7 +138,7 @@ pub fn run_plan(
         }
         current = out;
     }
-    run_tail(graph, weights, plan.tail_start.index(), current, input)
+    Ok(current)
 }
 
 /// Runs layers `start..` (the tail, on the coordinator): `live` is the output of layer
