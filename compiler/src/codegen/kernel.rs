@@ -719,9 +719,12 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
     let mut wide = Vec::new();
     for ch in 0..channels {
         let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
-        for (r, src) in plane.chunks_exact(g.w).enumerate() {
-            let row = (r + p.top) * pw + p.left;
-            padded[row..row + g.w].copy_from_slice(src);
+        // A tile may read no input columns at all (its window lies wholly in the padding).
+        if g.w > 0 {
+            for (r, src) in plane.chunks_exact(g.w).enumerate() {
+                let row = (r + p.top) * pw + p.left;
+                padded[row..row + g.w].copy_from_slice(src);
+            }
         }
         let taps = &wts[ch * kh * kw..(ch + 1) * kh * kw];
         let out = &mut y[ch * n..(ch + 1) * n];
