@@ -90,23 +90,26 @@ def main():
         x = np.random.rand(*shape).astype(np.float32)
         for _ in range(2):
             sess.run(None, {"input": x})
-        ours, theirs, compile_ms, gflop = [], [], [], 0.0
+        ours, theirs, compile_ms, gflop, mib = [], [], [], 0.0, 0.0
         plan = os.path.join(a.out, f"{name}.plan.bin")
         for _ in range(a.rounds):
             r = subprocess.run([a.adcnn_run, "bench", plan, "--threads", "1", "--runs", "3", "--quiet"],
                                check=True, capture_output=True, text=True).stdout.split()
             ours.append(float(r[1]))
             compile_ms.append(float(r[3]))
-            gflop = float(r[4])
+            gflop, mib = float(r[4]), float(r[5])
             theirs.append(statistics.median(1e3 * timed(lambda: sess.run(None, {"input": x}))
                                             for _ in range(3)))
         mo, mt = statistics.median(ours), statistics.median(theirs)
         gfs = gflop / (mo / 1e3)
-        rows.append((name, mo, mt, mo / mt, gfs, 100 * gfs / ceiling, statistics.median(compile_ms)))
-    print(f"\n| model | adcnn ms | ORT ms | ratio | adcnn GFLOP/s | % of SGEMM ceiling | compile ms |")
-    print("|---|---|---|---|---|---|---|")
+        rows.append((name, mo, mt, mo / mt, gfs, 100 * gfs / ceiling, statistics.median(compile_ms),
+                     mib))
+    print(f"\n| model | adcnn ms | ORT ms | ratio | adcnn GFLOP/s | % of SGEMM ceiling | compile ms "
+          "| prepared weights MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.0f} % | {r[6]:.0f} |")
+        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.0f} % | {r[6]:.0f} "
+              f"| {r[7]:.0f} |")
     print(f"\n(medians of {a.rounds} interleaved rounds; a round: adcnn's median of 3 runs after 2 "
           "warm-up runs in a fresh process, then ORT's median of 3 runs on a warmed-up session)")
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use adcnn_compiler::check::check_text;
 use adcnn_compiler::codegen::jit::{Act, EpilogueSpec, MaxPoolSpec, epilogue_clif, max_pool_clif};
-use adcnn_compiler::codegen::{CompiledKernels, rel_l2};
+use adcnn_compiler::codegen::{CompiledKernels, KernelStats, rel_l2};
 use adcnn_compiler::plan::{Options, Region, Strategy, plan};
 use adcnn_compiler::reference::tile::{crop, run_tile};
 use adcnn_compiler::weights::SplitMix64;
@@ -39,7 +39,7 @@ fn differential(
     layers: &str,
     opts: &Options,
     seed: u64,
-) -> Result<usize, String> {
+) -> Result<(usize, KernelStats), String> {
     let text = format!(
         "network:\n  name: t\n  input:\n    shape: [{c}, {h}, {w}]\n  weights: random(seed={seed})\n  layers:\n    - {layers}\n{CLUSTER}"
     );
@@ -48,7 +48,7 @@ fn differential(
         return Err(format!("does not check: {text}\n{:?}", checked.diagnostics));
     };
     let Ok(p) = plan(graph, cluster, opts) else {
-        return Ok(0);
+        return Ok((0, KernelStats::default()));
     };
     let kernels = CompiledKernels::compile(graph, weights, &p.segments, |_| true)
         .map_err(|e| e.to_string())?;
@@ -98,7 +98,7 @@ fn differential(
         }
         current = out;
     }
-    Ok(tiles)
+    Ok((tiles, kernels.stats))
 }
 
 fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
@@ -146,12 +146,81 @@ proptest! {
             match differential(cin, h, w, &layers, &opts, seed) {
                 Err(e) => return Err(TestCaseError::fail(e)),
                 // Every layer stack here is plannable as one whole-map segment.
-                Ok(0) if opts.strategy == Strategy::Single => {
+                Ok((0, _)) if opts.strategy == Strategy::Single => {
                     return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
                 }
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Layers the compiled kernels run as Winograd F(4×4, 3×3): 3×3 stride-1 convolutions with
+/// ≥ 16 channels in and out and outputs of ≥ 8 tiles of 4×4 (smaller ones take the GEMM path,
+/// which these cases then cover at the edge tiles).
+fn winograd_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
+    (
+        16usize..=40,
+        16usize..=40,
+        (10usize..=37, 15usize..=37),
+        (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        (0usize..4, any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(cin, cout, (h, w), (pt, pl, pb, pr), (act, bn, bias, pool))| {
+                let mut l =
+                    format!("c: conv({cout}, k=3, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})");
+                if bn {
+                    l.push_str(" | bn");
+                }
+                l.push_str(["", " | relu", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+                if pool {
+                    l.push_str(" | maxpool(2)");
+                }
+                (cin, h, w, l)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_winograd_layers_match_the_reference((cin, h, w, layers) in winograd_layer(), seed in 0u64..1000) {
+        for opts in [
+            Options { strategy: Strategy::Single, ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
+            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
+        ] {
+            match differential(cin, h, w, &layers, &opts, seed) {
+                Err(e) => return Err(TestCaseError::fail(e)),
+                // Whole maps are large enough for Winograd.
+                Ok((_, stats)) if opts.strategy == Strategy::Single && stats.winograd != 1 => {
+                    return Err(TestCaseError::fail(format!("{layers}: {stats:?}")));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A residual block wide enough for Winograd (16 channels, 40×36): the residual add and
+/// activation fused after the Winograd products, on whole maps and halo tiles.
+#[test]
+fn winograd_residual_blocks_match_the_reference() {
+    let layers = "b: conv(16, k=3, p=1, bias=false) | bn | relu
+    - c: conv(16, k=3, p=1, bias=false) | bn
+    - d: add(c, b) | relu
+    - e: conv(24, k=3, p=1) | leaky_relu(0.1)";
+    for grid in [(1, 1), (2, 2), (1, 3)] {
+        let opts = Options {
+            strategy: Strategy::Halo,
+            grid: Some(grid),
+            ..Options::default()
+        };
+        let (tiles, stats) = differential(16, 40, 36, layers, &opts, 5).expect("matches");
+        assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
+        assert_eq!(stats.winograd, 3, "{grid:?}: {stats:?}");
     }
 }
 
@@ -167,7 +236,7 @@ fn residual_blocks_and_edge_tiles_match_the_reference() {
             grid: Some(grid),
             ..Options::default()
         };
-        let tiles = differential(8, 23, 17, layers, &opts, 3).expect("matches");
+        let (tiles, _) = differential(8, 23, 17, layers, &opts, 3).expect("matches");
         assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
     }
 }

@@ -81,6 +81,7 @@ pub struct Executor {
     plan: Arc<LoadedPlan>,
     /// Per node: milliseconds spent compiling its kernels (JIT only).
     compile_ms: Vec<f64>,
+    weight_bytes: Vec<usize>,
     /// Why compilation failed on some node, which then runs the reference kernels.
     compile_error: Option<String>,
     senders: Vec<Option<Sender<Job>>>,
@@ -106,6 +107,7 @@ impl Executor {
     pub fn with_kernels(plan: LoadedPlan, kernels: Kernels) -> Self {
         let plan = Arc::new(plan);
         let mut compile_ms = vec![0.0; plan.plan.cluster.nodes.len()];
+        let mut weight_bytes = vec![0; plan.plan.cluster.nodes.len()];
         let mut compile_error = None;
         let epoch = Instant::now();
         let (done_tx, done) = unbounded::<Done>();
@@ -130,6 +132,7 @@ impl Executor {
                 ) {
                     Ok(k) => {
                         compile_ms[i] = k.compile_ms;
+                        weight_bytes[i] = k.weight_bytes();
                         Some(k)
                     }
                     Err(e) => {
@@ -151,6 +154,7 @@ impl Executor {
         Executor {
             plan,
             compile_ms,
+            weight_bytes,
             compile_error,
             senders,
             done,
@@ -166,6 +170,13 @@ impl Executor {
     /// Per node: milliseconds its kernels took to compile (0 for reference kernels).
     pub fn compile_ms(&self) -> &[f64] {
         &self.compile_ms
+    }
+
+    /// Per node: bytes of weights its compiled kernels prepared (packed, Winograd-transformed;
+    /// 0 for reference kernels). Nodes are threads here, but each holds its own, as on a
+    /// real cluster.
+    pub fn weight_bytes(&self) -> &[usize] {
+        &self.weight_bytes
     }
 
     /// Set when some node's kernels failed to compile (that node runs the reference).

@@ -204,7 +204,10 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
         "{stdout}"
     );
     assert!(stdout.contains("kernel compile time: "), "{stdout}");
+    assert!(stdout.contains("MiB (slowest / largest node)"), "{stdout}");
+    // AlexNet's 11×11 and 5×5 convolutions take the GEMM, its 3×3 ones (13×13) Winograd.
     assert!(stdout.contains("conv im2col + gemm"), "{stdout}");
+    assert!(stdout.contains("conv winograd F(4x4,3x3)"), "{stdout}");
     let (code, stdout, stderr) = adcnn_run(&[
         "bench",
         p,
@@ -217,7 +220,10 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
         "--quiet",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(stdout.split_whitespace().count(), 5, "{stdout}");
+    let fields: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(fields.len(), 6, "{stdout}");
+    // Reference kernels prepare no weights.
+    assert_eq!(fields[5], "0.0", "{stdout}");
     let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
     assert_eq!(code, 1);
     assert!(

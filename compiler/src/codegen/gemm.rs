@@ -77,6 +77,11 @@ impl PackedA {
         PackedA { m, k, data }
     }
 
+    /// Bytes of packed data held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * size_of::<f32>()
+    }
+
     /// The packed strip `s` of the k block starting at `k0` (depth `kc`).
     fn strip(&self, k0: usize, kc: usize, s: usize) -> &[f32] {
         let strips = self.m.div_ceil(MR);

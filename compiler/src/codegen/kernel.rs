@@ -17,6 +17,7 @@ use ndarray::Array3;
 
 use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with};
 use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
+use super::winograd::{self, Winograd};
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
@@ -35,6 +36,8 @@ struct ConvKernel {
     packed: Vec<PackedA>,
     /// Depthwise only: `[c, kh·kw]`.
     depthwise: Vec<f32>,
+    /// 3×3 stride-1 convolutions: Winograd F(4×4, 3×3) weights (then `packed` is empty).
+    winograd: Option<Winograd>,
     bias: Vec<f32>,
     act: Act,
     /// The fused `add` layer and the index (0 or 1) of its other operand, if any.
@@ -50,6 +53,8 @@ pub type Profile = std::collections::BTreeMap<&'static str, f64>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
     pub convs: usize,
+    /// Convolutions computed as Winograd F(4×4, 3×3).
+    pub winograd: usize,
     pub fused_layers: usize,
     pub epilogues: usize,
     pub max_pools: usize,
@@ -106,6 +111,7 @@ fn prepare_conv(
     i: usize,
     end: usize,
     in_shape: Shape,
+    largest: (usize, usize),
 ) -> Option<ConvKernel> {
     let layer = &graph.layers()[i];
     let Op::Conv2d(c) = &layer.op else {
@@ -170,7 +176,9 @@ fn prepare_conv(
         last += 1;
     }
     let depthwise = cin_g == 1 && cout_g == 1;
-    let packed = if depthwise {
+    let winograd =
+        winograd::applies(c, cin, largest.0, largest.1).then(|| Winograd::new(&w, cout, cin));
+    let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
         (0..g)
@@ -183,6 +191,7 @@ fn prepare_conv(
         groups: g,
         packed,
         depthwise: if depthwise { w } else { Vec::new() },
+        winograd,
         bias,
         act,
         residual,
@@ -276,11 +285,21 @@ impl CompiledKernels {
             while i < end {
                 let layer = &graph.layers()[i];
                 let in_shape = shape_of(graph, &layer.inputs[0]);
-                if let Some(k) = prepare_conv(graph, weights, i, end, in_shape) {
+                // The largest output region of this layer among the node's tiles.
+                let largest = seg
+                    .tiles
+                    .iter()
+                    .filter(|t| want(t))
+                    .map(|t| t.regions[i - first])
+                    .map(|r| (r.rows(), r.cols()))
+                    .max_by_key(|&(r, c)| r * c)
+                    .unwrap_or((layer.shape.h, layer.shape.w));
+                if let Some(k) = prepare_conv(graph, weights, i, end, in_shape, largest) {
                     for j in i + 1..=k.last {
                         fused_into.insert(j, i);
                     }
                     stats.convs += 1;
+                    stats.winograd += usize::from(k.winograd.is_some());
                     stats.fused_layers += k.last - i;
                     let next = k.last + 1;
                     convs.insert(i, k);
@@ -338,6 +357,19 @@ impl CompiledKernels {
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// Bytes of prepared weights these kernels hold (packed, transformed, folded): the
+    /// largest part of a node's memory besides the plan's own weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.convs
+            .values()
+            .map(|k| {
+                k.packed.iter().map(PackedA::bytes).sum::<usize>()
+                    + k.winograd.as_ref().map_or(0, Winograd::bytes)
+                    + (k.depthwise.len() + k.bias.len()) * size_of::<f32>()
+            })
+            .sum()
     }
 
     /// Computes `tile` of `seg` from `input`, like [`crate::reference::tile::run_tile`].
@@ -421,6 +453,9 @@ impl CompiledKernels {
             let t0 = Instant::now();
             let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
             let kind = match (self.convs.get(&i), &op) {
+                (Some(k), _) if k.winograd.is_some() => {
+                    "conv winograd F(4x4,3x3) + gemm (host) + epilogue (jit)"
+                }
                 (Some(k), _) if k.packed.is_empty() => "conv depthwise (host) + epilogue (jit)",
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_)) => "maxpool (jit, or reference when padded)",
@@ -541,7 +576,17 @@ impl CompiledKernels {
             ow,
             c: c.clone(),
         };
-        if k.packed.is_empty() {
+        if let Some(wg) = &k.winograd {
+            let shape = winograd::Shape {
+                h,
+                w,
+                oh,
+                ow,
+                pad_top: p.top,
+                pad_left: p.left,
+            };
+            wg.conv(&shape, xs, &mut y);
+        } else if k.packed.is_empty() {
             depthwise(&geo, xs, &k.depthwise, &mut y, cout);
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;

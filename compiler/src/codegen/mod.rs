@@ -5,6 +5,7 @@
 pub mod gemm;
 pub mod jit;
 pub mod kernel;
+pub mod winograd;
 
 pub use kernel::{CompileError, CompiledKernels, KernelStats, Profile};
 

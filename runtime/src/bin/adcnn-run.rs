@@ -63,7 +63,7 @@ struct BenchCli {
     /// Print milliseconds per kind of layer work (one thread, JIT kernels).
     #[arg(long)]
     profile: bool,
-    /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP>`.
+    /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP> <prepared weights MiB>`.
     #[arg(long)]
     quiet: bool,
 }
@@ -209,6 +209,7 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
     let mut times = Vec::with_capacity(runs);
     let mut profile = Profile::new();
     let compile_ms;
+    let weight_bytes;
     if cli.threads <= 1 {
         let compiled = match which {
             Kernels::Jit => Some(
@@ -218,6 +219,7 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
             Kernels::Reference => None,
         };
         compile_ms = compiled.as_ref().map_or(0.0, |k| k.compile_ms);
+        weight_bytes = compiled.as_ref().map_or(0, CompiledKernels::weight_bytes);
         let once = |profile: Option<&mut Profile>| match &compiled {
             Some(k) => k.run_plan(&lp.graph, &lp.weights, &lp.plan, &x, profile),
             None => reference_run_plan(&lp.graph, &lp.weights, &lp.plan, &x),
@@ -236,6 +238,7 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
             return Err(format!("error: {e}"));
         }
         compile_ms = exec.compile_ms().iter().copied().fold(0.0, f64::max);
+        weight_bytes = exec.weight_bytes().iter().copied().max().unwrap_or(0);
         for _ in 0..2 {
             exec.run(&x).map_err(|e| format!("error: {e}"))?;
         }
@@ -247,7 +250,8 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     let gflop = lp.graph.layers().iter().map(|l| l.stats.flops).sum::<u64>() as f64 / 1e9;
     if cli.quiet {
-        println!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4}");
+        let mib = weight_bytes as f64 / (1 << 20) as f64;
+        println!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1}");
         return Ok(());
     }
     println!(
@@ -264,7 +268,10 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
         1e3 / p50,
         gflop / (p50 / 1e3)
     );
-    println!("kernel compile time: {compile_ms:.1} ms");
+    println!(
+        "kernel compile time: {compile_ms:.1} ms, prepared weights {:.1} MiB (slowest / largest node)",
+        weight_bytes as f64 / (1 << 20) as f64
+    );
     if cli.profile {
         let total: f64 = profile.values().sum();
         println!("per kind of work (ms per run):");
