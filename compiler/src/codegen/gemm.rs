@@ -92,11 +92,19 @@ impl PackedA {
 
 /// Something that can write blocks of a `k × n` B matrix in packed form: for the block
 /// `B[k0..k0+kc, n0..n0+nc]`, NR-column strips one after another, each `kc` rows of NR
-/// values (`out` arrives zeroed, `nc.div_ceil(NR) · NR · kc` long; columns past `n0 + nc`
-/// stay zero). A convolution implements it straight from its input (implicit im2col), so
+/// values (`out` is `nc.div_ceil(NR) · NR · kc` long and arrives zeroed unless
+/// [`PackB::needs_zeroed`] says otherwise). A convolution implements it straight from its input (implicit im2col), so
 /// the `(Cin·kh·kw) × (H·W)` matrix never exists in memory.
 pub trait PackB {
     fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]);
+
+    /// Whether `pack` relies on `out` arriving zeroed (it skips positions that are zero, like
+    /// a convolution's padding). When false, `out` holds stale values of earlier blocks:
+    /// `pack` must write every position of its `nc` columns; what lies past them only feeds
+    /// C columns the GEMM discards.
+    fn needs_zeroed(&self) -> bool {
+        true
+    }
 }
 
 /// A row-major `k × n` matrix with leading dimension `ldb`.
@@ -109,6 +117,10 @@ pub struct Dense<'a> {
 impl PackB for Dense<'_> {
     fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
         pack_b(self.b, self.ldb, k0, kc, n0, nc, out);
+    }
+
+    fn needs_zeroed(&self) -> bool {
+        false
     }
 }
 
@@ -194,8 +206,11 @@ fn gemm_blocks(
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            bp.clear();
-            bp.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+            let len = nc.div_ceil(NR) * NR * kc;
+            if b.needs_zeroed() {
+                bp.clear();
+            }
+            bp.resize(len, 0.0);
             b.pack(k0, kc, n0, nc, bp);
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
@@ -230,6 +245,44 @@ pub fn sgemm(
 ) {
     let pa = PackedA::new(a, m, k, lda);
     gemm_packed(&pa, b, ldb, n, c, ldc, accumulate);
+}
+
+/// `y[r] = Σⱼ a[r·lda + j] · x[j]` for `y.len()` rows of `x.len()` columns: a
+/// matrix-vector product (fully connected layers at batch 1), which streams A once and is
+/// bound by memory bandwidth once its sums run 8 wide with FMA.
+pub fn gemv(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
+    let (rows, cols) = (y.len(), x.len());
+    if rows == 0 {
+        return;
+    }
+    assert!(
+        lda >= cols && a.len() >= (rows - 1) * lda + cols,
+        "A too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2Fma {
+        // SAFETY: AVX2 and FMA were detected; A holds `rows` rows of `cols` floats at stride
+        // `lda` (asserted above), x `cols` floats, y `rows`.
+        unsafe { avx2::gemv(a.as_ptr(), lda, x.as_ptr(), cols, y.as_mut_ptr(), rows) };
+        return;
+    }
+    for (r, out) in y.iter_mut().enumerate() {
+        let row = &a[r * lda..r * lda + cols];
+        // Eight partial sums, so the baseline ISA vectorises them.
+        let mut acc = [0.0f32; 8];
+        let (body, rest) = row.split_at(cols / 8 * 8);
+        for (rc, xc) in body.chunks_exact(8).zip(x.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += rc[l] * xc[l];
+            }
+        }
+        let tail: f32 = rest
+            .iter()
+            .zip(&x[cols / 8 * 8..])
+            .map(|(a, b)| a * b)
+            .sum();
+        *out = acc.iter().sum::<f32>() + tail;
+    }
 }
 
 /// One `mr × nr` (≤ MR × NR) block of C from packed panels of depth `kc`.
@@ -311,6 +364,59 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
+
+    /// Horizontal sum of a ymm register.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Matrix-vector product, four rows at a time (x is read once per four rows), two ymm
+    /// accumulators per row.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` points at `rows` rows of `cols` readable floats
+    /// `lda` apart, `x` at `cols`, `y` at `rows` writable floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gemv(
+        a: *const f32,
+        lda: usize,
+        x: *const f32,
+        cols: usize,
+        y: *mut f32,
+        rows: usize,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let body = cols / 16 * 16;
+            let mut r = 0;
+            while r < rows {
+                let nr = (rows - r).min(4);
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                let mut j = 0;
+                while j < body {
+                    let x0 = _mm256_loadu_ps(x.add(j));
+                    let x1 = _mm256_loadu_ps(x.add(j + 8));
+                    for (i, ai) in acc.iter_mut().enumerate().take(nr) {
+                        let row = a.add((r + i) * lda + j);
+                        ai[0] = _mm256_fmadd_ps(_mm256_loadu_ps(row), x0, ai[0]);
+                        ai[1] = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8)), x1, ai[1]);
+                    }
+                    j += 16;
+                }
+                for (i, ai) in acc.iter().enumerate().take(nr) {
+                    let mut sum = hsum(_mm256_add_ps(ai[0], ai[1]));
+                    for jj in body..cols {
+                        sum += *a.add((r + i) * lda + jj) * *x.add(jj);
+                    }
+                    *y.add(r + i) = sum;
+                }
+                r += nr;
+            }
+        }
+    }
 
     /// 6×16 block: twelve ymm accumulators, two B loads and six A broadcasts per k.
     ///
@@ -421,6 +527,14 @@ mod tests {
             (64, 530, 27),
             (5, 3, 600),
         ] {
+            // The matrix-vector product against the same naive product (n = 1).
+            let (a, x) = (data(m * k, 3), data(k, 4));
+            let mut y = vec![f32::NAN; m];
+            gemv(&a, k, &x, &mut y);
+            assert!(
+                crate::codegen::rel_l2(&y, &naive(m, 1, k, &a, &x)) < 1e-6,
+                "gemv {m}×{k}"
+            );
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = naive(m, n, k, &a, &b);
             let mut got = vec![0.0f32; m * n];

@@ -15,6 +15,11 @@
 //! error of the order of 1e-6 relative to a direct convolution in f32 (measured in the tests
 //! of this module and `compiler/tests/codegen.rs`).
 
+#![allow(
+    unsafe_code,
+    reason = "calling the AVX2-compiled transforms after detecting AVX2 at run time"
+)]
+
 use super::gemm::{PackedA, gemm_packed};
 
 /// Output tile side.
@@ -128,34 +133,97 @@ impl Winograd {
             m.resize(T * T * self.cout * nb, 0.0);
             for b0 in (0..tiles).step_by(nb) {
                 let n = nb.min(tiles - b0);
-                for c in 0..self.cin {
-                    let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
-                    for g0 in (0..n).step_by(LANES) {
-                        let d = gather(plane, s, tw, b0 + g0, (b0 + n).min(b0 + g0 + LANES));
-                        let t = input_transform(&d);
-                        for (xi, lanes) in t.iter().flatten().enumerate() {
-                            v[(xi * self.cin + c) * nb + g0..][..LANES].copy_from_slice(lanes);
-                        }
-                    }
-                }
+                let blk = Block { s, tw, nb, b0, n };
+                dispatch!(input_block(&blk, self.cin, x, v));
                 for (xi, u) in self.u.iter().enumerate() {
                     let vb = &v[xi * self.cin * nb..(xi + 1) * self.cin * nb];
                     let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
                     gemm_packed(u, vb, nb, n, mb, nb, false);
                 }
-                for k in 0..self.cout {
-                    let out = &mut y[k * s.oh * s.ow..(k + 1) * s.oh * s.ow];
-                    for g0 in (0..n).step_by(LANES) {
-                        let mut mt = [[[0.0f32; LANES]; T]; T];
-                        for (xi, lanes) in mt.iter_mut().flatten().enumerate() {
-                            lanes.copy_from_slice(&m[(xi * self.cout + k) * nb + g0..][..LANES]);
-                        }
-                        let o = output_transform(&mt);
-                        scatter(&o, out, s, tw, b0 + g0, (b0 + n).min(b0 + g0 + LANES));
-                    }
-                }
+                dispatch!(output_block(&blk, self.cout, m, y));
             }
         });
+    }
+}
+
+/// One block of tiles: `n` tiles from `b0`, `nb` columns apart in `V` and `M`.
+struct Block<'a> {
+    s: &'a Shape,
+    tw: usize,
+    nb: usize,
+    b0: usize,
+    n: usize,
+}
+
+/// Runs a block function with AVX2 + FMA code generation where the CPU has them (the
+/// transforms are 8-lane arrays: one ymm register instead of two xmm), else as compiled.
+macro_rules! dispatch {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = super::gemm::isa() == super::gemm::Isa::Avx2Fma;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        if avx2 {
+            // SAFETY: the CPU has AVX2 and FMA (detected by `isa()`); the function is safe
+            // code, compiled for those features.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                avx2::$f($($arg),*)
+            };
+        } else {
+            $f($($arg),*);
+        }
+    }};
+}
+use dispatch;
+
+/// `V[ξ][c][·]` = the transformed input patches of the block's tiles, every channel.
+#[inline(always)]
+fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
+    let (s, nb) = (b.s, b.nb);
+    for c in 0..cin {
+        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        for g0 in (0..b.n).step_by(LANES) {
+            let p0 = b.b0 + g0;
+            let d = gather(plane, s, b.tw, p0, (b.b0 + b.n).min(p0 + LANES));
+            let t = input_transform(&d);
+            for (xi, lanes) in t.iter().flatten().enumerate() {
+                v[(xi * cin + c) * nb + g0..][..LANES].copy_from_slice(lanes);
+            }
+        }
+    }
+}
+
+/// The block's output tiles from `M[ξ][k][·]`, every output channel, into `y`.
+#[inline(always)]
+fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32]) {
+    let (s, nb) = (b.s, b.nb);
+    for k in 0..cout {
+        let out = &mut y[k * s.oh * s.ow..(k + 1) * s.oh * s.ow];
+        for g0 in (0..b.n).step_by(LANES) {
+            let mut mt = [[[0.0f32; LANES]; T]; T];
+            for (xi, lanes) in mt.iter_mut().flatten().enumerate() {
+                lanes.copy_from_slice(&m[(xi * cout + k) * nb + g0..][..LANES]);
+            }
+            let o = output_transform(&mt);
+            let p0 = b.b0 + g0;
+            scatter(&o, out, s, b.tw, p0, (b.b0 + b.n).min(p0 + LANES));
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Block;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
+        super::input_block(b, cin, x, v);
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32]) {
+        super::output_block(b, cout, m, y);
     }
 }
 
@@ -171,6 +239,7 @@ const G: [[f64; 3]; T] = [
 
 /// The 6×6 input patches of tiles `p0..p1` (≤ LANES), lane `l` = tile `p0 + l`; zero outside
 /// the input and in unused lanes.
+#[inline(always)]
 fn gather(plane: &[f32], s: &Shape, tw: usize, p0: usize, p1: usize) -> [[Lanes; T]; T] {
     let mut d = [[[0.0f32; LANES]; T]; T];
     let (h, w) = (s.h as isize, s.w as isize);
@@ -203,6 +272,7 @@ fn gather(plane: &[f32], s: &Shape, tw: usize, p0: usize, p1: usize) -> [[Lanes;
 }
 
 /// Writes the 4×4 output tiles `p0..p1` into `out` (`oh × ow`), dropping what lies outside.
+#[inline(always)]
 fn scatter(o: &[[Lanes; M]; M], out: &mut [f32], s: &Shape, tw: usize, p0: usize, p1: usize) {
     for (l, p) in (p0..p1).enumerate() {
         let (y0, x0) = (p / tw * M, p % tw * M);
@@ -265,11 +335,13 @@ fn separable<const N: usize>(
 }
 
 /// `Bᵀ d B` for LANES patches.
+#[inline(always)]
 fn input_transform(d: &[[Lanes; T]; T]) -> [[Lanes; T]; T] {
     separable(d, bt)
 }
 
 /// `Aᵀ m A` for LANES transformed tiles.
+#[inline(always)]
 fn output_transform(m: &[[Lanes; T]; T]) -> [[Lanes; M]; M] {
     separable(m, at)
 }

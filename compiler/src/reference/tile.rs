@@ -3,7 +3,7 @@
 
 use ndarray::{Array3, s};
 
-use crate::graph::{LayerGraph, Source};
+use crate::graph::{Layer, LayerGraph, Source};
 use crate::plan::geometry::{input_region, tile_op};
 use crate::plan::{Mode, Region, Segment, Tile};
 use crate::reference::{self, EvalError};
@@ -150,6 +150,20 @@ pub fn run_tail(
     live: Array3<f32>,
     input: &Array3<f32>,
 ) -> Result<Array3<f32>, EvalError> {
+    run_tail_with(graph, start, live, input, |layer, inputs| {
+        reference::eval_op(&layer.op, &layer.name, inputs, weights)
+    })
+}
+
+/// [`run_tail`] with each layer evaluated by `eval` (compiled kernels take the layers they
+/// have faster code for and hand the rest to [`reference::eval_op`]).
+pub fn run_tail_with(
+    graph: &LayerGraph,
+    start: usize,
+    live: Array3<f32>,
+    input: &Array3<f32>,
+    mut eval: impl FnMut(&Layer, &[&Array3<f32>]) -> Result<Array3<f32>, EvalError>,
+) -> Result<Array3<f32>, EvalError> {
     if start >= graph.layers().len() {
         return Ok(live);
     }
@@ -166,12 +180,7 @@ pub fn run_tail(
             };
             inputs.push(v.ok_or_else(|| missing(&layer.name))?);
         }
-        values[i] = Some(reference::eval_op(
-            &layer.op,
-            &layer.name,
-            &inputs,
-            weights,
-        )?);
+        values[i] = Some(eval(layer, &inputs)?);
     }
     values
         .pop()
