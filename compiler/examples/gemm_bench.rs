@@ -43,6 +43,15 @@ fn main() {
         ("VGG conv4_2 28×28", 512, 784, 4608),
         ("VGG conv5_2 14×14", 512, 196, 4608),
         ("VGG conv1_1 (K=27)", 64, 3136, 27),
+        ("ResNet-50 1×1 56×56", 256, 3136, 64),
+        ("ResNet-50 1×1 56×56 down", 64, 3136, 256),
+        ("ResNet-50 1×1 28×28", 512, 784, 128),
+        ("ResNet-50 1×1 14×14", 1024, 196, 256),
+        ("ResNet-50 1×1 14×14 down", 256, 196, 1024),
+        ("ResNet-50 1×1 7×7", 2048, 49, 512),
+        ("ResNet-50 1×1 7×7 down", 512, 49, 2048),
+        ("Winograd VGG conv1_2 block", 64, 168, 64),
+        ("Winograd VGG conv3 block", 256, 96, 256),
     ];
     for &(name, m, n, k) in shapes {
         let (a, b) = (data(m * k, 1), data(k * n, 2));

@@ -129,8 +129,15 @@ impl Winograd {
                 const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
         }
         SCRATCH.with_borrow_mut(|(v, m)| {
-            v.resize(T * T * self.cin * nb, 0.0);
-            m.resize(T * T * self.cout * nb, 0.0);
+            // Grown, never shrunk: every element a block reads was written by it first.
+            for (buf, len) in [
+                (&mut *v, T * T * self.cin * nb),
+                (&mut *m, T * T * self.cout * nb),
+            ] {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+            }
             for b0 in (0..tiles).step_by(nb) {
                 let n = nb.min(tiles - b0);
                 let blk = Block { s, tw, nb, b0, n };

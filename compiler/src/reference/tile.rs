@@ -12,8 +12,24 @@ use crate::weights::Weights;
 /// The part `want` of a tensor that holds region `have` of its feature map.
 pub fn crop(t: &Array3<f32>, have: &Region, want: &Region) -> Array3<f32> {
     let (r0, c0) = (want.r0 - have.r0, want.c0 - have.c0);
-    t.slice(s![.., r0..r0 + want.rows(), c0..c0 + want.cols()])
-        .to_owned()
+    let (rows, cols) = (want.rows(), want.cols());
+    let view = || t.slice(s![.., r0..r0 + rows, c0..c0 + cols]);
+    // Row by row from a contiguous tensor (ndarray's element-wise copy of a strided view
+    // cost ~3 % of ResNet-50 on compiled kernels).
+    let (c, h, w) = t.dim();
+    match t.as_slice() {
+        Some(src) if r0 + rows <= h && c0 + cols <= w => {
+            let mut out = Vec::with_capacity(c * rows * cols);
+            for ch in 0..c {
+                for r in 0..rows {
+                    let start = (ch * h + r0 + r) * w + c0;
+                    out.extend_from_slice(&src[start..start + cols]);
+                }
+            }
+            Array3::from_shape_vec((c, rows, cols), out).unwrap_or_else(|_| view().to_owned())
+        }
+        _ => view().to_owned(),
+    }
 }
 
 /// Computes `tile` of `seg` from `input`, the tile's input region of the segment's input.
