@@ -105,6 +105,57 @@ pub trait PackB {
     fn needs_zeroed(&self) -> bool {
         true
     }
+
+    /// The block already in packed form, if `self` holds it so (then `pack` is not called).
+    fn packed(&self, _k0: usize, _kc: usize, _n0: usize, _nc: usize) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// A `k × n` B (`n ≤ NC`, one column block) stored the way the GEMM packs it: per KC row
+/// block (starting at `k0 · width`), NR-column strips of `kc` rows of NR values. A producer
+/// that writes B in this layout ([`Prepacked::offset`]) saves the GEMM its packing copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Prepacked<'a> {
+    pub data: &'a [f32],
+    pub k: usize,
+    /// Columns the layout was made for (a multiple of NR, ≤ NC); the GEMM may use fewer.
+    pub width: usize,
+}
+
+impl Prepacked<'_> {
+    /// Floats a `k × width` prepacked B takes.
+    pub fn len(k: usize, width: usize) -> usize {
+        k * width
+    }
+
+    /// Where element `(row, col)` of a `k × width` prepacked B lives.
+    pub fn offset(k: usize, width: usize, row: usize, col: usize) -> usize {
+        let k0 = row / KC * KC;
+        let kc = KC.min(k - k0);
+        k0 * width + col / NR * NR * kc + (row - k0) * NR + col % NR
+    }
+
+    /// Columns per prepacked B at most (one column block of the GEMM).
+    pub const MAX_WIDTH: usize = NC;
+
+    /// Column granularity of the layout.
+    pub const STRIP: usize = NR;
+}
+
+impl PackB for Prepacked<'_> {
+    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
+        if let Some(p) = self.packed(k0, kc, n0, nc) {
+            out.copy_from_slice(&p[..out.len()]);
+        }
+    }
+
+    fn packed(&self, k0: usize, kc: usize, n0: usize, nc: usize) -> Option<&[f32]> {
+        let len = nc.div_ceil(NR) * NR * kc;
+        (n0 == 0 && nc <= self.width && k0 + kc <= self.k)
+            .then(|| self.data.get(k0 * self.width..k0 * self.width + len))
+            .flatten()
+    }
 }
 
 /// A row-major `k × n` matrix with leading dimension `ldb`.
@@ -207,11 +258,17 @@ fn gemm_blocks(
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let len = nc.div_ceil(NR) * NR * kc;
-            if b.needs_zeroed() {
-                bp.clear();
-            }
-            bp.resize(len, 0.0);
-            b.pack(k0, kc, n0, nc, bp);
+            let panels = match b.packed(k0, kc, n0, nc) {
+                Some(p) => &p[..len],
+                None => {
+                    if b.needs_zeroed() {
+                        bp.clear();
+                    }
+                    bp.resize(len, 0.0);
+                    b.pack(k0, kc, n0, nc, bp);
+                    &bp[..]
+                }
+            };
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
                 let ap = a.strip(k0, kc, s);
@@ -220,7 +277,7 @@ fn gemm_blocks(
                 for t in 0..nc.div_ceil(NR) {
                     let c0 = n0 + t * NR;
                     let nr = NR.min(n0 + nc - c0);
-                    let bpanel = &bp[t * NR * kc..(t + 1) * NR * kc];
+                    let bpanel = &panels[t * NR * kc..(t + 1) * NR * kc];
                     let cblk = &mut c[r0 * ldc + c0..];
                     micro(isa, kc, ap, bpanel, cblk, ldc, mr, nr, acc);
                 }
@@ -545,6 +602,27 @@ mod tests {
             sgemm(m, n, k, &a, k, &b, n, &mut got, n, true);
             let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
             assert!(crate::codegen::rel_l2(&got, &twice) < 1e-6);
+            // B written in the GEMM's packed layout gives the same product.
+            if n <= Prepacked::MAX_WIDTH {
+                let width = n.next_multiple_of(Prepacked::STRIP);
+                let mut bp = vec![0.0f32; Prepacked::len(k, width)];
+                for row in 0..k {
+                    for col in 0..n {
+                        bp[Prepacked::offset(k, width, row, col)] = b[row * n + col];
+                    }
+                }
+                let pb = Prepacked {
+                    data: &bp,
+                    k,
+                    width,
+                };
+                let mut c = vec![f32::NAN; m * n];
+                gemm_packed_with(&PackedA::new(&a, m, k, k), &pb, n, &mut c, n, false);
+                assert!(
+                    crate::codegen::rel_l2(&c, &want) < 1e-6,
+                    "prepacked {m}x{n}x{k}"
+                );
+            }
         }
     }
 }

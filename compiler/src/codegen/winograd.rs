@@ -20,7 +20,7 @@
     reason = "calling the AVX2-compiled transforms after detecting AVX2 at run time"
 )]
 
-use super::gemm::{PackedA, gemm_packed};
+use super::gemm::{PackedA, Prepacked, gemm_packed_with};
 
 /// Output tile side.
 const M: usize = 4;
@@ -121,9 +121,14 @@ impl Winograd {
         }
         // Tiles per block, a multiple of LANES, spread evenly over the blocks.
         let per_tile = T * T * (self.cin + self.cout) * 4;
-        let most = (BLOCK_BYTES / per_tile).max(16);
+        // At most one column block of the GEMM, so V can be written in its packed layout.
+        let most = (BLOCK_BYTES / per_tile).clamp(Prepacked::STRIP, Prepacked::MAX_WIDTH)
+            / Prepacked::STRIP
+            * Prepacked::STRIP;
         let blocks = tiles.div_ceil(most);
+        // Columns of M; V's prepacked layout is `width` wide.
         let nb = tiles.div_ceil(blocks).next_multiple_of(LANES);
+        let width = nb.next_multiple_of(Prepacked::STRIP);
         thread_local! {
             static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
                 const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -131,7 +136,7 @@ impl Winograd {
         SCRATCH.with_borrow_mut(|(v, m)| {
             // Grown, never shrunk: every element a block reads was written by it first.
             for (buf, len) in [
-                (&mut *v, T * T * self.cin * nb),
+                (&mut *v, T * T * Prepacked::len(self.cin, width)),
                 (&mut *m, T * T * self.cout * nb),
             ] {
                 if buf.len() < len {
@@ -140,12 +145,24 @@ impl Winograd {
             }
             for b0 in (0..tiles).step_by(nb) {
                 let n = nb.min(tiles - b0);
-                let blk = Block { s, tw, nb, b0, n };
+                let blk = Block {
+                    s,
+                    tw,
+                    nb,
+                    width,
+                    b0,
+                    n,
+                };
                 dispatch!(input_block(&blk, self.cin, x, v));
                 for (xi, u) in self.u.iter().enumerate() {
-                    let vb = &v[xi * self.cin * nb..(xi + 1) * self.cin * nb];
+                    let len = Prepacked::len(self.cin, width);
+                    let vb = Prepacked {
+                        data: &v[xi * len..(xi + 1) * len],
+                        k: self.cin,
+                        width,
+                    };
                     let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
-                    gemm_packed(u, vb, nb, n, mb, nb, false);
+                    gemm_packed_with(u, &vb, n, mb, nb, false);
                 }
                 dispatch!(output_block(&blk, self.cout, m, y));
             }
@@ -153,11 +170,13 @@ impl Winograd {
     }
 }
 
-/// One block of tiles: `n` tiles from `b0`, `nb` columns apart in `V` and `M`.
+/// One block of tiles: `n` tiles from `b0`; rows of `M` are `nb` apart, each `V[ξ]` is a
+/// `cin × width` prepacked B.
 struct Block<'a> {
     s: &'a Shape,
     tw: usize,
     nb: usize,
+    width: usize,
     b0: usize,
     n: usize,
 }
@@ -184,10 +203,11 @@ macro_rules! dispatch {
 }
 use dispatch;
 
-/// `V[ξ][c][·]` = the transformed input patches of the block's tiles, every channel.
+/// `V[ξ]` (`c`, `·`) = the transformed input patches of the block's tiles, every channel.
 #[inline(always)]
 fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
-    let (s, nb) = (b.s, b.nb);
+    let (s, width) = (b.s, b.width);
+    let len = Prepacked::len(cin, width);
     for c in 0..cin {
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
         for g0 in (0..b.n).step_by(LANES) {
@@ -195,7 +215,9 @@ fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
             let d = gather(plane, s, b.tw, p0, (b.b0 + b.n).min(p0 + LANES));
             let t = input_transform(&d);
             for (xi, lanes) in t.iter().flatten().enumerate() {
-                v[(xi * cin + c) * nb + g0..][..LANES].copy_from_slice(lanes);
+                // LANES (8) columns from a multiple of 8: contiguous in one NR strip.
+                v[xi * len + Prepacked::offset(cin, width, c, g0)..][..LANES]
+                    .copy_from_slice(lanes);
             }
         }
     }
@@ -399,6 +421,9 @@ mod tests {
             (16, 24, 5, 23, 0, 1, 2, 0),
             (32, 16, 3, 3, 0, 0, 0, 0),
             (20, 40, 30, 29, 1, 0, 0, 1),
+            // Wide enough that one block holds 32 tiles: 36 tiles in two blocks (24 + 12),
+            // V in two KC row blocks of the prepacked layout.
+            (300, 260, 23, 22, 1, 1, 0, 1),
         ] {
             let s = Shape {
                 h,
