@@ -28,7 +28,7 @@ const EXACT_JIT: f64 = 1e-4;
 
 fn tolerance(kernels: Kernels) -> f64 {
     match kernels {
-        Kernels::Jit => EXACT_JIT,
+        Kernels::Jit | Kernels::Gemm => EXACT_JIT,
         Kernels::Reference => EXACT,
     }
 }
@@ -94,6 +94,40 @@ fn exact_strategies_equal_the_reference_on_every_example() {
 /// FDSP segments compute each tile as an image of its own; the expected output is built here
 /// independently of the runtime: each tile's block through the segment's layers on the
 /// reference interpreter, stitched.
+/// `--kernels gemm`: compiled kernels without Winograd give the same outputs and prepare
+/// less weight memory (a quarter for the 3×3 layers Winograd would take).
+#[test]
+fn gemm_kernels_skip_winograd_and_equal_the_reference() {
+    for net in ["resnet18", "yolov2-tiny"] {
+        for strategy in [Strategy::Single, Strategy::Halo] {
+            let lp = load(net, strategy, Compression::None);
+            let x = random_input(&lp);
+            let want = reference::run(&lp.graph, &lp.weights, &x).expect("reference");
+            let (jit, gemm) = (
+                executor(lp.clone(), Kernels::Jit),
+                executor(lp, Kernels::Gemm),
+            );
+            let got = gemm.run(&x).expect("runs");
+            let err = relative_l2(got.output.iter(), want.iter());
+            assert!(err <= EXACT_JIT, "{net} {}: {err:.2e}", strategy.name());
+            let bytes = |e: &Executor| e.weight_bytes().iter().sum::<usize>();
+            assert!(
+                bytes(&gemm) < bytes(&jit),
+                "{net} {}: gemm {} vs jit {} bytes",
+                strategy.name(),
+                bytes(&gemm),
+                bytes(&jit)
+            );
+            // Nodes prepare weights only for segments they compute tiles of.
+            let preparing = jit.weight_bytes().iter().filter(|b| **b > 0).count();
+            match strategy {
+                Strategy::Single => assert_eq!(preparing, 1, "{net}"),
+                _ => assert!(preparing > 1, "{net}: {preparing} nodes"),
+            }
+        }
+    }
+}
+
 #[test]
 fn fdsp_equals_direct_tile_by_tile_computation() {
     let mut approximate = 0;

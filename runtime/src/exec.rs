@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use adcnn_compiler::codegen::CompiledKernels;
+use adcnn_compiler::codegen::{CompileOptions, CompiledKernels};
 use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
 use adcnn_compiler::reference::EvalError;
@@ -59,19 +59,36 @@ struct Done {
 /// Which tile kernels the workers run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Kernels {
-    /// Compiled kernels (host GEMM + Cranelift JIT), compiled per node when the plan loads.
+    /// Compiled kernels (host GEMM, Winograd, Cranelift JIT), compiled per node when the plan
+    /// loads.
     #[default]
     Jit,
+    /// Compiled kernels without Winograd: every dense convolution on im2col + GEMM (slower
+    /// 3×3 layers, a quarter of their prepared weight memory).
+    Gemm,
     /// The reference interpreter (the oracle).
     Reference,
 }
 
 impl Kernels {
+    /// The names `--kernels` takes, in order.
+    pub const NAMES: [&str; 3] = ["jit", "gemm", "reference"];
+
     pub fn from_name(s: &str) -> Option<Kernels> {
         match s {
             "jit" => Some(Kernels::Jit),
+            "gemm" => Some(Kernels::Gemm),
             "reference" => Some(Kernels::Reference),
             _ => None,
+        }
+    }
+
+    /// Compile options for the compiled kinds, `None` for the reference.
+    pub fn compile_options(self) -> Option<CompileOptions> {
+        match self {
+            Kernels::Jit => Some(CompileOptions::default()),
+            Kernels::Gemm => Some(CompileOptions { winograd: false }),
+            Kernels::Reference => None,
         }
     }
 }
@@ -122,13 +139,14 @@ impl Executor {
             senders.push(Some(tx));
             // Each node compiles its own share: one JIT session per node, whose finished code
             // only that node's thread uses.
-            let compiled = match kernels {
-                Kernels::Reference => None,
-                Kernels::Jit => match CompiledKernels::compile(
+            let compiled = match kernels.compile_options() {
+                None => None,
+                Some(opts) => match CompiledKernels::compile_with(
                     &plan.graph,
                     &plan.weights,
                     &plan.plan.segments,
                     |t| t.node == i,
+                    &opts,
                 ) {
                     Ok(k) => {
                         compile_ms[i] = k.compile_ms;

@@ -227,7 +227,7 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
     let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("--kernels takes `jit` or `reference`"),
+        stderr.contains("--kernels takes `jit`, `gemm`, `reference`, not `fast`"),
         "{stderr}"
     );
     let _ = std::fs::remove_file(&plan);

@@ -46,6 +46,20 @@ struct ConvKernel {
     last: usize,
 }
 
+/// Choices made when kernels are compiled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Winograd F(4×4, 3×3) where it pays (see `winograd::applies`); off: every dense
+    /// convolution on im2col + GEMM, with 4× less memory for 3×3 weights.
+    pub winograd: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { winograd: true }
+    }
+}
+
 /// Milliseconds per kind of work (see [`CompiledKernels::run_tile_profiled`]).
 pub type Profile = std::collections::BTreeMap<&'static str, f64>;
 
@@ -105,13 +119,14 @@ fn vector(weights: &Weights, layer: &str, role: WeightRole, n: usize) -> Option<
 }
 
 /// Prepares conv `i` of a segment ending before `end`, or `None` to leave it to the reference.
+/// `winograd_tile`: the largest output tile it computes, when Winograd may be used.
 fn prepare_conv(
     graph: &LayerGraph,
     weights: &Weights,
     i: usize,
     end: usize,
     in_shape: Shape,
-    largest: (usize, usize),
+    winograd_tile: Option<(usize, usize)>,
 ) -> Option<ConvKernel> {
     let layer = &graph.layers()[i];
     let Op::Conv2d(c) = &layer.op else {
@@ -176,8 +191,9 @@ fn prepare_conv(
         last += 1;
     }
     let depthwise = cin_g == 1 && cout_g == 1;
-    let winograd =
-        winograd::applies(c, cin, largest.0, largest.1).then(|| Winograd::new(&w, cout, cin));
+    let winograd = winograd_tile
+        .is_some_and(|(oh, ow)| winograd::applies(c, cin, oh, ow))
+        .then(|| Winograd::new(&w, cout, cin));
     let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
@@ -268,18 +284,31 @@ fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
 
 impl CompiledKernels {
     /// Prepares and compiles the kernels of `segments` for the tiles `want` selects (a node's
-    /// share; `|_| true` for all).
+    /// share; `|_| true` for all), with the default [`CompileOptions`].
     pub fn compile(
         graph: &LayerGraph,
         weights: &Weights,
         segments: &[Segment],
         want: impl Fn(&Tile) -> bool,
     ) -> Result<CompiledKernels, CompileError> {
+        Self::compile_with(graph, weights, segments, want, &CompileOptions::default())
+    }
+
+    /// [`Self::compile`] with explicit options.
+    pub fn compile_with(
+        graph: &LayerGraph,
+        weights: &Weights,
+        segments: &[Segment],
+        want: impl Fn(&Tile) -> bool,
+        opts: &CompileOptions,
+    ) -> Result<CompiledKernels, CompileError> {
         let t0 = Instant::now();
         let mut convs = HashMap::new();
         let mut fused_into = HashMap::new();
         let mut stats = KernelStats::default();
-        for seg in segments {
+        // Only segments where this node computes a tile: a node without tiles in a segment
+        // needs none of its weights (a `single` plan's idle nodes prepare nothing).
+        for seg in segments.iter().filter(|seg| seg.tiles.iter().any(&want)) {
             let (first, end) = (seg.first.index(), seg.end.index());
             let mut i = first;
             while i < end {
@@ -294,6 +323,7 @@ impl CompiledKernels {
                     .map(|r| (r.rows(), r.cols()))
                     .max_by_key(|&(r, c)| r * c)
                     .unwrap_or((layer.shape.h, layer.shape.w));
+                let largest = opts.winograd.then_some(largest);
                 if let Some(k) = prepare_conv(graph, weights, i, end, in_shape, largest) {
                     for j in i + 1..=k.last {
                         fused_into.insert(j, i);

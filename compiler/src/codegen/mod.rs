@@ -7,7 +7,7 @@ pub mod jit;
 pub mod kernel;
 pub mod winograd;
 
-pub use kernel::{CompileError, CompiledKernels, KernelStats, Profile};
+pub use kernel::{CompileError, CompileOptions, CompiledKernels, KernelStats, Profile};
 
 /// Relative L2 distance `‖a − b‖ / ‖b‖` (0 when both are zero).
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -38,7 +38,9 @@ struct Cli {
     /// Write a Chrome trace-event JSON of the run (one track per node; open in Perfetto).
     #[arg(long)]
     trace: Option<PathBuf>,
-    /// Tile kernels: `jit` (compiled: host GEMM + Cranelift) or `reference` (the interpreter).
+    /// Tile kernels: `jit` (compiled: host GEMM, Winograd for 3×3 convolutions, Cranelift),
+    /// `gemm` (compiled, no Winograd: a quarter of the 3×3 layers' prepared weight memory)
+    /// or `reference` (the interpreter).
     #[arg(long, default_value = "jit")]
     kernels: String,
 }
@@ -57,7 +59,7 @@ struct BenchCli {
     /// Timed runs after two warm-up runs.
     #[arg(long, default_value_t = 10)]
     runs: usize,
-    /// `jit` or `reference`.
+    /// `jit`, `gemm` (compiled without Winograd) or `reference`.
     #[arg(long, default_value = "jit")]
     kernels: String,
     /// Print milliseconds per kind of layer work (one thread, JIT kernels).
@@ -188,8 +190,10 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
 }
 
 fn kernels(name: &str) -> Result<Kernels, String> {
-    Kernels::from_name(name)
-        .ok_or_else(|| format!("error: --kernels takes `jit` or `reference`, not `{name}`"))
+    Kernels::from_name(name).ok_or_else(|| {
+        let names = Kernels::NAMES.map(|n| format!("`{n}`")).join(", ");
+        format!("error: --kernels takes {names}, not `{name}`")
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -211,12 +215,18 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
     let compile_ms;
     let weight_bytes;
     if cli.threads <= 1 {
-        let compiled = match which {
-            Kernels::Jit => Some(
-                CompiledKernels::compile(&lp.graph, &lp.weights, &lp.plan.segments, |_| true)
-                    .map_err(|e| format!("error: {e}"))?,
+        let compiled = match which.compile_options() {
+            Some(opts) => Some(
+                CompiledKernels::compile_with(
+                    &lp.graph,
+                    &lp.weights,
+                    &lp.plan.segments,
+                    |_| true,
+                    &opts,
+                )
+                .map_err(|e| format!("error: {e}"))?,
             ),
-            Kernels::Reference => None,
+            None => None,
         };
         compile_ms = compiled.as_ref().map_or(0.0, |k| k.compile_ms);
         weight_bytes = compiled.as_ref().map_or(0, CompiledKernels::weight_bytes);
