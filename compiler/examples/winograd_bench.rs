@@ -29,6 +29,8 @@ fn main() {
         ("ResNet layer1", 64, 64, 56),
         ("ResNet layer2", 128, 128, 28),
         ("ResNet layer3", 256, 256, 14),
+        ("YOLOv2-tiny conv7", 512, 1024, 13),
+        ("YOLOv2-tiny conv8", 1024, 1024, 13),
     ];
     for &(name, cin, cout, hw) in shapes {
         let s = Shape {

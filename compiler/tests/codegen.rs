@@ -2,7 +2,8 @@
 //!
 //! Differential property tests: random convolution layers (kernel 1–11, stride 1–4,
 //! asymmetric padding, dilation, groups incl. depthwise, odd sizes) followed by random
-//! epilogues (batch norm, relu / clip / leaky relu, max pool), planned with a forced halo grid
+//! epilogues (batch norm, relu / clip / leaky relu, max pool with and without padding or
+//! ceil mode), planned with a forced halo grid
 //! (edge tiles smaller than the rest) and as FDSP tiles, every tile compared with
 //! `reference::tile::run_tile`. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
@@ -112,9 +113,9 @@ fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usiz
         prop_oneof![Just(1usize), Just(2), Just(0)], // 0: depthwise
         1usize..=3,
         1usize..=3,
-        (0usize..4, 0usize..4, any::<bool>(), any::<bool>()),
+        (0usize..7, 0usize..4, any::<bool>(), any::<bool>()),
     )
-        .prop_map(|(kh, kw, sh, sw, (pt, pl, pb, pr), d, g, cin_m, cout_m, (act, pool, bn, bias))| {
+        .prop_map(|(kh, kw, sh, sw, (pt, pl, pb, pr), d, g, cin_m, cout_m, (pool, act, bn, bias))| {
             let g_eff = if g == 0 { 2 * cin_m } else { g };
             let cin = g_eff * if g == 0 { 1 } else { cin_m };
             let cout = if g == 0 { cin } else { g_eff * cout_m };
@@ -128,7 +129,18 @@ fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usiz
                 l.push_str(" | bn");
             }
             l.push_str(["", " | relu", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
-            l.push_str(["", " | maxpool(2)", " | maxpool(3, s=2)", " | maxpool(2, s=1)"][pool]);
+            l.push_str(
+                [
+                    "",
+                    " | maxpool(2)",
+                    " | maxpool(3, s=2)",
+                    " | maxpool(2, s=1)",
+                    // Padded (−∞ border copied in) and ceil-mode pools.
+                    " | maxpool(3, s=2, p=1)",
+                    " | maxpool(2, s=2, p=1, ceil=true)",
+                    " | maxpool(3, s=2, ceil=true)",
+                ][pool],
+            );
             (cin, h, w, l)
         })
 }

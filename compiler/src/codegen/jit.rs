@@ -6,7 +6,8 @@
 //! - conv/linear **epilogues**: per output channel, bias (batch norm already folded into the
 //!   weights and bias at compile time), optional residual add, and relu / clip / leaky relu,
 //!   in f32x4 with a scalar remainder — run on the GEMM's output while it is in cache;
-//! - **max pooling** without padding: the whole loop nest with constant trip counts.
+//! - **max pooling** (padding is a −∞ border the caller copies in): the whole loop nest with
+//!   constant trip counts.
 //!
 //! The inner products themselves run in the host micro-kernel (`gemm.rs`): Cranelift 0.135
 //! has no 256-bit vectors on x86-64, and its f32x4 FMA kernels reach about a third of it.

@@ -4,10 +4,12 @@
 //! same inputs as [`crate::reference::tile::run_tile`], the oracle it is tested against.
 //!
 //! Generated/host split: convolutions (dense and grouped) are im2col (or the input itself for
-//! 1×1 stride-1 convolutions) + the host GEMM + a JIT epilogue (bias, folded batch norm,
-//! residual add, activation); depthwise convolutions are a direct host loop; max pools
-//! without padding are JIT loop nests. Every other layer kind runs on the reference
-//! interpreter (`eval_op`).
+//! 1×1 stride-1 convolutions) + the host GEMM, or Winograd F(4×4, 3×3) for 3×3 stride-1
+//! layers (`winograd.rs`), + a JIT epilogue (bias, folded batch norm, residual add,
+//! activation); depthwise convolutions are a direct host loop; max pools are JIT loop nests
+//! (padding: the input is copied into a −∞ border first); the tail's fully connected layers
+//! run on the host GEMV. Every other layer kind runs on the reference interpreter
+//! (`eval_op`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv};
 use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
 use super::winograd::{self, Winograd};
 use crate::graph::{LayerGraph, LayerId, Source};
-use crate::ops::{Conv2d, Op, Shape, WeightRole};
+use crate::ops::{Conv2d, Op, Pad2, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
 use crate::plan::{Mode, Plan, Region, Segment, Tile};
 use crate::reference::tile::{crop, run_segments, run_tail_with};
@@ -250,13 +252,20 @@ fn tile_geometry(
     }
 }
 
+/// The generated pool for a max pool over `[c, h, w]`: its spec is over the input padded
+/// with −∞ (padding is copied in at run time), so every window lies inside. `None` (the
+/// reference runs it) for ceil-mode windows hanging past the padded input, and for padding
+/// as wide as the window (a window could then see only padding).
 fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
     let Op::MaxPool(p) = op else { return None };
-    if !p.padding.is_zero()
-        || h < p.kernel.h
+    let pad = p.padding;
+    let (h, w) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    if h < p.kernel.h
         || w < p.kernel.w
         || p.stride.h == 0
         || p.stride.w == 0
+        || pad.top.max(pad.bottom) >= p.kernel.h
+        || pad.left.max(pad.right) >= p.kernel.w
     {
         return None;
     }
@@ -264,7 +273,6 @@ fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
         (h - p.kernel.h) / p.stride.h + 1,
         (w - p.kernel.w) / p.stride.w + 1,
     );
-    // Ceil mode would add windows hanging past the input: left to the reference.
     let exact = |len: usize, k: usize, s: usize| (len - k).is_multiple_of(s);
     if p.ceil_mode && !(exact(h, p.kernel.h, p.stride.h) && exact(w, p.kernel.w, p.stride.w)) {
         return None;
@@ -280,6 +288,21 @@ fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
         oh,
         ow,
     })
+}
+
+/// `x` (`[c, h, w]`) inside a border of `value`: `[c, h + top + bottom, w + left + right]`.
+fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec<f32> {
+    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    let mut out = buffer(c * ph * pw, false);
+    out.fill(value);
+    if w > 0 {
+        for (r, src) in x.chunks_exact(w).take(c * h).enumerate() {
+            let (ch, y) = (r / h, r % h);
+            let at = (ch * ph + y + pad.top) * pw + pad.left;
+            out[at..at + w].copy_from_slice(src);
+        }
+    }
+    out
 }
 
 impl CompiledKernels {
@@ -488,7 +511,12 @@ impl CompiledKernels {
                 }
                 (Some(k), _) if k.packed.is_empty() => "conv depthwise (host) + epilogue (jit)",
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
-                (None, Op::MaxPool(_)) => "maxpool (jit, or reference when padded)",
+                (None, Op::MaxPool(_))
+                    if max_pool_spec(&op, x.dim().0, x.dim().1, x.dim().2)
+                        .is_some_and(|spec| self.pools.contains_key(&(i, spec))) =>
+                {
+                    "maxpool (jit)"
+                }
                 (None, other) => other.kind(),
             };
             let out = if let (Some(k), Op::Conv2d(c)) = (self.convs.get(&i), &op) {
@@ -517,12 +545,27 @@ impl CompiledKernels {
                 .and_then(|spec| self.pools.get(&(i, spec)).map(|h| (*h, spec)))
             {
                 let (h, spec) = h;
+                let (c, xh, xw) = x.dim();
                 let x = x.as_standard_layout();
                 let xs = x.as_slice().ok_or_else(|| missing(&layer.name))?;
-                let mut y = Array3::<f32>::zeros((spec.c, spec.oh, spec.ow));
-                let ys = y.as_slice_mut().ok_or_else(|| missing(&layer.name))?;
-                self.code.run_max_pool(h, &spec, xs, ys);
-                y
+                let pad = match &op {
+                    Op::MaxPool(p) => p.padding,
+                    _ => Pad2::uniform(0),
+                };
+                let mut y = buffer(spec.c * spec.oh * spec.ow, false);
+                if pad.is_zero() {
+                    self.code.run_max_pool(h, &spec, xs, &mut y);
+                } else {
+                    let xp = padded(xs, c, xh, xw, pad, f32::NEG_INFINITY);
+                    self.code.run_max_pool(h, &spec, &xp, &mut y);
+                    recycle_vec(xp);
+                }
+                Array3::from_shape_vec((spec.c, spec.oh, spec.ow), y).map_err(|e| {
+                    EvalError::Parameter {
+                        op: "maxpool",
+                        reason: e.to_string(),
+                    }
+                })?
             } else {
                 let mut rest = Vec::with_capacity(layer.inputs.len());
                 for src in &layer.inputs[1..] {
@@ -704,7 +747,10 @@ fn buffer(len: usize, zero: bool) -> Vec<f32> {
 }
 
 fn recycle(t: Array3<f32>) {
-    let (v, _) = t.into_raw_vec_and_offset();
+    recycle_vec(t.into_raw_vec_and_offset().0);
+}
+
+fn recycle_vec(v: Vec<f32>) {
     BUFFERS.with_borrow_mut(|pool| {
         if pool.len() < POOL {
             pool.push(v);
