@@ -40,6 +40,10 @@ struct ConvKernel {
     depthwise: Vec<f32>,
     /// 3×3 stride-1 convolutions: Winograd F(4×4, 3×3) weights (then `packed` is empty).
     winograd: Option<Winograd>,
+    /// A following 2×2 stride-2 max pool taken inside the Winograd output tiles (then the
+    /// epilogue runs on the pooled values: bias and the monotone activations commute with
+    /// max).
+    pool2: bool,
     bias: Vec<f32>,
     act: Act,
     /// The fused `add` layer and the index (0 or 1) of its other operand, if any.
@@ -196,6 +200,19 @@ fn prepare_conv(
     let winograd = winograd_tile
         .is_some_and(|(oh, ow)| winograd::applies(c, cin, oh, ow))
         .then(|| Winograd::new(&w, cout, cin));
+    let mut pool2 = false;
+    if winograd.is_some()
+        && residual.is_none()
+        && let Some(next) = graph.layers().get(last + 1).filter(|_| last + 1 < end)
+        && let Op::MaxPool(p) = &next.op
+        && (p.kernel.h, p.kernel.w, p.stride.h, p.stride.w) == (2, 2, 2, 2)
+        && p.padding.is_zero()
+        && !p.ceil_mode
+        && single_input(graph, last + 1, last)
+    {
+        pool2 = true;
+        last += 1;
+    }
     let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
@@ -210,6 +227,7 @@ fn prepare_conv(
         packed,
         depthwise: if depthwise { w } else { Vec::new() },
         winograd,
+        pool2,
         bias,
         act,
         residual,
@@ -374,7 +392,13 @@ impl CompiledKernels {
                     }
                     let layer = graph.layer(id);
                     if let Some(k) = convs.get(&i) {
-                        let pixels = tile.regions[n].area();
+                        // The epilogue runs on the chain's output: the pool's, when fused.
+                        let out = if k.pool2 {
+                            k.last - seg.first.index()
+                        } else {
+                            n
+                        };
+                        let pixels = tile.regions[out].area();
                         if let std::collections::hash_map::Entry::Vacant(e) =
                             epilogues.entry((i, pixels))
                         {
@@ -450,17 +474,16 @@ impl CompiledKernels {
         let first = seg.first.index();
         let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(seg.end.index() - first);
         // The fused chain's result waiting for its last layer.
-        let mut carry: Option<(usize, usize, Array3<f32>)> = None;
+        // (its last layer, the region the value holds, the value).
+        let mut carry: Option<(usize, Region, Array3<f32>)> = None;
         for (n, id) in seg.layers().enumerate() {
             let i = id.index();
             let layer = graph.layer(id);
             let region = tile.regions[n];
             if self.fused_into.contains_key(&i) {
                 let value = match carry.take() {
-                    Some((last, from, t)) if last == i => Some(match seg.mode {
-                        Mode::Halo if tile.regions[from - first] != region => {
-                            crop(&t, &tile.regions[from - first], &region)
-                        }
+                    Some((last, have, t)) if last == i => Some(match seg.mode {
+                        Mode::Halo if have != region => crop(&t, &have, &region),
                         _ => t,
                     }),
                     other => {
@@ -536,7 +559,9 @@ impl CompiledKernels {
                     *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
                 }
                 if k.last > i {
-                    carry = Some((k.last, i, y));
+                    // A fused pool's output holds the pool's region; otherwise the conv's.
+                    let have = tile.regions[if k.pool2 { k.last - first } else { n }];
+                    carry = Some((k.last, have, y));
                     values.push(None);
                     continue;
                 }
@@ -653,9 +678,11 @@ impl CompiledKernels {
         let xs = x.as_slice().ok_or_else(|| bad("layout"))?;
         let cout = k.cout_g * k.groups;
         let n = oh * ow;
+        // The output's size: pooled 2×2 when a pool is fused.
+        let (yh, yw) = if k.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
         // Only the depthwise loop accumulates into its output; the GEMM (not accumulating)
         // and Winograd write every element.
-        let mut y = buffer(cout * n, k.packed.is_empty() && k.winograd.is_none());
+        let mut y = buffer(cout * yh * yw, k.packed.is_empty() && k.winograd.is_none());
         let geo = Geo {
             h,
             w,
@@ -672,7 +699,7 @@ impl CompiledKernels {
                 pad_top: p.top,
                 pad_left: p.left,
             };
-            wg.conv(&shape, xs, &mut y);
+            wg.conv(&shape, xs, &mut y, k.pool2);
         } else if k.packed.is_empty() {
             depthwise(&geo, xs, &k.depthwise, &mut y, cout);
         } else {
@@ -703,11 +730,12 @@ impl CompiledKernels {
             None => None,
         };
         let rs = res.as_ref().and_then(|r| r.as_slice());
-        match self.epilogues.get(&(i, n)) {
+        let pixels = yh * yw;
+        match self.epilogues.get(&(i, pixels)) {
             Some((h, spec)) => self.code.run_epilogue(*h, spec, &mut y, &k.bias, rs),
-            None => epilogue_host(&mut y, n, &k.bias, rs, k.act),
+            None => epilogue_host(&mut y, pixels, &k.bias, rs, k.act),
         }
-        Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| bad(&e.to_string()))
+        Array3::from_shape_vec((cout, yh, yw), y).map_err(|e| bad(&e.to_string()))
     }
 }
 

@@ -110,10 +110,17 @@ impl Winograd {
     }
 
     /// `y` (`cout × oh × ow`, overwritten) = the convolution of `x` (`cin × h × w`), zero
-    /// padding outside `x`, without bias or activation.
-    pub fn conv(&self, s: &Shape, x: &[f32], y: &mut [f32]) {
+    /// padding outside `x`, without bias or activation. With `pool`, `y` is instead the
+    /// 2×2 stride-2 max pool of that (`cout × ⌊oh/2⌋ × ⌊ow/2⌋`), taken inside each 4×4 output
+    /// tile, so the full-resolution output is never written.
+    pub fn conv(&self, s: &Shape, x: &[f32], y: &mut [f32], pool: bool) {
         assert!(x.len() >= self.cin * s.h * s.w, "input too short");
-        assert!(y.len() >= self.cout * s.oh * s.ow, "output too short");
+        let out_len = if pool {
+            (s.oh / 2) * (s.ow / 2)
+        } else {
+            s.oh * s.ow
+        };
+        assert!(y.len() >= self.cout * out_len, "output too short");
         let (th, tw) = (s.oh.div_ceil(M), s.ow.div_ceil(M));
         let tiles = th * tw;
         if tiles == 0 {
@@ -164,7 +171,7 @@ impl Winograd {
                     let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
                     gemm_packed_with(u, &vb, n, mb, nb, false);
                 }
-                dispatch!(output_block(&blk, self.cout, m, y));
+                dispatch!(output_block(&blk, self.cout, m, y, pool));
             }
         });
     }
@@ -225,18 +232,27 @@ fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
 
 /// The block's output tiles from `M[ξ][k][·]`, every output channel, into `y`.
 #[inline(always)]
-fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32]) {
+fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
     let (s, nb) = (b.s, b.nb);
+    let plane = if pool {
+        (s.oh / 2) * (s.ow / 2)
+    } else {
+        s.oh * s.ow
+    };
     for k in 0..cout {
-        let out = &mut y[k * s.oh * s.ow..(k + 1) * s.oh * s.ow];
+        let out = &mut y[k * plane..(k + 1) * plane];
         for g0 in (0..b.n).step_by(LANES) {
             let mut mt = [[[0.0f32; LANES]; T]; T];
             for (xi, lanes) in mt.iter_mut().flatten().enumerate() {
                 lanes.copy_from_slice(&m[(xi * cout + k) * nb + g0..][..LANES]);
             }
             let o = output_transform(&mt);
-            let p0 = b.b0 + g0;
-            scatter(&o, out, s, b.tw, p0, (b.b0 + b.n).min(p0 + LANES));
+            let (p0, p1) = (b.b0 + g0, (b.b0 + b.n).min(b.b0 + g0 + LANES));
+            if pool {
+                scatter_pooled(&o, out, s, b.tw, p0, p1);
+            } else {
+                scatter(&o, out, s, b.tw, p0, p1);
+            }
         }
     }
 }
@@ -251,8 +267,8 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32]) {
-        super::output_block(b, cout, m, y);
+    pub(super) fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
+        super::output_block(b, cout, m, y, pool);
     }
 }
 
@@ -310,6 +326,39 @@ fn scatter(o: &[[Lanes; M]; M], out: &mut [f32], s: &Shape, tw: usize, p0: usize
             let dst = &mut out[(y0 + i) * s.ow + x0..][..cols];
             for (j, v) in dst.iter_mut().enumerate() {
                 *v = row[j][l];
+            }
+        }
+    }
+}
+
+/// The 2×2 stride-2 max pool of the 4×4 output tiles `p0..p1`: each gives a 2×2 block of
+/// `out` (`⌊oh/2⌋ × ⌊ow/2⌋`); windows reaching past the output are dropped (no ceil mode).
+#[inline(always)]
+fn scatter_pooled(
+    o: &[[Lanes; M]; M],
+    out: &mut [f32],
+    s: &Shape,
+    tw: usize,
+    p0: usize,
+    p1: usize,
+) {
+    let (ph, pw) = (s.oh / 2, s.ow / 2);
+    for (l, p) in (p0..p1).enumerate() {
+        let (y0, x0) = (p / tw * M / 2, p % tw * M / 2);
+        for qi in 0..M / 2 {
+            if y0 + qi >= ph {
+                break;
+            }
+            for qj in 0..M / 2 {
+                if x0 + qj >= pw {
+                    break;
+                }
+                let (r, c) = (2 * qi, 2 * qj);
+                let v = o[r][c][l]
+                    .max(o[r][c + 1][l])
+                    .max(o[r + 1][c][l])
+                    .max(o[r + 1][c + 1][l]);
+                out[(y0 + qi) * pw + x0 + qj] = v;
             }
         }
     }
@@ -436,8 +485,23 @@ mod tests {
             let (x, wts) = (data(cin * h * w, 1), data(cout * cin * 9, 2));
             let want = direct(&x, &wts, cin, cout, &s);
             let mut got = vec![f32::NAN; cout * s.oh * s.ow];
-            Winograd::new(&wts, cout, cin).conv(&s, &x, &mut got);
+            let wg = Winograd::new(&wts, cout, cin);
+            wg.conv(&s, &x, &mut got, false);
             let err = crate::codegen::rel_l2(&got, &want);
+            // The fused 2×2 pool equals pooling the full output (odd sizes drop the last
+            // row / column, as a floor-mode pool does).
+            let (ph, pw) = (s.oh / 2, s.ow / 2);
+            let mut pooled = vec![f32::NAN; cout * ph * pw];
+            wg.conv(&s, &x, &mut pooled, true);
+            let want_pooled: Vec<f32> = (0..cout * ph * pw)
+                .map(|i| {
+                    let (k, py, px) = (i / (ph * pw), i / pw % ph, i % pw);
+                    let at =
+                        |dy: usize, dx: usize| got[(k * s.oh + 2 * py + dy) * s.ow + 2 * px + dx];
+                    at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1))
+                })
+                .collect();
+            assert_eq!(pooled, want_pooled, "{cin}→{cout} {h}×{w} pooled");
             // Measured 0.5–1.1e-6 (a direct f32 convolution: ~1e-7).
             assert!(err < 3e-6, "{cin}→{cout} {h}×{w}: rel L2 {err}");
         }
