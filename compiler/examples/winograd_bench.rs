@@ -44,12 +44,12 @@ fn main() {
         let (x, w) = (data(cin * hw * hw, 1), data(cout * cin * 9, 2));
         let wg = Winograd::new(&w, cout, cin);
         let mut y = vec![0.0f32; cout * hw * hw];
-        wg.conv(&s, &x, &mut y, false);
+        wg.conv(&s, &x, &mut y, false, None);
         let mut times = Vec::new();
         let start = Instant::now();
         while times.len() < 5 || (start.elapsed().as_secs_f64() < 0.5 && times.len() < 200) {
             let t = Instant::now();
-            wg.conv(&s, &x, &mut y, false);
+            wg.conv(&s, &x, &mut y, false, None);
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);

@@ -392,6 +392,11 @@ impl CompiledKernels {
                     }
                     let layer = graph.layer(id);
                     if let Some(k) = convs.get(&i) {
+                        // Winograd applies bias and activation itself unless a residual is
+                        // added.
+                        if k.winograd.is_some() && k.residual.is_none() {
+                            continue;
+                        }
                         // The epilogue runs on the chain's output: the pool's, when fused.
                         let out = if k.pool2 {
                             k.last - seg.first.index()
@@ -699,7 +704,14 @@ impl CompiledKernels {
                 pad_top: p.top,
                 pad_left: p.left,
             };
-            wg.conv(&shape, xs, &mut y, k.pool2);
+            let fused = k.residual.is_none().then_some(winograd::Epilogue {
+                bias: &k.bias,
+                act: k.act,
+            });
+            wg.conv(&shape, xs, &mut y, k.pool2, fused);
+            if fused.is_some() {
+                return Array3::from_shape_vec((cout, yh, yw), y).map_err(|e| bad(&e.to_string()));
+            }
         } else if k.packed.is_empty() {
             depthwise(&geo, xs, &k.depthwise, &mut y, cout);
         } else {

@@ -21,6 +21,7 @@
 )]
 
 use super::gemm::{PackedA, Prepacked, gemm_packed_with};
+use super::jit::Act;
 
 /// Output tile side.
 const M: usize = 4;
@@ -113,7 +114,17 @@ impl Winograd {
     /// padding outside `x`, without bias or activation. With `pool`, `y` is instead the
     /// 2×2 stride-2 max pool of that (`cout × ⌊oh/2⌋ × ⌊ow/2⌋`), taken inside each 4×4 output
     /// tile, so the full-resolution output is never written.
-    pub fn conv(&self, s: &Shape, x: &[f32], y: &mut [f32], pool: bool) {
+    ///
+    /// `epilogue`: bias and activation applied to the output tiles before they are written
+    /// (the caller then skips its own pass over `y`).
+    pub fn conv(
+        &self,
+        s: &Shape,
+        x: &[f32],
+        y: &mut [f32],
+        pool: bool,
+        epilogue: Option<Epilogue>,
+    ) {
         assert!(x.len() >= self.cin * s.h * s.w, "input too short");
         let out_len = if pool {
             (s.oh / 2) * (s.ow / 2)
@@ -171,9 +182,40 @@ impl Winograd {
                     let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
                     gemm_packed_with(u, &vb, n, mb, nb, false);
                 }
-                dispatch!(output_block(&blk, self.cout, m, y, pool));
+                dispatch!(output_block(&blk, self.cout, m, y, pool, epilogue));
             }
         });
+    }
+}
+
+/// Bias (batch norm folded in) and activation, applied to the output tiles in registers.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    /// `o = act(o + bias[k])` for output channel `k`, lane-parallel; the same operations as
+    /// the generated epilogue (and `max` before or after it gives the same pooled value: the
+    /// activations are monotone).
+    #[inline(always)]
+    fn apply(&self, o: &mut [[Lanes; M]; M], k: usize) {
+        let b = self.bias[k];
+        let lanes = o.iter_mut().flatten();
+        match self.act {
+            Act::None => lanes.for_each(|v| v.iter_mut().for_each(|x| *x += b)),
+            Act::Relu => lanes.for_each(|v| v.iter_mut().for_each(|x| *x = (*x + b).max(0.0))),
+            Act::Clip { min, max } => {
+                lanes.for_each(|v| v.iter_mut().for_each(|x| *x = (*x + b).max(min).min(max)))
+            }
+            Act::Leaky { slope } => lanes.for_each(|v| {
+                v.iter_mut().for_each(|x| {
+                    let t = *x + b;
+                    *x = if t > 0.0 { t } else { t * slope };
+                })
+            }),
+        }
     }
 }
 
@@ -232,7 +274,14 @@ fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
 
 /// The block's output tiles from `M[ξ][k][·]`, every output channel, into `y`.
 #[inline(always)]
-fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
+fn output_block(
+    b: &Block,
+    cout: usize,
+    m: &[f32],
+    y: &mut [f32],
+    pool: bool,
+    epilogue: Option<Epilogue>,
+) {
     let (s, nb) = (b.s, b.nb);
     let plane = if pool {
         (s.oh / 2) * (s.ow / 2)
@@ -246,7 +295,10 @@ fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
             for (xi, lanes) in mt.iter_mut().flatten().enumerate() {
                 lanes.copy_from_slice(&m[(xi * cout + k) * nb + g0..][..LANES]);
             }
-            let o = output_transform(&mt);
+            let mut o = output_transform(&mt);
+            if let Some(e) = &epilogue {
+                e.apply(&mut o, k);
+            }
             let (p0, p1) = (b.b0 + g0, (b.b0 + b.n).min(b.b0 + g0 + LANES));
             if pool {
                 scatter_pooled(&o, out, s, b.tw, p0, p1);
@@ -259,7 +311,7 @@ fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::Block;
+    use super::{Block, Epilogue};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
@@ -267,8 +319,15 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn output_block(b: &Block, cout: usize, m: &[f32], y: &mut [f32], pool: bool) {
-        super::output_block(b, cout, m, y, pool);
+    pub(super) fn output_block(
+        b: &Block,
+        cout: usize,
+        m: &[f32],
+        y: &mut [f32],
+        pool: bool,
+        epilogue: Option<Epilogue>,
+    ) {
+        super::output_block(b, cout, m, y, pool, epilogue);
     }
 }
 
@@ -486,13 +545,13 @@ mod tests {
             let want = direct(&x, &wts, cin, cout, &s);
             let mut got = vec![f32::NAN; cout * s.oh * s.ow];
             let wg = Winograd::new(&wts, cout, cin);
-            wg.conv(&s, &x, &mut got, false);
+            wg.conv(&s, &x, &mut got, false, None);
             let err = crate::codegen::rel_l2(&got, &want);
             // The fused 2×2 pool equals pooling the full output (odd sizes drop the last
             // row / column, as a floor-mode pool does).
             let (ph, pw) = (s.oh / 2, s.ow / 2);
             let mut pooled = vec![f32::NAN; cout * ph * pw];
-            wg.conv(&s, &x, &mut pooled, true);
+            wg.conv(&s, &x, &mut pooled, true, None);
             let want_pooled: Vec<f32> = (0..cout * ph * pw)
                 .map(|i| {
                     let (k, py, px) = (i / (ph * pw), i / pw % ph, i % pw);
@@ -502,6 +561,39 @@ mod tests {
                 })
                 .collect();
             assert_eq!(pooled, want_pooled, "{cin}→{cout} {h}×{w} pooled");
+            // The fused epilogue equals bias + activation applied afterwards, pooled or not.
+            let bias = data(cout, 3);
+            for act in [
+                Act::Relu,
+                Act::Leaky { slope: 0.1 },
+                Act::Clip {
+                    min: -0.3,
+                    max: 0.4,
+                },
+            ] {
+                let e = Epilogue { bias: &bias, act };
+                let f = |v: f32, k: usize| {
+                    let mut o = [[[v; LANES]; M]; M];
+                    e.apply(&mut o, k);
+                    o[0][0][0]
+                };
+                let mut fused = vec![f32::NAN; cout * s.oh * s.ow];
+                wg.conv(&s, &x, &mut fused, false, Some(e));
+                let plane = s.oh * s.ow;
+                let want: Vec<f32> = got
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| f(*v, i / plane))
+                    .collect();
+                assert_eq!(fused, want, "{act:?}");
+                wg.conv(&s, &x, &mut fused, true, Some(e));
+                let want: Vec<f32> = want_pooled
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| f(*v, i / (ph * pw)))
+                    .collect();
+                assert_eq!(fused[..want.len()], want[..], "{act:?} pooled");
+            }
             // Measured 0.5–1.1e-6 (a direct f32 convolution: ~1e-7).
             assert!(err < 3e-6, "{cin}→{cout} {h}×{w}: rel L2 {err}");
         }
