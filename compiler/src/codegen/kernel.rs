@@ -5,8 +5,9 @@
 //!
 //! Generated/host split: convolutions (dense and grouped) are im2col (or the input itself for
 //! 1×1 stride-1 convolutions) + the host GEMM + a JIT epilogue (bias, folded batch norm,
-//! residual add, activation); depthwise convolutions are a direct host loop; max pools
-//! without padding are JIT loop nests. Every other layer kind runs on the reference
+//! residual add, activation); depthwise convolutions are JIT loop nests with the epilogue
+//! fused (a direct host loop + epilogue only for a tile shape that was not compiled); max
+//! pools without padding are JIT loop nests. Every other layer kind runs on the reference
 //! interpreter (`eval_op`).
 
 use std::borrow::Cow;
@@ -16,7 +17,9 @@ use std::time::Instant;
 use ndarray::Array3;
 
 use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with};
-use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
+use super::jit::{
+    Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
+};
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
@@ -53,6 +56,7 @@ pub struct KernelStats {
     pub fused_layers: usize,
     pub epilogues: usize,
     pub max_pools: usize,
+    pub depthwise: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -63,6 +67,7 @@ pub struct CompiledKernels {
     fused_into: HashMap<usize, usize>,
     epilogues: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
     pools: HashMap<(usize, MaxPoolSpec), Handle>,
+    depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
     code: JitCode,
     pub stats: KernelStats,
     /// Wall time of preparation and compilation.
@@ -257,6 +262,39 @@ fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
     })
 }
 
+/// The generated depthwise kernel's spec for conv `c` on a `[channels, h, w]` input, if it
+/// has one.
+fn depthwise_spec(
+    c: &Conv2d,
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: &ConvKernel,
+) -> Option<DepthwiseSpec> {
+    let out = |len: usize, pb: usize, pe: usize, kk: usize, s: usize, d: usize| {
+        let span = d * kk.checked_sub(1)? + 1;
+        (s > 0 && len + pb + pe >= span).then(|| (len + pb + pe - span) / s + 1)
+    };
+    let p = c.padding;
+    let spec = DepthwiseSpec {
+        channels,
+        h,
+        w,
+        kh: c.kernel.h,
+        kw: c.kernel.w,
+        sh: c.stride.h,
+        sw: c.stride.w,
+        dh: c.dilation.h,
+        dw: c.dilation.w,
+        pad: [p.top, p.left, p.bottom, p.right],
+        oh: out(h, p.top, p.bottom, c.kernel.h, c.stride.h, c.dilation.h)?,
+        ow: out(w, p.left, p.right, c.kernel.w, c.stride.w, c.dilation.w)?,
+        act: k.act,
+        residual: k.residual.is_some(),
+    };
+    (k.packed.is_empty() && channels == k.groups && spec.is_compilable()).then_some(spec)
+}
+
 impl CompiledKernels {
     /// Prepares and compiles the kernels of `segments` for the tiles `want` selects (a node's
     /// share; `|_| true` for all).
@@ -293,6 +331,7 @@ impl CompiledKernels {
         let mut session = JitSession::new()?;
         let mut epilogues = HashMap::new();
         let mut pools = HashMap::new();
+        let mut depthwise = HashMap::new();
         for seg in segments {
             for tile in seg.tiles.iter().filter(|t| want(t)) {
                 for (n, id) in seg.layers().enumerate() {
@@ -301,7 +340,17 @@ impl CompiledKernels {
                         continue;
                     }
                     let layer = graph.layer(id);
-                    if let Some(k) = convs.get(&i) {
+                    if let Some(k) = convs.get(&i).filter(|k| k.packed.is_empty()) {
+                        let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
+                        let c = shape_of(graph, &layer.inputs[0]).c;
+                        if let Op::Conv2d(conv) = &op
+                            && let Some(spec) = depthwise_spec(conv, c, h, w, k)
+                            && !depthwise.contains_key(&(i, spec))
+                        {
+                            depthwise.insert((i, spec), session.depthwise(&spec)?);
+                            stats.depthwise += 1;
+                        }
+                    } else if let Some(k) = convs.get(&i) {
                         let pixels = tile.regions[n].area();
                         if let std::collections::hash_map::Entry::Vacant(e) =
                             epilogues.entry((i, pixels))
@@ -334,6 +383,7 @@ impl CompiledKernels {
             fused_into,
             epilogues,
             pools,
+            depthwise,
             code,
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -421,7 +471,7 @@ impl CompiledKernels {
             let t0 = Instant::now();
             let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
             let kind = match (self.convs.get(&i), &op) {
-                (Some(k), _) if k.packed.is_empty() => "conv depthwise (host) + epilogue (jit)",
+                (Some(k), _) if k.packed.is_empty() => "conv depthwise (jit)",
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_)) => "maxpool (jit, or reference when padded)",
                 (None, other) => other.kind(),
@@ -533,7 +583,14 @@ impl CompiledKernels {
         let xs = x.as_slice().ok_or_else(|| bad("layout"))?;
         let cout = k.cout_g * k.groups;
         let n = oh * ow;
-        let mut y = zeroed(cout * n);
+        let jit = depthwise_spec(c, cin, h, w, k)
+            .and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
+        // Every path but the host depthwise loop (which accumulates into y) writes all of y.
+        let mut y = if k.packed.is_empty() && jit.is_none() {
+            zeroed(cout * n)
+        } else {
+            overwritten(cout * n)
+        };
         let geo = Geo {
             h,
             w,
@@ -541,6 +598,32 @@ impl CompiledKernels {
             ow,
             c: c.clone(),
         };
+        let res = match residual {
+            Some(r) => {
+                if r.dim() != (cout, oh, ow) {
+                    return Err(bad("residual operand has the wrong shape"));
+                }
+                Some(r.as_standard_layout())
+            }
+            None => None,
+        };
+        let rs = res.as_ref().and_then(|r| r.as_slice());
+        if let Some((f, spec)) = jit {
+            // The kernel zeroes its scratch itself.
+            let mut scratch = overwritten(spec.scratch_len());
+            self.code.run_depthwise(
+                f,
+                &spec,
+                xs,
+                &k.depthwise,
+                &k.bias,
+                rs,
+                &mut y,
+                &mut scratch,
+            );
+            recycle_vec(scratch);
+            return Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| bad(&e.to_string()));
+        }
         if k.packed.is_empty() {
             depthwise(&geo, xs, &k.depthwise, &mut y, cout);
         } else {
@@ -561,16 +644,6 @@ impl CompiledKernels {
                 }
             }
         }
-        let res = match residual {
-            Some(r) => {
-                if r.dim() != (cout, oh, ow) {
-                    return Err(bad("residual operand has the wrong shape"));
-                }
-                Some(r.as_standard_layout())
-            }
-            None => None,
-        };
-        let rs = res.as_ref().and_then(|r| r.as_slice());
         match self.epilogues.get(&(i, n)) {
             Some((h, spec)) => self.code.run_epilogue(*h, spec, &mut y, &k.bias, rs),
             None => epilogue_host(&mut y, n, &k.bias, rs, k.act),
@@ -591,16 +664,7 @@ const POOL: usize = 16;
 
 /// A zeroed vector of `len` floats, reusing a recycled buffer when one is large enough.
 fn zeroed(len: usize) -> Vec<f32> {
-    let reused = BUFFERS.with_borrow_mut(|pool| {
-        let best = pool
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i)?;
-        Some(pool.swap_remove(best))
-    });
-    match reused {
+    match take(len) {
         Some(mut v) => {
             v.clear();
             v.resize(len, 0.0);
@@ -610,8 +674,37 @@ fn zeroed(len: usize) -> Vec<f32> {
     }
 }
 
+/// A vector of `len` floats for a kernel that writes every one of them: a recycled buffer
+/// keeps its old values (only growth is zeroed), saving a memset pass over the output.
+fn overwritten(len: usize) -> Vec<f32> {
+    match take(len) {
+        Some(mut v) => {
+            v.truncate(len);
+            v.resize(len, 0.0);
+            v
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// The smallest recycled buffer of at least `len` floats' capacity.
+fn take(len: usize) -> Option<Vec<f32>> {
+    BUFFERS.with_borrow_mut(|pool| {
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i)?;
+        Some(pool.swap_remove(best))
+    })
+}
+
 fn recycle(t: Array3<f32>) {
-    let (v, _) = t.into_raw_vec_and_offset();
+    recycle_vec(t.into_raw_vec_and_offset().0);
+}
+
+fn recycle_vec(v: Vec<f32>) {
     BUFFERS.with_borrow_mut(|pool| {
         if pool.len() < POOL {
             pool.push(v);
@@ -705,7 +798,8 @@ impl PackB for Im2col<'_> {
     }
 }
 
-/// Depthwise convolution (one input and one output channel per group), direct: each
+/// Depthwise convolution (one input and one output channel per group) for tile shapes with
+/// no generated kernel (see `CompiledKernels::compile`), direct: each
 /// channel's plane is copied once into a zero-padded buffer, then every output row
 /// accumulates its taps while it stays in L1.
 fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
