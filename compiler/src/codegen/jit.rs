@@ -26,7 +26,8 @@
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value, types,
+    AbiParam, ConstantData, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName,
+    Value, types,
 };
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
@@ -461,41 +462,6 @@ fn counted_loop(
     b.switch_to_block(exit);
 }
 
-fn apply_act(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Value {
-    let splat = |b: &mut FunctionBuilder, x: f32| {
-        let s = b.ins().f32const(x);
-        if ty == types::F32 {
-            s
-        } else {
-            b.ins().splat(ty, s)
-        }
-    };
-    match act {
-        Act::None => v,
-        Act::Relu => {
-            let z = splat(b, 0.0);
-            b.ins().fmax(v, z)
-        }
-        Act::Clip { min, max } => {
-            let lo = splat(b, min);
-            let hi = splat(b, max);
-            let t = b.ins().fmax(v, lo);
-            b.ins().fmin(t, hi)
-        }
-        Act::Leaky { slope } => {
-            // For 0 ≤ slope ≤ 1, `v > 0 ? v : v·slope` is max(v, v·slope); above 1 it is the
-            // min. Negative slopes are not fused (see `kernel::act_of`).
-            let s = splat(b, slope);
-            let scaled = b.ins().fmul(v, s);
-            if slope <= 1.0 {
-                b.ins().fmax(v, scaled)
-            } else {
-                b.ins().fmin(v, scaled)
-            }
-        }
-    }
-}
-
 fn build_epilogue(
     func: &mut Function,
     fctx: &mut FunctionBuilderContext,
@@ -629,9 +595,9 @@ fn select_lanes(b: &mut FunctionBuilder, c: Value, x: Value, y: Value) -> Value 
     }
 }
 
-/// [`apply_act`] with the one-instruction min/max (the same results on numbers, and NaN
-/// maps like the reference's `f32::max`/`min` chain).
-fn apply_act_fast(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Value {
+/// The activation, with the one-instruction min/max (NaN maps like the reference's
+/// `f32::max`/`min` chain).
+fn apply_act(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Value {
     let splat = |b: &mut FunctionBuilder, x: f32| {
         let s = b.ins().f32const(x);
         if ty == types::F32 {
@@ -653,6 +619,8 @@ fn apply_act_fast(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Valu
             pmin(b, t, hi)
         }
         Act::Leaky { slope } => {
+            // For 0 ≤ slope ≤ 1, `v > 0 ? v : v·slope` is max(v, v·slope); above 1 it is the
+            // min. Negative slopes are not fused (see `kernel::act_of`).
             let s = splat(b, slope);
             let scaled = b.ins().fmul(v, s);
             if slope <= 1.0 {
@@ -712,6 +680,16 @@ fn copy_floats(b: &mut FunctionBuilder, ptr: Type, src: Value, dst: Value, doff:
     }
 }
 
+/// The `shuffle` immediate picking f32 lanes (0–3 from the first operand, 4–7 from the
+/// second) as bytes.
+fn lanes_mask(lanes: [u8; 4]) -> ConstantData {
+    let bytes: Vec<u8> = lanes
+        .iter()
+        .flat_map(|&l| (0..4).map(move |k| 4 * l + k))
+        .collect();
+    ConstantData::from(bytes)
+}
+
 /// Output vectors per iteration of a depthwise row loop: four independent FMA chains.
 const DW_UNROLL: i64 = 4;
 
@@ -767,8 +745,30 @@ fn build_depthwise(
                         copy_floats(b, ptr, src, dst, at(pl), w);
                         return;
                     }
+                    // Stride 2: eight input columns at a time, split into even and odd
+                    // columns by two `shufps`, each stored as one vector into its phase.
+                    let mut done = 0;
+                    if sw == 2 && w / 8 > 0 {
+                        let even = b.func.dfg.immediates.push(lanes_mask([0, 2, 4, 6]));
+                        let odd = b.func.dfg.immediates.push(lanes_mask([1, 3, 5, 7]));
+                        counted_loop(b, ptr, w / 8, |b, j| {
+                            let so = b.ins().imul_imm_s(j, 32);
+                            let s2 = b.ins().iadd(src, so);
+                            let dof = b.ins().imul_imm_s(j, 16);
+                            let d2 = b.ins().iadd(dst, dof);
+                            let lo = b.ins().load(types::I8X16, mem(), s2, 0);
+                            let hi = b.ins().load(types::I8X16, mem(), s2, 16);
+                            for (q, mask) in [(0, even), (1, odd)] {
+                                // Column 8j + 2i + q is padded column pl + 8j + 2i + q:
+                                // phase (pl + q) mod 2, index (pl + q)/2 + 4j + i.
+                                let v = b.ins().shuffle(lo, hi, mask);
+                                b.ins().store(mem(), v, d2, off32(at(pl + q)));
+                            }
+                        });
+                        done = w / 8 * 8;
+                    }
                     // Groups of `sw` input columns: each column lands in its own phase.
-                    let groups = w / sw;
+                    let groups = (w - done) / sw;
                     if groups > 0 {
                         counted_loop(b, ptr, groups, |b, j| {
                             let so = b.ins().imul_imm_s(j, 4 * sw);
@@ -776,12 +776,13 @@ fn build_depthwise(
                             let d2o = b.ins().imul_imm_s(j, 4);
                             let d2 = b.ins().iadd(dst, d2o);
                             for q in 0..sw {
-                                let v = b.ins().load(types::F32, mem(), s2, off32(4 * q));
-                                b.ins().store(mem(), v, d2, off32(at(pl + q)));
+                                let c = done + q;
+                                let v = b.ins().load(types::F32, mem(), s2, off32(4 * c));
+                                b.ins().store(mem(), v, d2, off32(at(pl + c)));
                             }
                         });
                     }
-                    for c in groups * sw..w {
+                    for c in done + groups * sw..w {
                         let v = b.ins().load(types::F32, mem(), src, off32(4 * c));
                         b.ins().store(mem(), v, dst, off32(at(pl + c)));
                     }
@@ -821,7 +822,7 @@ fn build_depthwise(
                         let r = b.ins().load(ty, mem(), rsrc, off32(off));
                         acc = b.ins().fadd(acc, r);
                     }
-                    let v = apply_act_fast(b, ty, acc, s.act);
+                    let v = apply_act(b, ty, acc, s.act);
                     b.ins().store(mem(), v, dst, off32(off));
                 };
                 if !vector {
