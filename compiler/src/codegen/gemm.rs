@@ -243,24 +243,23 @@ fn micro(
 ) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     debug_assert!(c.len() >= (mr - 1) * ldc + nr);
-    let mut tmp = [[0.0f32; NR]; MR];
     let full = mr == MR && nr == NR;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma && full {
+        // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
+        // kc·MR and `b` kc·NR floats, and C has MR rows of NR floats at stride ldc (the
+        // asserts in gemm_packed_with and the block bounds).
+        unsafe { avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, acc) };
+        return;
+    }
+    // Edge blocks (and the portable kernel) go through a local block.
+    let mut tmp = [[0.0f32; NR]; MR];
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
-            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
-            // kc·MR and `b` kc·NR floats (checked above). With `full`, C has MR rows of NR
-            // floats at stride ldc (the asserts in gemm_packed and the block bounds);
-            // otherwise the kernel writes the local MR × NR `tmp`.
+            // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`.
             unsafe {
-                if full {
-                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, acc);
-                } else {
-                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
-                }
-            }
-            if full {
-                return;
+                avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
             }
         }
         _ => {
