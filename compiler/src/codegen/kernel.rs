@@ -416,9 +416,24 @@ impl CompiledKernels {
         let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(seg.end.index() - first);
         // The fused chain's result waiting for its last layer.
         let mut carry: Option<(usize, usize, Array3<f32>)> = None;
+        // Values still to be read, by position: recycled as soon as their last consumer in the
+        // segment has run, so the next layers reuse buffers that are still in cache (and
+        // need no zeroing) instead of allocating while every value of a long segment lives.
+        let mut live: Vec<usize> = Vec::new();
         for (n, id) in seg.layers().enumerate() {
             let i = id.index();
             let layer = graph.layer(id);
+            live.retain(|&j| {
+                let last_use = graph.consumers(LayerId((first + j) as u32)).iter().max();
+                if last_use.is_some_and(|c| c.index() < i)
+                    && let Some(v) = values[j].take()
+                {
+                    recycle(v);
+                    return false;
+                }
+                true
+            });
+            live.push(n);
             let region = tile.regions[n];
             if self.fused_into.contains_key(&i) {
                 let value = match carry.take() {
