@@ -812,12 +812,21 @@ fn build_depthwise(
                 let yrow = b.ins().iadd(yplane, yo);
                 let rrow = b.ins().iadd(rplane, yo);
                 // The output `ty` at byte `off` of the row (output column off/4).
+                // Taps in (ky, kx) order from zero, then the bias: the reference's order, so
+                // results match it to the bit where it also fuses (cancelling sums stay close).
                 let one = |b: &mut FunctionBuilder, src: Value, dst: Value, rsrc: Value, off| {
-                    let mut acc = bv;
+                    let mut acc = None;
                     for (t, &wt) in wv.iter().enumerate() {
                         let v = b.ins().load(ty, mem(), src, off32(off + tap_off[t]));
-                        acc = mul_add(b, fma, v, wt, acc);
+                        acc = Some(match acc {
+                            None => b.ins().fmul(v, wt),
+                            Some(acc) => mul_add(b, fma, v, wt, acc),
+                        });
                     }
+                    let mut acc = match acc {
+                        Some(acc) => b.ins().fadd(acc, bv),
+                        None => bv,
+                    };
                     if s.residual {
                         let r = b.ins().load(ty, mem(), rsrc, off32(off));
                         acc = b.ins().fadd(acc, r);

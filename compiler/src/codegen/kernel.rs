@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use ndarray::Array3;
+use ndarray::{Array3, ShapeError, s};
 
 use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with};
 use super::jit::{
@@ -601,11 +601,12 @@ impl CompiledKernels {
         let jit = depthwise_spec(c, cin, h, w, k)
             .and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
         // Every path but the host depthwise loop (which accumulates into y) writes all of y.
-        let mut y = if k.packed.is_empty() && jit.is_none() {
+        let mut buf = if k.packed.is_empty() && jit.is_none() {
             zeroed(cout * n)
         } else {
             overwritten(cout * n)
         };
+        let y = &mut buf[..cout * n];
         let geo = Geo {
             h,
             w,
@@ -626,21 +627,13 @@ impl CompiledKernels {
         if let Some((f, spec)) = jit {
             // The kernel zeroes its scratch itself.
             let mut scratch = overwritten(spec.scratch_len());
-            self.code.run_depthwise(
-                f,
-                &spec,
-                xs,
-                &k.depthwise,
-                &k.bias,
-                rs,
-                &mut y,
-                &mut scratch,
-            );
+            self.code
+                .run_depthwise(f, &spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
             recycle_vec(scratch);
-            return Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| bad(&e.to_string()));
+            return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
         }
         if k.packed.is_empty() {
-            depthwise(&geo, xs, &k.depthwise, &mut y, cout);
+            depthwise(&geo, xs, &k.depthwise, y, cout);
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
             let direct = c.kernel.h == 1
@@ -660,10 +653,10 @@ impl CompiledKernels {
             }
         }
         match self.epilogues.get(&(i, n)) {
-            Some((h, spec)) => self.code.run_epilogue(*h, spec, &mut y, &k.bias, rs),
-            None => epilogue_host(&mut y, n, &k.bias, rs, k.act),
+            Some((h, spec)) => self.code.run_epilogue(*h, spec, y, &k.bias, rs),
+            None => epilogue_host(y, n, &k.bias, rs, k.act),
         }
-        Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| bad(&e.to_string()))
+        tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))
     }
 }
 
@@ -677,39 +670,50 @@ thread_local! {
 /// At most this many buffers wait for reuse per thread.
 const POOL: usize = 16;
 
-/// A zeroed vector of `len` floats, reusing a recycled buffer when one is large enough.
+// A recycled buffer keeps its full length: a tensor made from it by [`tensor`] shows only
+// its first values, so the buffer comes back at full length and its next use needs no
+// zeroing (a shorter length would have to be zero-filled again when it grows).
+
+/// A vector whose first `len` floats are zero (it may be longer), reusing a recycled
+/// buffer when one is large enough.
 fn zeroed(len: usize) -> Vec<f32> {
-    match take(len) {
-        Some(mut v) => {
-            v.clear();
-            v.resize(len, 0.0);
-            v
-        }
-        None => vec![0.0; len],
-    }
+    let mut v = overwritten(len);
+    v[..len].fill(0.0);
+    v
 }
 
-/// A vector of `len` floats for a kernel that writes every one of them: a recycled buffer
-/// keeps its old values (only growth is zeroed), saving a memset pass over the output.
+/// A vector of at least `len` floats for a kernel that writes the first `len`: a recycled
+/// buffer keeps its old values, saving a memset pass over the output.
 fn overwritten(len: usize) -> Vec<f32> {
     match take(len) {
         Some(mut v) => {
-            v.truncate(len);
-            v.resize(len, 0.0);
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
             v
         }
         None => vec![0.0; len],
     }
 }
 
-/// The smallest recycled buffer of at least `len` floats' capacity.
+/// `v[..c·h·w]` as a `[c, h, w]` tensor that owns all of `v` (the rest stays hidden), so
+/// [`recycle`] gets the buffer back at full length.
+fn tensor(v: Vec<f32>, (c, h, w): (usize, usize, usize)) -> Result<Array3<f32>, ShapeError> {
+    let full = v.len();
+    Array3::from_shape_vec((1, 1, full), v)?
+        .slice_move(s![.., .., ..c * h * w])
+        .into_shape_with_order((c, h, w))
+}
+
+/// The smallest recycled buffer of at least `len` floats' capacity, preferring one that
+/// already holds `len` values (so [`overwritten`] has no growth to zero).
 fn take(len: usize) -> Option<Vec<f32>> {
     BUFFERS.with_borrow_mut(|pool| {
         let best = pool
             .iter()
             .enumerate()
             .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
+            .min_by_key(|(_, v)| (v.len() < len, v.capacity()))
             .map(|(i, _)| i)?;
         Some(pool.swap_remove(best))
     })
@@ -814,7 +818,8 @@ impl PackB for Im2col<'_> {
 }
 
 /// Depthwise convolution (one input and one output channel per group) for tile shapes with
-/// no generated kernel (see `CompiledKernels::compile`), direct: each
+/// no generated kernel (see `CompiledKernels::compile`), with fused multiply-adds in tap
+/// order like the generated kernel and the reference's GEMM, direct: each
 /// channel's plane is copied once into a zero-padded buffer, then every output row
 /// accumulates its taps while it stays in L1.
 fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
@@ -849,7 +854,7 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
                     let wv = taps[ky * kw + kx];
                     let src = &padded[ky * dh * pw + kx * dw..][..len];
                     for (d, s) in wide.iter_mut().zip(src) {
-                        *d += wv * s;
+                        *d = s.mul_add(wv, *d);
                     }
                 }
             }
@@ -865,7 +870,7 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
                     let wv = taps[ky * kw + kx];
                     let src = &row[kx * dw..];
                     for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                        *d += wv * s;
+                        *d = s.mul_add(wv, *d);
                     }
                 }
             }
