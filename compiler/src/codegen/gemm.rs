@@ -87,11 +87,19 @@ impl PackedA {
 
 /// Something that can write blocks of a `k × n` B matrix in packed form: for the block
 /// `B[k0..k0+kc, n0..n0+nc]`, NR-column strips one after another, each `kc` rows of NR
-/// values (`out` arrives zeroed, `nc.div_ceil(NR) · NR · kc` long; columns past `n0 + nc`
-/// stay zero). A convolution implements it straight from its input (implicit im2col), so
-/// the `(Cin·kh·kw) × (H·W)` matrix never exists in memory.
+/// values (`out` is `nc.div_ceil(NR) · NR · kc` long and arrives zeroed unless
+/// [`PackB::writes_every_column`] says otherwise). A convolution implements it straight
+/// from its input (implicit im2col), so the `(Cin·kh·kw) × (H·W)` matrix never exists in
+/// memory.
 pub trait PackB {
     fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]);
+
+    /// Whether `pack` writes every one of the block's `nc` columns in every row, so `out`
+    /// need not be zeroed first (columns past `n0 + nc` then hold stale values, which only
+    /// reach C columns that are never stored).
+    fn writes_every_column(&self) -> bool {
+        false
+    }
 }
 
 /// A row-major `k × n` matrix with leading dimension `ldb`.
@@ -104,6 +112,10 @@ pub struct Dense<'a> {
 impl PackB for Dense<'_> {
     fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
         pack_b(self.b, self.ldb, k0, kc, n0, nc, out);
+    }
+
+    fn writes_every_column(&self) -> bool {
+        true
     }
 }
 
@@ -189,8 +201,17 @@ fn gemm_blocks(
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            bp.clear();
-            bp.resize(nc.div_ceil(NR) * NR * kc, 0.0);
+            let len = nc.div_ceil(NR) * NR * kc;
+            if b.writes_every_column() {
+                // Stale values past column nc only feed C columns that are never stored.
+                if bp.len() < len {
+                    bp.resize(len, 0.0);
+                }
+            } else {
+                bp.clear();
+                bp.resize(len, 0.0);
+            }
+            let bp = &mut bp[..len];
             b.pack(k0, kc, n0, nc, bp);
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
@@ -257,9 +278,16 @@ fn micro(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
-            // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`.
+            // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`
+            // (the first 8 columns of each row for the narrow kernel).
             unsafe {
-                avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
+                if nr <= NR / 2 {
+                    // A strip of at most 8 columns (e.g. the 49th column of a 7×7 map):
+                    // half the FMAs of the full kernel.
+                    avx2::kernel_6x8(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR);
+                } else {
+                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
+                }
             }
         }
         _ => {
@@ -347,6 +375,38 @@ mod avx2 {
             }
         }
     }
+
+    /// 6×8 block from the first 8 columns of a packed NR-wide B strip: six accumulators,
+    /// one B load and six A broadcasts per k. Overwrites C.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` points at `kc·MR`, `b` at `kc·NR` readable floats;
+    /// `c` at MR rows of 8 writable floats, `ldc` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x8(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let mut r = [_mm256_setzero_ps(); MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(i)), b0, *ri);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            for (i, ri) in r.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc), *ri);
+            }
+        }
+    }
 }
 
 /// C entry point for generated code: `C (+)= A · B` (row-major, leading dimensions given).
@@ -414,6 +474,13 @@ mod tests {
             (13, 33, 300),
             (64, 530, 27),
             (5, 3, 600),
+            // N = 49, 9, 1, 23: a last strip of at most 8 columns (the narrow kernel),
+            // with one or several K blocks.
+            (13, 49, 70),
+            (12, 9, 300),
+            (6, 1, 5),
+            (7, 23, 33),
+            (160, 49, 576),
         ] {
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = naive(m, n, k, &a, &b);
