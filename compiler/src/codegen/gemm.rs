@@ -100,6 +100,12 @@ pub trait PackB {
     fn writes_every_column(&self) -> bool {
         false
     }
+
+    /// The whole row-major matrix and its leading dimension, when B exists in memory: full
+    /// 16-column strips are then read in place (rows `ldb` apart) instead of packed.
+    fn rows(&self) -> Option<(&[f32], usize)> {
+        None
+    }
 }
 
 /// A row-major `k × n` matrix with leading dimension `ldb`.
@@ -116,6 +122,10 @@ impl PackB for Dense<'_> {
 
     fn writes_every_column(&self) -> bool {
         true
+    }
+
+    fn rows(&self) -> Option<(&[f32], usize)> {
+        Some((self.b, self.ldb))
     }
 }
 
@@ -197,11 +207,19 @@ fn gemm_blocks(
     bp: &mut Vec<f32>,
 ) {
     let (m, k) = (a.m, a.k);
+    // Narrow matrices (7×7 maps: rows 196 bytes apart, each 16-float read straddling cache
+    // lines) measured faster packed.
+    let direct = b.rows().filter(|_| n >= 4 * NR);
     for n0 in (0..n).step_by(NC) {
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            let len = nc.div_ceil(NR) * NR * kc;
+            // In place, only a last partial strip is packed (at the start of `bp`).
+            let (p0, pc) = match direct {
+                Some(_) => (n0 + nc / NR * NR, nc % NR),
+                None => (n0, nc),
+            };
+            let len = pc.div_ceil(NR) * NR * kc;
             if b.writes_every_column() {
                 // Stale values past column nc only feed C columns that are never stored.
                 if bp.len() < len {
@@ -212,7 +230,9 @@ fn gemm_blocks(
                 bp.resize(len, 0.0);
             }
             let bp = &mut bp[..len];
-            b.pack(k0, kc, n0, nc, bp);
+            if pc > 0 {
+                b.pack(k0, kc, p0, pc, bp);
+            }
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
                 let ap = a.strip(k0, kc, s);
@@ -221,9 +241,13 @@ fn gemm_blocks(
                 for t in 0..nc.div_ceil(NR) {
                     let c0 = n0 + t * NR;
                     let nr = NR.min(n0 + nc - c0);
-                    let bpanel = &bp[t * NR * kc..(t + 1) * NR * kc];
+                    let (bpanel, ldb) = match direct {
+                        Some((bm, ldb)) if nr == NR => (&bm[k0 * ldb + c0..], ldb),
+                        Some(_) => (&bp[..], NR),
+                        None => (&bp[t * NR * kc..(t + 1) * NR * kc], NR),
+                    };
                     let cblk = &mut c[r0 * ldc + c0..];
-                    micro(isa, kc, ap, bpanel, cblk, ldc, mr, nr, acc);
+                    micro(isa, kc, ap, bpanel, ldb, cblk, ldc, mr, nr, acc);
                 }
             }
         }
@@ -248,7 +272,8 @@ pub fn sgemm(
     gemm_packed(&pa, b, ldb, n, c, ldc, accumulate);
 }
 
-/// One `mr × nr` (≤ MR × NR) block of C from packed panels of depth `kc`.
+/// One `mr × nr` (≤ MR × NR) block of C from a packed A panel of depth `kc` and a B panel
+/// of `kc` rows of NR values, `ldb` apart (NR when packed).
 #[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
 #[inline]
 fn micro(
@@ -256,21 +281,23 @@ fn micro(
     kc: usize,
     a: &[f32],
     b: &[f32],
+    ldb: usize,
     c: &mut [f32],
     ldc: usize,
     mr: usize,
     nr: usize,
     acc: bool,
 ) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    assert!(a.len() >= kc * MR && ldb >= NR && b.len() >= (kc - 1) * ldb + NR);
     debug_assert!(c.len() >= (mr - 1) * ldc + nr);
     let full = mr == MR && nr == NR;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Fma && full {
         // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
-        // kc·MR and `b` kc·NR floats, and C has MR rows of NR floats at stride ldc (the
-        // asserts in gemm_packed_with and the block bounds).
-        unsafe { avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, acc) };
+        // kc·MR floats and `b` kc rows of NR floats ldb apart (asserted above), and C has MR
+        // rows of NR floats at stride ldc (the asserts in gemm_packed_with and the block
+        // bounds).
+        unsafe { avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) };
         return;
     }
     // Edge blocks (and the portable kernel) go through a local block.
@@ -281,17 +308,18 @@ fn micro(
             // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`
             // (the first 8 columns of each row for the narrow kernel).
             unsafe {
+                let (ap, bp, tp) = (a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr());
                 if nr <= NR / 2 {
                     // A strip of at most 8 columns (e.g. the 49th column of a 7×7 map):
                     // half the FMAs of the full kernel.
-                    avx2::kernel_6x8(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR);
+                    avx2::kernel_6x8(kc, ap, bp, ldb, tp, NR);
                 } else {
-                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
+                    avx2::kernel_6x16(kc, ap, bp, ldb, tp, NR, false);
                 }
             }
         }
         _ => {
-            portable_kernel(kc, a, b, &mut tmp);
+            portable_kernel(kc, a, b, ldb, &mut tmp);
             if full {
                 for (r, row) in tmp.iter().enumerate() {
                     let dst = &mut c[r * ldc..r * ldc + NR];
@@ -317,8 +345,9 @@ fn micro(
 
 /// Portable micro-kernel: plain loops over fixed-size arrays (LLVM vectorises them for the
 /// baseline ISA: SSE2 on x86-64, NEON on aarch64).
-fn portable_kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]) {
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+fn portable_kernel(kc: usize, a: &[f32], b: &[f32], ldb: usize, out: &mut [[f32; NR]; MR]) {
+    for (kk, ak) in a.chunks_exact(MR).take(kc).enumerate() {
+        let bk = &b[kk * ldb..kk * ldb + NR];
         for r in 0..MR {
             let av = ak[r];
             for (o, bv) in out[r].iter_mut().zip(bk) {
@@ -332,18 +361,20 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::MR;
 
     /// 6×16 block: twelve ymm accumulators, two B loads and six A broadcasts per k.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` points at `kc·MR`, `b` at `kc·NR` readable floats;
-    /// `c` at MR rows of NR writable floats, `ldc` apart.
+    /// AVX2 and FMA must be available; `a` points at `kc·MR` readable floats, `b` at `kc`
+    /// rows of NR readable floats `ldb` apart; `c` at MR rows of NR writable floats, `ldc`
+    /// apart.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_6x16(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         acc: bool,
@@ -361,7 +392,7 @@ mod avx2 {
                     ri[1] = _mm256_fmadd_ps(av, b1, ri[1]);
                 }
                 ap = ap.add(MR);
-                bp = bp.add(NR);
+                bp = bp.add(ldb);
             }
             for (i, ri) in r.iter().enumerate() {
                 let row = c.add(i * ldc);
@@ -380,13 +411,15 @@ mod avx2 {
     /// one B load and six A broadcasts per k. Overwrites C.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` points at `kc·MR`, `b` at `kc·NR` readable floats;
-    /// `c` at MR rows of 8 writable floats, `ldc` apart.
+    /// AVX2 and FMA must be available; `a` points at `kc·MR` readable floats, `b` at `kc`
+    /// rows of 8 readable floats `ldb` apart; `c` at MR rows of 8 writable floats, `ldc`
+    /// apart.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_6x8(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
     ) {
@@ -400,7 +433,7 @@ mod avx2 {
                     *ri = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(i)), b0, *ri);
                 }
                 ap = ap.add(MR);
-                bp = bp.add(NR);
+                bp = bp.add(ldb);
             }
             for (i, ri) in r.iter().enumerate() {
                 _mm256_storeu_ps(c.add(i * ldc), *ri);
@@ -481,6 +514,10 @@ mod tests {
             (6, 1, 5),
             (7, 23, 33),
             (160, 49, 576),
+            // N ≥ 64: full strips read in place, the partial one packed; several K blocks
+            // and several NC column blocks.
+            (7, 200, 300),
+            (5, 401, 20),
         ] {
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = naive(m, n, k, &a, &b);
