@@ -1,11 +1,14 @@
 //! Host SGEMM: packed panels, cache blocking, and a register-blocked micro-kernel chosen at
-//! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators) on x86-64, a portable kernel
-//! elsewhere. Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third
-//! of this kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
+//! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators, and 6×8 for strips of at most
+//! 8 columns such as the 49th column of a 7×7 map) on x86-64, a portable kernel elsewhere.
+//! Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third of this
+//! kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
 //! [`adcnn_sgemm`] through `JITBuilder::symbol`.
 //!
 //! `C[m×n] (+)= A[m×k] · B[k×n]`, all row-major with explicit leading dimensions.
-//! Weights (A) are packed once when a plan loads ([`PackedA`]); B is packed per call.
+//! Weights (A) are packed once when a plan loads ([`PackedA`]); B is packed per block, except
+//! that a B in memory at least 64 columns wide (1×1 convolutions read their input directly)
+//! is read in place, full 16-column strips at its row stride, only a partial strip packed.
 #![allow(
     unsafe_code,
     reason = "SIMD intrinsics and the raw-pointer C entry point for JIT code; each unsafe \
