@@ -53,6 +53,49 @@ fn main() {
         ("Winograd VGG conv1_2 block", 64, 168, 64),
         ("Winograd VGG conv3 block", 256, 96, 256),
     ];
+    bench(shapes);
+    // MobileNetV2's 1×1 convolutions (M = out channels, N = pixels, K = in channels), with
+    // how often each runs per frame: small K and N = 49–196 stress packing and edges.
+    let mobilenet: &[(&str, usize, usize, usize, usize)] = &[
+        ("MNv2 112² project", 16, 12544, 32, 1),
+        ("MNv2 112² expand", 96, 12544, 16, 1),
+        ("MNv2 56² project", 24, 3136, 96, 1),
+        ("MNv2 56² expand", 144, 3136, 24, 2),
+        ("MNv2 56² project", 24, 3136, 144, 1),
+        ("MNv2 28² project", 32, 784, 144, 1),
+        ("MNv2 28² expand", 192, 784, 32, 3),
+        ("MNv2 28² project", 32, 784, 192, 2),
+        ("MNv2 14² project", 64, 196, 192, 1),
+        ("MNv2 14² expand", 384, 196, 64, 4),
+        ("MNv2 14² project", 64, 196, 384, 3),
+        ("MNv2 14² project", 96, 196, 384, 1),
+        ("MNv2 14² expand", 576, 196, 96, 3),
+        ("MNv2 14² project", 96, 196, 576, 2),
+        ("MNv2 7² project", 160, 49, 576, 1),
+        ("MNv2 7² expand", 960, 49, 160, 3),
+        ("MNv2 7² project", 160, 49, 960, 2),
+        ("MNv2 7² project", 320, 49, 960, 1),
+        ("MNv2 7² conv 18", 1280, 49, 320, 1),
+    ];
+    let plain: Vec<_> = mobilenet
+        .iter()
+        .map(|&(s, m, n, k, _)| (s, m, n, k))
+        .collect();
+    let times = bench(&plain);
+    let frame: f64 = times
+        .iter()
+        .zip(mobilenet)
+        .map(|(t, s)| t * s.4 as f64)
+        .sum();
+    println!(
+        "MobileNetV2 1×1 GEMMs per frame (median times × count): {:.2} ms",
+        frame * 1e3
+    );
+}
+
+/// Prints each shape's figures; returns the median seconds of adcnn's GEMM per shape.
+fn bench(shapes: &[(&str, usize, usize, usize)]) -> Vec<f64> {
+    let mut medians = Vec::new();
     for &(name, m, n, k) in shapes {
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let gf = 2.0 * (m * n * k) as f64 / 1e9;
@@ -71,5 +114,7 @@ fn main() {
             gf / nbest,
             gf / nmed
         );
+        medians.push(med);
     }
+    medians
 }

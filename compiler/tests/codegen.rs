@@ -3,17 +3,22 @@
 //! Differential property tests: random convolution layers (kernel 1–11, stride 1–4,
 //! asymmetric padding, dilation, groups incl. depthwise, odd sizes) followed by random
 //! epilogues (batch norm, relu / clip / leaky relu, max pool with and without padding or
-//! ceil mode), planned with a forced halo grid
-//! (edge tiles smaller than the rest) and as FDSP tiles, every tile compared with
-//! `reference::tile::run_tile`. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
+//! ceil mode), Winograd-eligible 3×3 layers, and random depthwise layers (kernel 1–7,
+//! stride 1–4, dilation 1–3 per axis, asymmetric padding, input sizes from "just fits the
+//! window" up, residual adds), planned with forced halo grids (edge tiles smaller than the
+//! rest, tiles narrower than one f32x4) and as FDSP tiles, every tile compared with
+//! `reference::tile::run_tile` — both with kernels compiled for it and with kernels that
+//! generate no code (the host fallbacks). Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
 //! CLIF snapshots of small kernels live in `snapshots/clif/`.
 
 use std::path::Path;
 
 use adcnn_compiler::check::check_text;
-use adcnn_compiler::codegen::jit::{Act, EpilogueSpec, MaxPoolSpec, epilogue_clif, max_pool_clif};
-use adcnn_compiler::codegen::{CompiledKernels, KernelStats, rel_l2};
+use adcnn_compiler::codegen::jit::{
+    Act, DepthwiseSpec, EpilogueSpec, MaxPoolSpec, depthwise_clif, epilogue_clif, max_pool_clif,
+};
+use adcnn_compiler::codegen::{CompileOptions, CompiledKernels, KernelStats, rel_l2};
 use adcnn_compiler::plan::{Options, Region, Strategy, plan};
 use adcnn_compiler::reference::tile::{crop, run_tile};
 use adcnn_compiler::weights::SplitMix64;
@@ -53,6 +58,14 @@ fn differential(
     };
     let kernels = CompiledKernels::compile(graph, weights, &p.segments, |_| true)
         .map_err(|e| e.to_string())?;
+    // Kernels with no generated code: every shape takes the host fallbacks (host depthwise
+    // loop, host epilogue, reference pools), as a tile shape that was not compiled does.
+    let host_only = CompileOptions {
+        generate: false,
+        ..CompileOptions::default()
+    };
+    let fallback = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &host_only)
+        .map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 7);
     let s0 = graph.input.shape;
     let mut current = Array3::from_shape_simple_fn((s0.c, s0.h, s0.w), || rng.uniform(-2.0, 2.0));
@@ -69,25 +82,27 @@ fn differential(
         for tile in &seg.tiles {
             let x = crop(&current, &full, &tile.input);
             let want = run_tile(graph, weights, seg, tile, &x).map_err(|e| e.to_string())?;
-            let got = kernels
-                .run_tile(graph, weights, seg, tile, &x)
-                .map_err(|e| e.to_string())?;
-            if got.dim() != want.dim() {
-                return Err(format!(
-                    "{layers}: tile {tile:?} shape {:?} vs {:?}",
-                    got.dim(),
-                    want.dim()
-                ));
-            }
-            let err = rel_l2(
-                got.as_standard_layout().as_slice().unwrap_or(&[]),
-                want.as_standard_layout().as_slice().unwrap_or(&[]),
-            );
-            if err > TOLERANCE {
-                return Err(format!(
-                    "{layers} ({c}×{h}×{w}) {:?}: tile {},{} relative L2 {err:.2e}",
-                    seg.mode, tile.row, tile.col
-                ));
+            for (how, k) in [("compiled", &kernels), ("fallback", &fallback)] {
+                let got = k
+                    .run_tile(graph, weights, seg, tile, &x)
+                    .map_err(|e| e.to_string())?;
+                if got.dim() != want.dim() {
+                    return Err(format!(
+                        "{layers} ({how}): tile {tile:?} shape {:?} vs {:?}",
+                        got.dim(),
+                        want.dim()
+                    ));
+                }
+                let err = rel_l2(
+                    got.as_standard_layout().as_slice().unwrap_or(&[]),
+                    want.as_standard_layout().as_slice().unwrap_or(&[]),
+                );
+                if err > TOLERANCE {
+                    return Err(format!(
+                        "{layers} ({c}×{h}×{w}) {:?} ({how}): tile {},{} relative L2 {err:.2e}",
+                        seg.mode, tile.row, tile.col
+                    ));
+                }
             }
             out.slice_mut(s![
                 ..,
@@ -145,8 +160,75 @@ fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usiz
         })
 }
 
+/// A depthwise convolution (channel multiplier 1) on an input of random size, with batch
+/// norm, an activation and, when its output keeps the input's shape, a residual add of a
+/// 1×1 convolution's output.
+fn depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
+    (
+        (1usize..=7, 1usize..=7),
+        (1usize..=4, 1usize..=4),
+        (1usize..=3, 1usize..=3),
+        (0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
+        (0usize..=12, 0usize..=12),
+        // At least four channels: a tile can be a single output pixel, and with one channel
+        // its relative L2 is that of one value, which random signed weights can cancel to
+        // near zero (seen: -0.0039777 vs -0.0039778 from inputs near 1.6, one ulp of the
+        // terms apart). Four such values all cancelling is rare enough.
+        4usize..=8,
+        (0usize..5, any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|((kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr), (eh, ew), c, (act, bn, bias, res))| {
+            let (span_h, span_w) = ((kh - 1) * dh + 1, (kw - 1) * dw + 1);
+            // A residual needs the output shape of the input: stride 1, "same" padding.
+            let same = res && (span_h - 1) % 2 == 0 && (span_w - 1) % 2 == 0;
+            let (sh, sw) = if same { (1, 1) } else { (sh, sw) };
+            // Pads below the dilated window and inputs at least as large as it: then every
+            // window reads some input, and every tile has a non-empty input region. (A tile
+            // whose windows all lie in the padding gets an empty input region that the
+            // planner places past the map's edge and a reference result of the wrong
+            // width — see the report; not a property of the kernels.)
+            let (pt, pl, pb, pr) = if same {
+                ((span_h - 1) / 2, (span_w - 1) / 2, (span_h - 1) / 2, (span_w - 1) / 2)
+            } else {
+                (pt.min(span_h - 1), pl.min(span_w - 1), pb.min(span_h - 1), pr.min(span_w - 1))
+            };
+            // Odd sizes from "just the window" up.
+            let (h, w) = (span_h + eh, span_w + ew);
+            // A 1×1 conv first (the residual's source).
+            let mut l = format!(
+                "a: conv({c}, k=1)\n    - b: dwconv(k=[{kh}, {kw}], s=[{sh}, {sw}], p=[{pt}, {pl}, {pb}, {pr}], d=[{dh}, {dw}], bias={bias})"
+            );
+            if bn {
+                l.push_str(" | bn");
+            }
+            if same {
+                l.push_str(" | add(a)");
+            }
+            l.push_str(["", " | relu", " | relu6", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+            (c, h, w, l)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_depthwise_layers_match_the_reference((c, h, w, layers) in depthwise_layer(), seed in 0u64..1000) {
+        for opts in [
+            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((3, 4)), ..Options::default() },
+            Options { strategy: Strategy::Single, ..Options::default() },
+            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
+        ] {
+            match differential(c, h, w, &layers, &opts, seed) {
+                Err(e) => return Err(TestCaseError::fail(e)),
+                Ok((0, _)) if opts.strategy == Strategy::Single => {
+                    return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
 
     #[test]
     fn random_conv_layers_match_the_reference((cin, h, w, layers) in conv_layer(), seed in 0u64..1000) {
@@ -276,6 +358,25 @@ fn clif_snapshots() {
                 pixels: 8,
                 act: Act::Leaky { slope: 0.1 },
                 residual: true
+            })
+        );
+        insta::assert_snapshot!(
+            "depthwise_3x3_s2_p1_relu6",
+            depthwise_clif(&DepthwiseSpec {
+                channels: 2,
+                h: 6,
+                w: 9,
+                kh: 3,
+                kw: 3,
+                sh: 2,
+                sw: 2,
+                dh: 1,
+                dw: 1,
+                pad: [1, 1, 0, 1],
+                oh: 3,
+                ow: 5,
+                act: Act::Clip { min: 0.0, max: 6.0 },
+                residual: false
             })
         );
         insta::assert_snapshot!(

@@ -87,7 +87,10 @@ impl Kernels {
     pub fn compile_options(self) -> Option<CompileOptions> {
         match self {
             Kernels::Jit => Some(CompileOptions::default()),
-            Kernels::Gemm => Some(CompileOptions { winograd: false }),
+            Kernels::Gemm => Some(CompileOptions {
+                winograd: false,
+                ..CompileOptions::default()
+            }),
             Kernels::Reference => None,
         }
     }

@@ -1,11 +1,14 @@
 //! Host SGEMM: packed panels, cache blocking, and a register-blocked micro-kernel chosen at
-//! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators) on x86-64, a portable kernel
-//! elsewhere. Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third
-//! of this kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
+//! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators, and 6×8 for strips of at most
+//! 8 columns such as the 49th column of a 7×7 map) on x86-64, a portable kernel elsewhere.
+//! Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third of this
+//! kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
 //! [`adcnn_sgemm`] through `JITBuilder::symbol`.
 //!
 //! `C[m×n] (+)= A[m×k] · B[k×n]`, all row-major with explicit leading dimensions.
-//! Weights (A) are packed once when a plan loads ([`PackedA`]); B is packed per call.
+//! Weights (A) are packed once when a plan loads ([`PackedA`]); B is packed per block, except
+//! that a B in memory at least 64 columns wide (1×1 convolutions read their input directly)
+//! is read in place, full 16-column strips at its row stride, only a partial strip packed.
 #![allow(
     unsafe_code,
     reason = "SIMD intrinsics and the raw-pointer C entry point for JIT code; each unsafe \
@@ -93,68 +96,23 @@ impl PackedA {
 /// Something that can write blocks of a `k × n` B matrix in packed form: for the block
 /// `B[k0..k0+kc, n0..n0+nc]`, NR-column strips one after another, each `kc` rows of NR
 /// values (`out` is `nc.div_ceil(NR) · NR · kc` long and arrives zeroed unless
-/// [`PackB::needs_zeroed`] says otherwise). A convolution implements it straight from its input (implicit im2col), so
-/// the `(Cin·kh·kw) × (H·W)` matrix never exists in memory.
+/// [`PackB::writes_every_column`] says otherwise). A convolution implements it straight
+/// from its input (implicit im2col), so the `(Cin·kh·kw) × (H·W)` matrix never exists in
+/// memory.
 pub trait PackB {
     fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]);
 
-    /// Whether `pack` relies on `out` arriving zeroed (it skips positions that are zero, like
-    /// a convolution's padding). When false, `out` holds stale values of earlier blocks:
-    /// `pack` must write every position of its `nc` columns; what lies past them only feeds
-    /// C columns the GEMM discards.
-    fn needs_zeroed(&self) -> bool {
-        true
+    /// Whether `pack` writes every one of the block's `nc` columns in every row, so `out`
+    /// need not be zeroed first (columns past `n0 + nc` then hold stale values, which only
+    /// reach C columns that are never stored).
+    fn writes_every_column(&self) -> bool {
+        false
     }
 
-    /// The block already in packed form, if `self` holds it so (then `pack` is not called).
-    fn packed(&self, _k0: usize, _kc: usize, _n0: usize, _nc: usize) -> Option<&[f32]> {
+    /// The whole row-major matrix and its leading dimension, when B exists in memory: full
+    /// 16-column strips are then read in place (rows `ldb` apart) instead of packed.
+    fn rows(&self) -> Option<(&[f32], usize)> {
         None
-    }
-}
-
-/// A `k × n` B (`n ≤ NC`, one column block) stored the way the GEMM packs it: per KC row
-/// block (starting at `k0 · width`), NR-column strips of `kc` rows of NR values. A producer
-/// that writes B in this layout ([`Prepacked::offset`]) saves the GEMM its packing copy.
-#[derive(Clone, Copy, Debug)]
-pub struct Prepacked<'a> {
-    pub data: &'a [f32],
-    pub k: usize,
-    /// Columns the layout was made for (a multiple of NR, ≤ NC); the GEMM may use fewer.
-    pub width: usize,
-}
-
-impl Prepacked<'_> {
-    /// Floats a `k × width` prepacked B takes.
-    pub fn len(k: usize, width: usize) -> usize {
-        k * width
-    }
-
-    /// Where element `(row, col)` of a `k × width` prepacked B lives.
-    pub fn offset(k: usize, width: usize, row: usize, col: usize) -> usize {
-        let k0 = row / KC * KC;
-        let kc = KC.min(k - k0);
-        k0 * width + col / NR * NR * kc + (row - k0) * NR + col % NR
-    }
-
-    /// Columns per prepacked B at most (one column block of the GEMM).
-    pub const MAX_WIDTH: usize = NC;
-
-    /// Column granularity of the layout.
-    pub const STRIP: usize = NR;
-}
-
-impl PackB for Prepacked<'_> {
-    fn pack(&self, k0: usize, kc: usize, n0: usize, nc: usize, out: &mut [f32]) {
-        if let Some(p) = self.packed(k0, kc, n0, nc) {
-            out.copy_from_slice(&p[..out.len()]);
-        }
-    }
-
-    fn packed(&self, k0: usize, kc: usize, n0: usize, nc: usize) -> Option<&[f32]> {
-        let len = nc.div_ceil(NR) * NR * kc;
-        (n0 == 0 && nc <= self.width && k0 + kc <= self.k)
-            .then(|| self.data.get(k0 * self.width..k0 * self.width + len))
-            .flatten()
     }
 }
 
@@ -170,8 +128,12 @@ impl PackB for Dense<'_> {
         pack_b(self.b, self.ldb, k0, kc, n0, nc, out);
     }
 
-    fn needs_zeroed(&self) -> bool {
-        false
+    fn writes_every_column(&self) -> bool {
+        true
+    }
+
+    fn rows(&self) -> Option<(&[f32], usize)> {
+        Some((self.b, self.ldb))
     }
 }
 
@@ -216,6 +178,10 @@ pub fn gemm_packed_with(
     ldc: usize,
     accumulate: bool,
 ) {
+    gemm(a, b, n, c, ldc, accumulate);
+}
+
+fn gemm(a: &PackedA, b: &impl PackB, n: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
     let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
@@ -238,10 +204,7 @@ pub fn gemm_packed_with(
     PACKED_B.with_borrow_mut(|bp| gemm_blocks(isa, a, b, n, c, ldc, accumulate, bp));
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the blocked loop nest of gemm_packed_with"
-)]
+#[allow(clippy::too_many_arguments, reason = "the blocked loop nest of gemm")]
 fn gemm_blocks(
     isa: Isa,
     a: &PackedA,
@@ -253,22 +216,32 @@ fn gemm_blocks(
     bp: &mut Vec<f32>,
 ) {
     let (m, k) = (a.m, a.k);
+    // Narrow matrices (7×7 maps: rows 196 bytes apart, each 16-float read straddling cache
+    // lines) measured faster packed.
+    let direct = b.rows().filter(|_| n >= 4 * NR);
     for n0 in (0..n).step_by(NC) {
         let nc = NC.min(n - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            let len = nc.div_ceil(NR) * NR * kc;
-            let panels = match b.packed(k0, kc, n0, nc) {
-                Some(p) => &p[..len],
-                None => {
-                    if b.needs_zeroed() {
-                        bp.clear();
-                    }
-                    bp.resize(len, 0.0);
-                    b.pack(k0, kc, n0, nc, bp);
-                    &bp[..]
-                }
+            // In place, only a last partial strip is packed (at the start of `bp`).
+            let (p0, pc) = match direct {
+                Some(_) => (n0 + nc / NR * NR, nc % NR),
+                None => (n0, nc),
             };
+            let len = pc.div_ceil(NR) * NR * kc;
+            if b.writes_every_column() {
+                // Stale values past column nc only feed C columns that are never stored.
+                if bp.len() < len {
+                    bp.resize(len, 0.0);
+                }
+            } else {
+                bp.clear();
+                bp.resize(len, 0.0);
+            }
+            let bp = &mut bp[..len];
+            if pc > 0 {
+                b.pack(k0, kc, p0, pc, bp);
+            }
             let acc = accumulate || k0 > 0;
             for s in 0..m.div_ceil(MR) {
                 let ap = a.strip(k0, kc, s);
@@ -277,9 +250,13 @@ fn gemm_blocks(
                 for t in 0..nc.div_ceil(NR) {
                     let c0 = n0 + t * NR;
                     let nr = NR.min(n0 + nc - c0);
-                    let bpanel = &panels[t * NR * kc..(t + 1) * NR * kc];
+                    let (bpanel, ldb) = match direct {
+                        Some((bm, ldb)) if nr == NR => (&bm[k0 * ldb + c0..], ldb),
+                        Some(_) => (&bp[..], NR),
+                        None => (&bp[t * NR * kc..(t + 1) * NR * kc], NR),
+                    };
                     let cblk = &mut c[r0 * ldc + c0..];
-                    micro(isa, kc, ap, bpanel, cblk, ldc, mr, nr, acc);
+                    micro(isa, kc, ap, bpanel, ldb, cblk, ldc, mr, nr, acc);
                 }
             }
         }
@@ -342,7 +319,8 @@ pub fn gemv(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// One `mr × nr` (≤ MR × NR) block of C from packed panels of depth `kc`.
+/// One `mr × nr` (≤ MR × NR) block of C from a packed A panel of depth `kc` and a B panel
+/// of `kc` rows of NR values, `ldb` apart (NR when packed).
 #[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
 #[inline]
 fn micro(
@@ -350,36 +328,45 @@ fn micro(
     kc: usize,
     a: &[f32],
     b: &[f32],
+    ldb: usize,
     c: &mut [f32],
     ldc: usize,
     mr: usize,
     nr: usize,
     acc: bool,
 ) {
-    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    assert!(a.len() >= kc * MR && ldb >= NR && b.len() >= (kc - 1) * ldb + NR);
     debug_assert!(c.len() >= (mr - 1) * ldc + nr);
-    let mut tmp = [[0.0f32; NR]; MR];
     let full = mr == MR && nr == NR;
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma && full {
+        // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
+        // kc·MR floats and `b` kc rows of NR floats ldb apart (asserted above), and C has MR
+        // rows of NR floats at stride ldc (the asserts in gemm_packed_with and the block
+        // bounds).
+        unsafe { avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) };
+        return;
+    }
+    // Edge blocks (and the portable kernel) go through a local block.
+    let mut tmp = [[0.0f32; NR]; MR];
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
-            // SAFETY: `isa()` returned Avx2Fma only after detecting AVX2 and FMA. `a` holds
-            // kc·MR and `b` kc·NR floats (checked above). With `full`, C has MR rows of NR
-            // floats at stride ldc (the asserts in gemm_packed and the block bounds);
-            // otherwise the kernel writes the local MR × NR `tmp`.
+            // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`
+            // (the first 8 columns of each row for the narrow kernel).
             unsafe {
-                if full {
-                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, acc);
+                let (ap, bp, tp) = (a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr());
+                if nr <= NR / 2 {
+                    // A strip of at most 8 columns (e.g. the 49th column of a 7×7 map):
+                    // half the FMAs of the full kernel.
+                    avx2::kernel_6x8(kc, ap, bp, ldb, tp, NR);
                 } else {
-                    avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr(), NR, false);
+                    avx2::kernel_6x16(kc, ap, bp, ldb, tp, NR, false);
                 }
-            }
-            if full {
-                return;
             }
         }
         _ => {
-            portable_kernel(kc, a, b, &mut tmp);
+            portable_kernel(kc, a, b, ldb, &mut tmp);
             if full {
                 for (r, row) in tmp.iter().enumerate() {
                     let dst = &mut c[r * ldc..r * ldc + NR];
@@ -405,8 +392,9 @@ fn micro(
 
 /// Portable micro-kernel: plain loops over fixed-size arrays (LLVM vectorises them for the
 /// baseline ISA: SSE2 on x86-64, NEON on aarch64).
-fn portable_kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]) {
-    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+fn portable_kernel(kc: usize, a: &[f32], b: &[f32], ldb: usize, out: &mut [[f32; NR]; MR]) {
+    for (kk, ak) in a.chunks_exact(MR).take(kc).enumerate() {
+        let bk = &b[kk * ldb..kk * ldb + NR];
         for r in 0..MR {
             let av = ak[r];
             for (o, bv) in out[r].iter_mut().zip(bk) {
@@ -420,7 +408,7 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::MR;
 
     /// Horizontal sum of a ymm register.
     #[target_feature(enable = "avx2,fma")]
@@ -478,13 +466,15 @@ mod avx2 {
     /// 6×16 block: twelve ymm accumulators, two B loads and six A broadcasts per k.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `a` points at `kc·MR`, `b` at `kc·NR` readable floats;
-    /// `c` at MR rows of NR writable floats, `ldc` apart.
+    /// AVX2 and FMA must be available; `a` points at `kc·MR` readable floats, `b` at `kc`
+    /// rows of NR readable floats `ldb` apart; `c` at MR rows of NR writable floats, `ldc`
+    /// apart.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_6x16(
         kc: usize,
         a: *const f32,
         b: *const f32,
+        ldb: usize,
         c: *mut f32,
         ldc: usize,
         acc: bool,
@@ -502,7 +492,7 @@ mod avx2 {
                     ri[1] = _mm256_fmadd_ps(av, b1, ri[1]);
                 }
                 ap = ap.add(MR);
-                bp = bp.add(NR);
+                bp = bp.add(ldb);
             }
             for (i, ri) in r.iter().enumerate() {
                 let row = c.add(i * ldc);
@@ -513,6 +503,40 @@ mod avx2 {
                 }
                 _mm256_storeu_ps(row, v0);
                 _mm256_storeu_ps(row.add(8), v1);
+            }
+        }
+    }
+
+    /// 6×8 block from the first 8 columns of a packed NR-wide B strip: six accumulators,
+    /// one B load and six A broadcasts per k. Overwrites C.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` points at `kc·MR` readable floats, `b` at `kc`
+    /// rows of 8 readable floats `ldb` apart; `c` at MR rows of 8 writable floats, `ldc`
+    /// apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_6x8(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let mut r = [_mm256_setzero_ps(); MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                for (i, ri) in r.iter_mut().enumerate() {
+                    *ri = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(i)), b0, *ri);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(ldb);
+            }
+            for (i, ri) in r.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc), *ri);
             }
         }
     }
@@ -583,15 +607,18 @@ mod tests {
             (13, 33, 300),
             (64, 530, 27),
             (5, 3, 600),
+            // N = 49, 9, 1, 23: a last strip of at most 8 columns (the narrow kernel),
+            // with one or several K blocks.
+            (13, 49, 70),
+            (12, 9, 300),
+            (6, 1, 5),
+            (7, 23, 33),
+            (160, 49, 576),
+            // N ≥ 64: full strips read in place, the partial one packed; several K blocks
+            // and several NC column blocks.
+            (7, 200, 300),
+            (5, 401, 20),
         ] {
-            // The matrix-vector product against the same naive product (n = 1).
-            let (a, x) = (data(m * k, 3), data(k, 4));
-            let mut y = vec![f32::NAN; m];
-            gemv(&a, k, &x, &mut y);
-            assert!(
-                crate::codegen::rel_l2(&y, &naive(m, 1, k, &a, &x)) < 1e-6,
-                "gemv {m}×{k}"
-            );
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = naive(m, n, k, &a, &b);
             let mut got = vec![0.0f32; m * n];
@@ -602,27 +629,14 @@ mod tests {
             sgemm(m, n, k, &a, k, &b, n, &mut got, n, true);
             let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
             assert!(crate::codegen::rel_l2(&got, &twice) < 1e-6);
-            // B written in the GEMM's packed layout gives the same product.
-            if n <= Prepacked::MAX_WIDTH {
-                let width = n.next_multiple_of(Prepacked::STRIP);
-                let mut bp = vec![0.0f32; Prepacked::len(k, width)];
-                for row in 0..k {
-                    for col in 0..n {
-                        bp[Prepacked::offset(k, width, row, col)] = b[row * n + col];
-                    }
-                }
-                let pb = Prepacked {
-                    data: &bp,
-                    k,
-                    width,
-                };
-                let mut c = vec![f32::NAN; m * n];
-                gemm_packed_with(&PackedA::new(&a, m, k, k), &pb, n, &mut c, n, false);
-                assert!(
-                    crate::codegen::rel_l2(&c, &want) < 1e-6,
-                    "prepacked {m}x{n}x{k}"
-                );
-            }
+            // The matrix-vector product against the same naive product (n = 1).
+            let (a, x) = (data(m * k, 3), data(k, 4));
+            let mut y = vec![f32::NAN; m];
+            gemv(&a, k, &x, &mut y);
+            assert!(
+                crate::codegen::rel_l2(&y, &naive(m, 1, k, &a, &x)) < 1e-6,
+                "gemv {m}×{k}"
+            );
         }
     }
 }

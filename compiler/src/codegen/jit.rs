@@ -7,10 +7,17 @@
 //!   weights and bias at compile time), optional residual add, and relu / clip / leaky relu,
 //!   in f32x4 with a scalar remainder — run on the GEMM's output while it is in cache;
 //! - **max pooling** (padding is a −∞ border the caller copies in): the whole loop nest with
-//!   constant trip counts.
+//!   constant trip counts;
+//! - **depthwise convolutions** (one input and one output channel per group): per channel,
+//!   the plane is copied into a zeroed scratch buffer with its padding, deinterleaved into
+//!   `stride` column phases so every tap reads contiguous columns, then each output row is
+//!   f32x4 FMAs over 4-column groups (the 3×3 window unrolled, taps at constant offsets),
+//!   with bias (batch norm folded), residual add and activation fused before the one store.
 //!
-//! The inner products themselves run in the host micro-kernel (`gemm.rs`): Cranelift 0.135
-//! has no 256-bit vectors on x86-64, and its f32x4 FMA kernels reach about a third of it.
+//! The inner products of dense convolutions run in the host micro-kernel (`gemm.rs`):
+//! Cranelift 0.135 has no 256-bit vectors on x86-64, and its f32x4 FMA kernels reach about
+//! a third of it. A depthwise convolution has too few products per value for that to
+//! matter: it is bound by loads and stores, which the generated code keeps in L1.
 #![allow(
     unsafe_code,
     reason = "calling finished JIT code through function pointers, and sharing its \
@@ -18,9 +25,10 @@
 )]
 
 use cranelift_codegen::Context;
-use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName, Value, types,
+    AbiParam, ConstantData, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName,
+    Value, types,
 };
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
@@ -61,6 +69,112 @@ pub struct MaxPoolSpec {
     pub ow: usize,
 }
 
+/// Depthwise convolution over `[channels, h, w]` (weights `[channels, kh·kw]`, one filter
+/// per channel), stride `sh × sw`, dilation `dh × dw`, zero padding top/left/bottom/right,
+/// output `[channels, oh, ow]` = `act(conv + bias (+ residual))`.
+#[derive(Clone, Copy, Debug)]
+pub struct DepthwiseSpec {
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// Top, left, bottom, right.
+    pub pad: [usize; 4],
+    pub oh: usize,
+    pub ow: usize,
+    pub act: Act,
+    pub residual: bool,
+}
+
+impl DepthwiseSpec {
+    /// The fields as integers (the activation's parameters by their bits), so specs are
+    /// exact keys.
+    fn key(&self) -> ([usize; 15], bool, u8, [u32; 2]) {
+        let (tag, params) = match self.act {
+            Act::None => (0, [0, 0]),
+            Act::Relu => (1, [0, 0]),
+            Act::Clip { min, max } => (2, [min.to_bits(), max.to_bits()]),
+            Act::Leaky { slope } => (3, [slope.to_bits(), 0]),
+        };
+        let [pt, pl, pb, pr] = self.pad;
+        (
+            [
+                self.channels,
+                self.h,
+                self.w,
+                self.kh,
+                self.kw,
+                self.sh,
+                self.sw,
+                self.dh,
+                self.dw,
+                pt,
+                pl,
+                pb,
+                pr,
+                self.oh,
+                self.ow,
+            ],
+            self.residual,
+            tag,
+            params,
+        )
+    }
+
+    /// Whether the generated code handles it: the output size follows from the rest, and
+    /// every byte offset within a plane, the scratch or the weights fits an `i32`
+    /// immediate.
+    pub fn is_compilable(&self) -> bool {
+        let out = |len: usize, pb: usize, pe: usize, k: usize, s: usize, d: usize| {
+            let span = d * k.saturating_sub(1) + 1;
+            (k > 0 && s > 0 && d > 0 && len + pb + pe >= span)
+                .then(|| (len + pb + pe - span) / s + 1)
+        };
+        let [pt, pl, pb, pr] = self.pad;
+        let small = |n: usize| n.checked_mul(4).is_some_and(|b| b < i32::MAX as usize / 2);
+        out(self.h, pt, pb, self.kh, self.sh, self.dh) == Some(self.oh)
+            && out(self.w, pl, pr, self.kw, self.sw, self.dw) == Some(self.ow)
+            && small(self.h * self.w)
+            && small(self.oh * self.ow)
+            && small(self.scratch_len())
+            && small(self.kh * self.kw)
+    }
+
+    /// Padded rows.
+    fn rows(&self) -> usize {
+        self.h + self.pad[0] + self.pad[2]
+    }
+
+    /// Floats per column phase of a padded row: the padded width over the stride.
+    fn phase_w(&self) -> usize {
+        (self.w + self.pad[1] + self.pad[3]).div_ceil(self.sw)
+    }
+
+    /// Floats of scratch the kernel needs: one padded plane, `[rows, sw, phase_w]`.
+    pub fn scratch_len(&self) -> usize {
+        self.rows() * self.sw * self.phase_w()
+    }
+}
+
+impl PartialEq for DepthwiseSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for DepthwiseSpec {}
+
+impl std::hash::Hash for DepthwiseSpec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("jit: {0}")]
 pub struct JitError(pub String);
@@ -83,6 +197,9 @@ pub fn host_isa() -> Result<OwnedTargetIsa, JitError> {
 pub type EpilogueFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32);
 /// `extern "C" fn(x, y)`.
 pub type MaxPoolFn = unsafe extern "C" fn(*const f32, *mut f32);
+/// `extern "C" fn(x, weights, bias, residual, y, scratch)`.
+pub type DepthwiseFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *const f32, *mut f32, *mut f32);
 
 /// The compile session: the one owner of the `JITModule` until [`JitSession::finish`].
 pub struct JitSession {
@@ -90,6 +207,9 @@ pub struct JitSession {
     ctx: Context,
     fctx: FunctionBuilderContext,
     cfg: TargetFrontendConfig,
+    /// Whether the ISA has fused multiply-add (otherwise `fma` would become libcalls, so
+    /// generated code multiplies and adds).
+    fma: bool,
     count: usize,
 }
 
@@ -109,6 +229,12 @@ impl JitSession {
     pub fn new() -> Result<JitSession, JitError> {
         let isa = host_isa()?;
         let cfg = isa.frontend_config();
+        // x86-64 names the feature `has_fma`; other Cranelift backends always have it.
+        let fma = isa
+            .isa_flags()
+            .iter()
+            .find(|f| f.name == "has_fma")
+            .is_none_or(|f| f.as_bool().unwrap_or(false));
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());
         builder.symbol("adcnn_sgemm", super::gemm::adcnn_sgemm as *const u8);
         let module = JITModule::new(builder);
@@ -117,6 +243,7 @@ impl JitSession {
             module,
             fctx: FunctionBuilderContext::new(),
             cfg,
+            fma,
             count: 0,
         })
     }
@@ -149,6 +276,17 @@ impl JitSession {
 
     pub fn max_pool(&mut self, spec: &MaxPoolSpec) -> Result<Handle, JitError> {
         self.define(2, |func, fctx, cfg| build_max_pool(func, fctx, cfg, spec))
+    }
+
+    /// A depthwise convolution; `spec` must pass [`DepthwiseSpec::is_compilable`].
+    pub fn depthwise(&mut self, spec: &DepthwiseSpec) -> Result<Handle, JitError> {
+        if !spec.is_compilable() {
+            return Err(JitError(format!("depthwise spec not compilable: {spec:?}")));
+        }
+        let fma = self.fma;
+        self.define(6, |func, fctx, cfg| {
+            build_depthwise(func, fctx, cfg, spec, fma);
+        })
     }
 
     /// Finalizes every function defined so far.
@@ -244,6 +382,54 @@ impl JitCode {
     }
 }
 
+impl JitCode {
+    /// Runs a depthwise convolution (`scratch`'s contents are overwritten). Panics if a slice
+    /// is shorter than its spec says.
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    pub fn run_depthwise(
+        &self,
+        h: Handle,
+        spec: &DepthwiseSpec,
+        x: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (c, out) = (spec.channels, spec.channels * spec.oh * spec.ow);
+        assert!(spec.is_compilable());
+        assert!(x.len() >= c * spec.h * spec.w && weights.len() >= c * spec.kh * spec.kw);
+        assert!(bias.len() >= c && y.len() >= out && scratch.len() >= spec.scratch_len());
+        assert_eq!(residual.is_some(), spec.residual);
+        let r = match residual {
+            Some(r) => {
+                assert!(r.len() >= out);
+                r.as_ptr()
+            }
+            None => std::ptr::null(),
+        };
+        let p = self.function(h);
+        assert!(!p.is_null());
+        // SAFETY: compiled from `spec` (compilable, checked above) with the DepthwiseFn
+        // signature. It reads `[c, h, w]` of x, `c·kh·kw` weights, `c` biases and
+        // `[c, oh, ow]` residuals, writes `[c, oh, ow]` of y and `scratch_len` floats of
+        // scratch, whose padded plane holds every position a window reads (output sizes
+        // follow from the padded sizes); all lengths are checked above.
+        unsafe {
+            let f: DepthwiseFn = std::mem::transmute::<*const u8, DepthwiseFn>(p);
+            f(
+                x.as_ptr(),
+                weights.as_ptr(),
+                bias.as_ptr(),
+                r,
+                y.as_mut_ptr(),
+                scratch.as_mut_ptr(),
+            );
+        }
+    }
+}
+
 fn ptr_sig(cfg: TargetFrontendConfig, n: usize) -> Signature {
     let mut sig = Signature::new(cfg.default_call_conv);
     for _ in 0..n {
@@ -275,41 +461,6 @@ fn counted_loop(
     let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, next, n);
     b.ins().brif(more, header, &[next.into()], exit, &[]);
     b.switch_to_block(exit);
-}
-
-fn apply_act(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Value {
-    let splat = |b: &mut FunctionBuilder, x: f32| {
-        let s = b.ins().f32const(x);
-        if ty == types::F32 {
-            s
-        } else {
-            b.ins().splat(ty, s)
-        }
-    };
-    match act {
-        Act::None => v,
-        Act::Relu => {
-            let z = splat(b, 0.0);
-            b.ins().fmax(v, z)
-        }
-        Act::Clip { min, max } => {
-            let lo = splat(b, min);
-            let hi = splat(b, max);
-            let t = b.ins().fmax(v, lo);
-            b.ins().fmin(t, hi)
-        }
-        Act::Leaky { slope } => {
-            // For 0 ≤ slope ≤ 1, `v > 0 ? v : v·slope` is max(v, v·slope); above 1 it is the
-            // min. Negative slopes are not fused (see `kernel::act_of`).
-            let s = splat(b, slope);
-            let scaled = b.ins().fmul(v, s);
-            if slope <= 1.0 {
-                b.ins().fmax(v, scaled)
-            } else {
-                b.ins().fmin(v, scaled)
-            }
-        }
-    }
 }
 
 fn build_epilogue(
@@ -422,6 +573,303 @@ fn build_max_pool(
     b.finalize(cfg);
 }
 
+/// `x > y ? x : y` with one `maxps`/`maxss` (NaN in x gives y, like Rust's `f32::max`
+/// against a number); `fmax` lowers to a NaN-propagating sequence of eight instructions.
+fn pmax(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+    let c = b.ins().fcmp(FloatCC::LessThan, y, x);
+    select_lanes(b, c, x, y)
+}
+
+/// `x < y ? x : y` with one `minps`/`minss`.
+fn pmin(b: &mut FunctionBuilder, x: Value, y: Value) -> Value {
+    let c = b.ins().fcmp(FloatCC::LessThan, x, y);
+    select_lanes(b, c, x, y)
+}
+
+fn select_lanes(b: &mut FunctionBuilder, c: Value, x: Value, y: Value) -> Value {
+    let ty = b.func.dfg.value_type(x);
+    if ty.is_vector() {
+        let mask = b.ins().bitcast(ty, MemFlagsData::new(), c);
+        b.ins().bitselect(mask, x, y)
+    } else {
+        b.ins().select(c, x, y)
+    }
+}
+
+/// The activation, with the one-instruction min/max (NaN maps like the reference's
+/// `f32::max`/`min` chain).
+fn apply_act(b: &mut FunctionBuilder, ty: Type, v: Value, act: Act) -> Value {
+    let splat = |b: &mut FunctionBuilder, x: f32| {
+        let s = b.ins().f32const(x);
+        if ty == types::F32 {
+            s
+        } else {
+            b.ins().splat(ty, s)
+        }
+    };
+    match act {
+        Act::None => v,
+        Act::Relu => {
+            let z = splat(b, 0.0);
+            pmax(b, v, z)
+        }
+        Act::Clip { min, max } => {
+            let lo = splat(b, min);
+            let hi = splat(b, max);
+            let t = pmax(b, v, lo);
+            pmin(b, t, hi)
+        }
+        Act::Leaky { slope } => {
+            // For 0 ≤ slope ≤ 1, `v > 0 ? v : v·slope` is max(v, v·slope); above 1 it is the
+            // min. Negative slopes are not fused (see `kernel::act_of`).
+            let s = splat(b, slope);
+            let scaled = b.ins().fmul(v, s);
+            if slope <= 1.0 {
+                pmax(b, v, scaled)
+            } else {
+                pmin(b, v, scaled)
+            }
+        }
+    }
+}
+
+/// `a·w + acc`, fused where the ISA has FMA.
+fn mul_add(b: &mut FunctionBuilder, fma: bool, a: Value, w: Value, acc: Value) -> Value {
+    if fma {
+        b.ins().fma(a, w, acc)
+    } else {
+        let m = b.ins().fmul(a, w);
+        b.ins().fadd(m, acc)
+    }
+}
+
+/// A byte offset as a load/store immediate ([`DepthwiseSpec::is_compilable`] bounds them).
+fn off32(v: i64) -> i32 {
+    i32::try_from(v).expect("offsets bounded by DepthwiseSpec::is_compilable")
+}
+
+/// Stores `n` zero floats at `base`.
+fn fill_zero(b: &mut FunctionBuilder, ptr: Type, base: Value, n: i64) {
+    let z = b.ins().f32const(0.0);
+    let zv = b.ins().splat(types::F32X4, z);
+    if n / 4 > 0 {
+        counted_loop(b, ptr, n / 4, |b, i| {
+            let o = b.ins().imul_imm_s(i, 16);
+            let a = b.ins().iadd(base, o);
+            b.ins().store(mem(), zv, a, 0);
+        });
+    }
+    for i in n / 4 * 4..n {
+        b.ins().store(mem(), z, base, off32(4 * i));
+    }
+}
+
+/// Copies `n` floats from `src` to `dst + doff` bytes.
+fn copy_floats(b: &mut FunctionBuilder, ptr: Type, src: Value, dst: Value, doff: i64, n: i64) {
+    if n / 4 > 0 {
+        counted_loop(b, ptr, n / 4, |b, i| {
+            let o = b.ins().imul_imm_s(i, 16);
+            let s = b.ins().iadd(src, o);
+            let d = b.ins().iadd(dst, o);
+            let v = b.ins().load(types::F32X4, mem(), s, 0);
+            b.ins().store(mem(), v, d, off32(doff));
+        });
+    }
+    for i in n / 4 * 4..n {
+        let v = b.ins().load(types::F32, mem(), src, off32(4 * i));
+        b.ins().store(mem(), v, dst, off32(doff + 4 * i));
+    }
+}
+
+/// The `shuffle` immediate picking f32 lanes (0–3 from the first operand, 4–7 from the
+/// second) as bytes.
+fn lanes_mask(lanes: [u8; 4]) -> ConstantData {
+    let bytes: Vec<u8> = lanes
+        .iter()
+        .flat_map(|&l| (0..4).map(move |k| 4 * l + k))
+        .collect();
+    ConstantData::from(bytes)
+}
+
+/// Output vectors per iteration of a depthwise row loop: four independent FMA chains.
+const DW_UNROLL: i64 = 4;
+
+fn build_depthwise(
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    cfg: TargetFrontendConfig,
+    s: &DepthwiseSpec,
+    fma: bool,
+) {
+    let ptr = cfg.pointer_type();
+    let mut b = FunctionBuilder::new(func, fctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let [x, wts, bias, res, y, scratch] = {
+        let p = b.block_params(entry);
+        [p[0], p[1], p[2], p[3], p[4], p[5]]
+    };
+    let i = |v: usize| v as i64;
+    let (h, w, oh, ow) = (i(s.h), i(s.w), i(s.oh), i(s.ow));
+    let (sw, dh, dw) = (i(s.sw), i(s.dh), i(s.dw));
+    let (pt, pl) = (i(s.pad[0]), i(s.pad[1]));
+    let taps = s.kh * s.kw;
+    // Scratch layout: padded row r, column phase q (padded columns q, q+sw, …) at float
+    // `(r·sw + q)·pws`. Output column ox with tap column kx reads padded column
+    // ox·sw + kx·dw = phase (kx·dw) mod sw, index ox + (kx·dw)/sw: contiguous in ox.
+    let pws = i(s.phase_w());
+    let row = 4 * sw * pws;
+    let tap_off: Vec<i64> = (0..i(s.kh))
+        .flat_map(|ky| {
+            (0..i(s.kw)).map(move |kx| {
+                let c = kx * dw;
+                ky * dh * row + 4 * ((c % sw) * pws + c / sw)
+            })
+        })
+        .collect();
+    // The padding stays zero: each channel overwrites only the interior.
+    fill_zero(&mut b, ptr, scratch, i(s.scratch_len()));
+    if s.channels > 0 {
+        counted_loop(&mut b, ptr, i(s.channels), |b, ch| {
+            if h > 0 && w > 0 {
+                let xo = b.ins().imul_imm_s(ch, 4 * h * w);
+                let xplane = b.ins().iadd(x, xo);
+                counted_loop(b, ptr, h, |b, r| {
+                    let so = b.ins().imul_imm_s(r, 4 * w);
+                    let src = b.ins().iadd(xplane, so);
+                    let d = b.ins().imul_imm_s(r, row);
+                    let dst = b.ins().iadd(scratch, d);
+                    // Byte offset of padded column `pc` of input row r in the scratch.
+                    let at = |pc: i64| pt * row + 4 * ((pc % sw) * pws + pc / sw);
+                    if sw == 1 {
+                        copy_floats(b, ptr, src, dst, at(pl), w);
+                        return;
+                    }
+                    // Stride 2: eight input columns at a time, split into even and odd
+                    // columns by two `shufps`, each stored as one vector into its phase.
+                    let mut done = 0;
+                    if sw == 2 && w / 8 > 0 {
+                        let even = b.func.dfg.immediates.push(lanes_mask([0, 2, 4, 6]));
+                        let odd = b.func.dfg.immediates.push(lanes_mask([1, 3, 5, 7]));
+                        counted_loop(b, ptr, w / 8, |b, j| {
+                            let so = b.ins().imul_imm_s(j, 32);
+                            let s2 = b.ins().iadd(src, so);
+                            let dof = b.ins().imul_imm_s(j, 16);
+                            let d2 = b.ins().iadd(dst, dof);
+                            let lo = b.ins().load(types::I8X16, mem(), s2, 0);
+                            let hi = b.ins().load(types::I8X16, mem(), s2, 16);
+                            for (q, mask) in [(0, even), (1, odd)] {
+                                // Column 8j + 2i + q is padded column pl + 8j + 2i + q:
+                                // phase (pl + q) mod 2, index (pl + q)/2 + 4j + i.
+                                let v = b.ins().shuffle(lo, hi, mask);
+                                b.ins().store(mem(), v, d2, off32(at(pl + q)));
+                            }
+                        });
+                        done = w / 8 * 8;
+                    }
+                    // Groups of `sw` input columns: each column lands in its own phase.
+                    let groups = (w - done) / sw;
+                    if groups > 0 {
+                        counted_loop(b, ptr, groups, |b, j| {
+                            let so = b.ins().imul_imm_s(j, 4 * sw);
+                            let s2 = b.ins().iadd(src, so);
+                            let d2o = b.ins().imul_imm_s(j, 4);
+                            let d2 = b.ins().iadd(dst, d2o);
+                            for q in 0..sw {
+                                let c = done + q;
+                                let v = b.ins().load(types::F32, mem(), s2, off32(4 * c));
+                                b.ins().store(mem(), v, d2, off32(at(pl + c)));
+                            }
+                        });
+                    }
+                    for c in done + groups * sw..w {
+                        let v = b.ins().load(types::F32, mem(), src, off32(4 * c));
+                        b.ins().store(mem(), v, dst, off32(at(pl + c)));
+                    }
+                });
+            }
+            let vector = ow >= 4;
+            let ty = if vector { types::F32X4 } else { types::F32 };
+            let wo = b.ins().imul_imm_s(ch, 4 * i(taps));
+            let wbase = b.ins().iadd(wts, wo);
+            let wv: Vec<Value> = (0..taps)
+                .map(|t| {
+                    let v = b.ins().load(types::F32, mem(), wbase, off32(4 * i(t)));
+                    if vector { b.ins().splat(ty, v) } else { v }
+                })
+                .collect();
+            let bo = b.ins().imul_imm_s(ch, 4);
+            let ba = b.ins().iadd(bias, bo);
+            let bs = b.ins().load(types::F32, mem(), ba, 0);
+            let bv = if vector { b.ins().splat(ty, bs) } else { bs };
+            let yo = b.ins().imul_imm_s(ch, 4 * oh * ow);
+            let yplane = b.ins().iadd(y, yo);
+            let rplane = b.ins().iadd(res, yo);
+            counted_loop(b, ptr, oh, |b, oy| {
+                let so = b.ins().imul_imm_s(oy, i(s.sh) * row);
+                let src = b.ins().iadd(scratch, so);
+                let yo = b.ins().imul_imm_s(oy, 4 * ow);
+                let yrow = b.ins().iadd(yplane, yo);
+                let rrow = b.ins().iadd(rplane, yo);
+                // The output `ty` at byte `off` of the row (output column off/4).
+                // Taps in (ky, kx) order from zero, then the bias: the reference's order, so
+                // results match it to the bit where it also fuses (cancelling sums stay close).
+                let one = |b: &mut FunctionBuilder, src: Value, dst: Value, rsrc: Value, off| {
+                    let mut acc = None;
+                    for (t, &wt) in wv.iter().enumerate() {
+                        let v = b.ins().load(ty, mem(), src, off32(off + tap_off[t]));
+                        acc = Some(match acc {
+                            None => b.ins().fmul(v, wt),
+                            Some(acc) => mul_add(b, fma, v, wt, acc),
+                        });
+                    }
+                    let mut acc = match acc {
+                        Some(acc) => b.ins().fadd(acc, bv),
+                        None => bv,
+                    };
+                    if s.residual {
+                        let r = b.ins().load(ty, mem(), rsrc, off32(off));
+                        acc = b.ins().fadd(acc, r);
+                    }
+                    let v = apply_act(b, ty, acc, s.act);
+                    b.ins().store(mem(), v, dst, off32(off));
+                };
+                if !vector {
+                    for ox in 0..ow {
+                        one(b, src, yrow, rrow, 4 * ox);
+                    }
+                    return;
+                }
+                let nv = ow / 4;
+                let groups = nv / DW_UNROLL;
+                if groups > 0 {
+                    counted_loop(b, ptr, groups, |b, g| {
+                        let o = b.ins().imul_imm_s(g, 16 * DW_UNROLL);
+                        let s2 = b.ins().iadd(src, o);
+                        let d2 = b.ins().iadd(yrow, o);
+                        let r2 = b.ins().iadd(rrow, o);
+                        for u in 0..DW_UNROLL {
+                            one(b, s2, d2, r2, 16 * u);
+                        }
+                    });
+                }
+                for v in groups * DW_UNROLL..nv {
+                    one(b, src, yrow, rrow, 16 * v);
+                }
+                // The last columns as one vector overlapping the previous one: the columns
+                // both cover get the same value twice.
+                if ow % 4 != 0 {
+                    one(b, src, yrow, rrow, 4 * (ow - 4));
+                }
+            });
+        });
+    }
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    b.finalize(cfg);
+}
+
 /// The host's frontend config with the System V convention, so snapshots are the same on
 /// every 64-bit host (CLIF before lowering depends only on the pointer width).
 fn snapshot_target() -> TargetFrontendConfig {
@@ -445,5 +893,19 @@ pub fn max_pool_clif(spec: &MaxPoolSpec) -> String {
     let target = snapshot_target();
     let mut func = Function::with_name_signature(UserFuncName::user(0, 0), ptr_sig(target, 2));
     build_max_pool(&mut func, &mut FunctionBuilderContext::new(), target, spec);
+    func.display().to_string()
+}
+
+/// The CLIF text of a depthwise convolution, before optimisation (with FMA).
+pub fn depthwise_clif(spec: &DepthwiseSpec) -> String {
+    let target = snapshot_target();
+    let mut func = Function::with_name_signature(UserFuncName::user(0, 0), ptr_sig(target, 6));
+    build_depthwise(
+        &mut func,
+        &mut FunctionBuilderContext::new(),
+        target,
+        spec,
+        true,
+    );
     func.display().to_string()
 }

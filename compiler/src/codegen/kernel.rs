@@ -5,20 +5,24 @@
 //!
 //! Generated/host split: convolutions (dense and grouped) are im2col (or the input itself for
 //! 1×1 stride-1 convolutions) + the host GEMM, or Winograd F(4×4, 3×3) for 3×3 stride-1
-//! layers (`winograd.rs`), + a JIT epilogue (bias, folded batch norm, residual add,
-//! activation); depthwise convolutions are a direct host loop; max pools are JIT loop nests
-//! (padding: the input is copied into a −∞ border first); the tail's fully connected layers
-//! run on the host GEMV. Every other layer kind runs on the reference interpreter
-//! (`eval_op`).
+//! layers (`winograd.rs`, which applies bias and activation in its output transform and can
+//! take a following 2×2 max pool there too), + a JIT epilogue (bias, folded batch norm,
+//! residual add, activation); depthwise convolutions are JIT loop nests with the epilogue
+//! fused (a direct host loop + epilogue only for a tile shape that was not compiled); max
+//! pools are JIT loop nests (padding: the input is copied into a −∞ border first); the
+//! tail's fully connected layers run on the host GEMV. Every other layer kind runs on the
+//! reference interpreter (`eval_op`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use ndarray::Array3;
+use ndarray::{Array3, ShapeError, s};
 
 use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv};
-use super::jit::{Act, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec};
+use super::jit::{
+    Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
+};
 use super::winograd::{self, Winograd};
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Pad2, Shape, WeightRole};
@@ -52,17 +56,31 @@ struct ConvKernel {
     last: usize,
 }
 
+impl ConvKernel {
+    /// One input and one output channel per group (no packed GEMM weights, no Winograd).
+    fn is_depthwise(&self) -> bool {
+        self.packed.is_empty() && self.winograd.is_none()
+    }
+}
+
 /// Choices made when kernels are compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompileOptions {
     /// Winograd F(4×4, 3×3) where it pays (see `winograd::applies`); off: every dense
     /// convolution on im2col + GEMM, with 4× less memory for 3×3 weights.
     pub winograd: bool,
+    /// Generate the Cranelift functions (epilogues, depthwise convolutions, pools). Off,
+    /// every layer takes its host fallback — what a tile shape that was not compiled gets;
+    /// the tests use it to check those paths.
+    pub generate: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { winograd: true }
+        CompileOptions {
+            winograd: true,
+            generate: true,
+        }
     }
 }
 
@@ -78,6 +96,7 @@ pub struct KernelStats {
     pub fused_layers: usize,
     pub epilogues: usize,
     pub max_pools: usize,
+    pub depthwise: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -88,6 +107,7 @@ pub struct CompiledKernels {
     fused_into: HashMap<usize, usize>,
     epilogues: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
     pools: HashMap<(usize, MaxPoolSpec), Handle>,
+    depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
     code: JitCode,
     pub stats: KernelStats,
     /// Wall time of preparation and compilation.
@@ -311,8 +331,9 @@ fn max_pool_spec(op: &Op, c: usize, h: usize, w: usize) -> Option<MaxPoolSpec> {
 /// `x` (`[c, h, w]`) inside a border of `value`: `[c, h + top + bottom, w + left + right]`.
 fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec<f32> {
     let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
-    let mut out = buffer(c * ph * pw, false);
-    out.fill(value);
+    // May be longer than `c·ph·pw` (a recycled buffer); the pool reads only that much.
+    let mut out = overwritten(c * ph * pw);
+    out[..c * ph * pw].fill(value);
     if w > 0 {
         for (r, src) in x.chunks_exact(w).take(c * h).enumerate() {
             let (ch, y) = (r / h, r % h);
@@ -321,6 +342,39 @@ fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec
         }
     }
     out
+}
+
+/// The generated depthwise kernel's spec for conv `c` on a `[channels, h, w]` input, if it
+/// has one.
+fn depthwise_spec(
+    c: &Conv2d,
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: &ConvKernel,
+) -> Option<DepthwiseSpec> {
+    let out = |len: usize, pb: usize, pe: usize, kk: usize, s: usize, d: usize| {
+        let span = d * kk.checked_sub(1)? + 1;
+        (s > 0 && len + pb + pe >= span).then(|| (len + pb + pe - span) / s + 1)
+    };
+    let p = c.padding;
+    let spec = DepthwiseSpec {
+        channels,
+        h,
+        w,
+        kh: c.kernel.h,
+        kw: c.kernel.w,
+        sh: c.stride.h,
+        sw: c.stride.w,
+        dh: c.dilation.h,
+        dw: c.dilation.w,
+        pad: [p.top, p.left, p.bottom, p.right],
+        oh: out(h, p.top, p.bottom, c.kernel.h, c.stride.h, c.dilation.h)?,
+        ow: out(w, p.left, p.right, c.kernel.w, c.stride.w, c.dilation.w)?,
+        act: k.act,
+        residual: k.residual.is_some(),
+    };
+    (k.is_depthwise() && channels == k.groups && spec.is_compilable()).then_some(spec)
 }
 
 impl CompiledKernels {
@@ -383,7 +437,8 @@ impl CompiledKernels {
         let mut session = JitSession::new()?;
         let mut epilogues = HashMap::new();
         let mut pools = HashMap::new();
-        for seg in segments {
+        let mut depthwise = HashMap::new();
+        for seg in segments.iter().filter(|_| opts.generate) {
             for tile in seg.tiles.iter().filter(|t| want(t)) {
                 for (n, id) in seg.layers().enumerate() {
                     let i = id.index();
@@ -391,7 +446,17 @@ impl CompiledKernels {
                         continue;
                     }
                     let layer = graph.layer(id);
-                    if let Some(k) = convs.get(&i) {
+                    if let Some(k) = convs.get(&i).filter(|k| k.is_depthwise()) {
+                        let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
+                        let c = shape_of(graph, &layer.inputs[0]).c;
+                        if let Op::Conv2d(conv) = &op
+                            && let Some(spec) = depthwise_spec(conv, c, h, w, k)
+                            && !depthwise.contains_key(&(i, spec))
+                        {
+                            depthwise.insert((i, spec), session.depthwise(&spec)?);
+                            stats.depthwise += 1;
+                        }
+                    } else if let Some(k) = convs.get(&i) {
                         // Winograd applies bias and activation itself unless a residual is
                         // added.
                         if k.winograd.is_some() && k.residual.is_none() {
@@ -435,6 +500,7 @@ impl CompiledKernels {
             fused_into,
             epilogues,
             pools,
+            depthwise,
             code,
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -481,9 +547,24 @@ impl CompiledKernels {
         // The fused chain's result waiting for its last layer.
         // (its last layer, the region the value holds, the value).
         let mut carry: Option<(usize, Region, Array3<f32>)> = None;
+        // Values still to be read, by position: recycled as soon as their last consumer in the
+        // segment has run, so the next layers reuse buffers that are still in cache (and
+        // need no zeroing) instead of allocating while every value of a long segment lives.
+        let mut live: Vec<usize> = Vec::new();
         for (n, id) in seg.layers().enumerate() {
             let i = id.index();
             let layer = graph.layer(id);
+            live.retain(|&j| {
+                let last_use = graph.consumers(LayerId((first + j) as u32)).iter().max();
+                if last_use.is_some_and(|c| c.index() < i)
+                    && let Some(v) = values[j].take()
+                {
+                    recycle(v);
+                    return false;
+                }
+                true
+            });
+            live.push(n);
             let region = tile.regions[n];
             if self.fused_into.contains_key(&i) {
                 let value = match carry.take() {
@@ -535,9 +616,9 @@ impl CompiledKernels {
             let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
             let kind = match (self.convs.get(&i), &op) {
                 (Some(k), _) if k.winograd.is_some() => {
-                    "conv winograd F(4x4,3x3) + gemm (host) + epilogue (jit)"
+                    "conv winograd F(4x4,3x3) + gemm (host), epilogue fused or jit"
                 }
-                (Some(k), _) if k.packed.is_empty() => "conv depthwise (host) + epilogue (jit)",
+                (Some(k), _) if k.is_depthwise() => "conv depthwise (jit)",
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_))
                     if max_pool_spec(&op, x.dim().0, x.dim().1, x.dim().2)
@@ -582,7 +663,7 @@ impl CompiledKernels {
                     Op::MaxPool(p) => p.padding,
                     _ => Pad2::uniform(0),
                 };
-                let mut y = buffer(spec.c * spec.oh * spec.ow, false);
+                let mut y = overwritten(spec.c * spec.oh * spec.ow);
                 if pad.is_zero() {
                     self.code.run_max_pool(h, &spec, xs, &mut y);
                 } else {
@@ -590,11 +671,9 @@ impl CompiledKernels {
                     self.code.run_max_pool(h, &spec, &xp, &mut y);
                     recycle_vec(xp);
                 }
-                Array3::from_shape_vec((spec.c, spec.oh, spec.ow), y).map_err(|e| {
-                    EvalError::Parameter {
-                        op: "maxpool",
-                        reason: e.to_string(),
-                    }
+                tensor(y, (spec.c, spec.oh, spec.ow)).map_err(|e| EvalError::Parameter {
+                    op: "maxpool",
+                    reason: e.to_string(),
                 })?
             } else {
                 let mut rest = Vec::with_capacity(layer.inputs.len());
@@ -685,9 +764,16 @@ impl CompiledKernels {
         let n = oh * ow;
         // The output's size: pooled 2×2 when a pool is fused.
         let (yh, yw) = if k.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
-        // Only the depthwise loop accumulates into its output; the GEMM (not accumulating)
-        // and Winograd write every element.
-        let mut y = buffer(cout * yh * yw, k.packed.is_empty() && k.winograd.is_none());
+        let len = cout * yh * yw;
+        let jit = depthwise_spec(c, cin, h, w, k)
+            .and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
+        // Every path but the host depthwise loop (which accumulates into y) writes all of y.
+        let mut buf = if k.is_depthwise() && jit.is_none() {
+            zeroed(len)
+        } else {
+            overwritten(len)
+        };
+        let y = &mut buf[..len];
         let geo = Geo {
             h,
             w,
@@ -695,6 +781,16 @@ impl CompiledKernels {
             ow,
             c: c.clone(),
         };
+        let res = match residual {
+            Some(r) => {
+                if r.dim() != (cout, oh, ow) {
+                    return Err(bad("residual operand has the wrong shape"));
+                }
+                Some(r.as_standard_layout())
+            }
+            None => None,
+        };
+        let rs = res.as_ref().and_then(|r| r.as_slice());
         if let Some(wg) = &k.winograd {
             let shape = winograd::Shape {
                 h,
@@ -708,12 +804,19 @@ impl CompiledKernels {
                 bias: &k.bias,
                 act: k.act,
             });
-            wg.conv(&shape, xs, &mut y, k.pool2, fused);
+            wg.conv(&shape, xs, y, k.pool2, fused);
             if fused.is_some() {
-                return Array3::from_shape_vec((cout, yh, yw), y).map_err(|e| bad(&e.to_string()));
+                return tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()));
             }
-        } else if k.packed.is_empty() {
-            depthwise(&geo, xs, &k.depthwise, &mut y, cout);
+        } else if let Some((f, spec)) = jit {
+            // The kernel zeroes its scratch itself.
+            let mut scratch = overwritten(spec.scratch_len());
+            self.code
+                .run_depthwise(f, &spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
+            recycle_vec(scratch);
+            return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
+        } else if k.is_depthwise() {
+            depthwise(&geo, xs, &k.depthwise, y, cout);
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
             let direct = c.kernel.h == 1
@@ -732,22 +835,12 @@ impl CompiledKernels {
                 }
             }
         }
-        let res = match residual {
-            Some(r) => {
-                if r.dim() != (cout, oh, ow) {
-                    return Err(bad("residual operand has the wrong shape"));
-                }
-                Some(r.as_standard_layout())
-            }
-            None => None,
-        };
-        let rs = res.as_ref().and_then(|r| r.as_slice());
         let pixels = yh * yw;
         match self.epilogues.get(&(i, pixels)) {
-            Some((h, spec)) => self.code.run_epilogue(*h, spec, &mut y, &k.bias, rs),
-            None => epilogue_host(&mut y, pixels, &k.bias, rs, k.act),
+            Some((h, spec)) => self.code.run_epilogue(*h, spec, y, &k.bias, rs),
+            None => epilogue_host(y, pixels, &k.bias, rs, k.act),
         }
-        Array3::from_shape_vec((cout, yh, yw), y).map_err(|e| bad(&e.to_string()))
+        tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))
     }
 }
 
@@ -761,29 +854,53 @@ thread_local! {
 /// At most this many buffers wait for reuse per thread.
 const POOL: usize = 16;
 
-/// A vector of `len` floats, reusing a recycled buffer when one is large enough: zeroed, or
-/// with `zero == false` holding stale values for a caller that overwrites every element
-/// (clearing 50 MB of VGG16 outputs per run cost ~2 % of its time).
-fn buffer(len: usize, zero: bool) -> Vec<f32> {
-    let reused = BUFFERS.with_borrow_mut(|pool| {
-        let best = pool
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i)?;
-        Some(pool.swap_remove(best))
-    });
-    match reused {
+// A recycled buffer keeps its full length: a tensor made from it by [`tensor`] shows only
+// its first values, so the buffer comes back at full length and its next use needs no
+// zeroing (a shorter length would have to be zero-filled again when it grows).
+
+/// A vector whose first `len` floats are zero (it may be longer), reusing a recycled
+/// buffer when one is large enough.
+fn zeroed(len: usize) -> Vec<f32> {
+    let mut v = overwritten(len);
+    v[..len].fill(0.0);
+    v
+}
+
+/// A vector of at least `len` floats for a kernel that writes the first `len`: a recycled
+/// buffer keeps its old values, saving a memset pass over the output.
+fn overwritten(len: usize) -> Vec<f32> {
+    match take(len) {
         Some(mut v) => {
-            if zero {
-                v.clear();
+            if v.len() < len {
+                v.resize(len, 0.0);
             }
-            v.resize(len, 0.0);
             v
         }
         None => vec![0.0; len],
     }
+}
+
+/// `v[..c·h·w]` as a `[c, h, w]` tensor that owns all of `v` (the rest stays hidden), so
+/// [`recycle`] gets the buffer back at full length.
+fn tensor(v: Vec<f32>, (c, h, w): (usize, usize, usize)) -> Result<Array3<f32>, ShapeError> {
+    let full = v.len();
+    Array3::from_shape_vec((1, 1, full), v)?
+        .slice_move(s![.., .., ..c * h * w])
+        .into_shape_with_order((c, h, w))
+}
+
+/// The smallest recycled buffer of at least `len` floats' capacity, preferring one that
+/// already holds `len` values (so [`overwritten`] has no growth to zero).
+fn take(len: usize) -> Option<Vec<f32>> {
+    BUFFERS.with_borrow_mut(|pool| {
+        let best = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| (v.len() < len, v.capacity()))
+            .map(|(i, _)| i)?;
+        Some(pool.swap_remove(best))
+    })
 }
 
 fn recycle(t: Array3<f32>) {
@@ -884,7 +1001,9 @@ impl PackB for Im2col<'_> {
     }
 }
 
-/// Depthwise convolution (one input and one output channel per group), direct: each
+/// Depthwise convolution (one input and one output channel per group) for tile shapes with
+/// no generated kernel (see `CompiledKernels::compile`), with fused multiply-adds in tap
+/// order like the generated kernel and the reference's GEMM, direct: each
 /// channel's plane is copied once into a zero-padded buffer, then every output row
 /// accumulates its taps while it stays in L1.
 fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
@@ -919,7 +1038,7 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
                     let wv = taps[ky * kw + kx];
                     let src = &padded[ky * dh * pw + kx * dw..][..len];
                     for (d, s) in wide.iter_mut().zip(src) {
-                        *d += wv * s;
+                        *d = s.mul_add(wv, *d);
                     }
                 }
             }
@@ -935,7 +1054,7 @@ fn depthwise(g: &Geo, x: &[f32], wts: &[f32], y: &mut [f32], channels: usize) {
                     let wv = taps[ky * kw + kx];
                     let src = &row[kx * dw..];
                     for (d, s) in dst.iter_mut().zip(src.iter().step_by(sw)) {
-                        *d += wv * s;
+                        *d = s.mul_add(wv, *d);
                     }
                 }
             }
@@ -985,26 +1104,38 @@ fn linear(
     }
 }
 
+/// `v = act(v + bias (+ residual))` along one row: the generated epilogue's operations, in
+/// its order (for shapes without a generated epilogue).
+fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) {
+    let f = |t: f32| match act {
+        Act::None => t,
+        Act::Relu => t.max(0.0),
+        Act::Clip { min, max } => t.max(min).min(max),
+        Act::Leaky { slope } => {
+            if t > 0.0 {
+                t
+            } else {
+                t * slope
+            }
+        }
+    };
+    match residual {
+        Some(r) => row
+            .iter_mut()
+            .zip(r)
+            .for_each(|(v, x)| *v = f(*v + bias + x)),
+        None => row.iter_mut().for_each(|v| *v = f(*v + bias)),
+    }
+}
+
 /// The epilogue in plain Rust, for shapes no JIT function was compiled for.
 fn epilogue_host(y: &mut [f32], n: usize, bias: &[f32], residual: Option<&[f32]>, act: Act) {
     for (ch, row) in y.chunks_mut(n).enumerate() {
-        for (p, v) in row.iter_mut().enumerate() {
-            let mut t = *v + bias[ch];
-            if let Some(r) = residual {
-                t += r[ch * n + p];
-            }
-            *v = match act {
-                Act::None => t,
-                Act::Relu => t.max(0.0),
-                Act::Clip { min, max } => t.max(min).min(max),
-                Act::Leaky { slope } => {
-                    if t > 0.0 {
-                        t
-                    } else {
-                        t * slope
-                    }
-                }
-            };
-        }
+        bias_act(
+            row,
+            bias[ch],
+            residual.map(|r| &r[ch * n..(ch + 1) * n]),
+            act,
+        );
     }
 }

@@ -20,7 +20,7 @@
     reason = "calling the AVX2-compiled transforms after detecting AVX2 at run time"
 )]
 
-use super::gemm::{PackedA, Prepacked, gemm_packed_with};
+use super::gemm::{PackedA, gemm_packed};
 use super::jit::Act;
 
 /// Output tile side.
@@ -139,14 +139,9 @@ impl Winograd {
         }
         // Tiles per block, a multiple of LANES, spread evenly over the blocks.
         let per_tile = T * T * (self.cin + self.cout) * 4;
-        // At most one column block of the GEMM, so V can be written in its packed layout.
-        let most = (BLOCK_BYTES / per_tile).clamp(Prepacked::STRIP, Prepacked::MAX_WIDTH)
-            / Prepacked::STRIP
-            * Prepacked::STRIP;
+        let most = (BLOCK_BYTES / per_tile).max(16);
         let blocks = tiles.div_ceil(most);
-        // Columns of M; V's prepacked layout is `width` wide.
         let nb = tiles.div_ceil(blocks).next_multiple_of(LANES);
-        let width = nb.next_multiple_of(Prepacked::STRIP);
         thread_local! {
             static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
                 const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -154,7 +149,7 @@ impl Winograd {
         SCRATCH.with_borrow_mut(|(v, m)| {
             // Grown, never shrunk: every element a block reads was written by it first.
             for (buf, len) in [
-                (&mut *v, T * T * Prepacked::len(self.cin, width)),
+                (&mut *v, T * T * self.cin * nb),
                 (&mut *m, T * T * self.cout * nb),
             ] {
                 if buf.len() < len {
@@ -163,24 +158,13 @@ impl Winograd {
             }
             for b0 in (0..tiles).step_by(nb) {
                 let n = nb.min(tiles - b0);
-                let blk = Block {
-                    s,
-                    tw,
-                    nb,
-                    width,
-                    b0,
-                    n,
-                };
+                let blk = Block { s, tw, nb, b0, n };
                 dispatch!(input_block(&blk, self.cin, x, v));
                 for (xi, u) in self.u.iter().enumerate() {
-                    let len = Prepacked::len(self.cin, width);
-                    let vb = Prepacked {
-                        data: &v[xi * len..(xi + 1) * len],
-                        k: self.cin,
-                        width,
-                    };
+                    let vb = &v[xi * self.cin * nb..(xi + 1) * self.cin * nb];
                     let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
-                    gemm_packed_with(u, &vb, n, mb, nb, false);
+                    // Wide blocks: the GEMM reads V's rows in place, without packing.
+                    gemm_packed(u, vb, nb, n, mb, nb, false);
                 }
                 dispatch!(output_block(&blk, self.cout, m, y, pool, epilogue));
             }
@@ -219,13 +203,11 @@ impl Epilogue<'_> {
     }
 }
 
-/// One block of tiles: `n` tiles from `b0`; rows of `M` are `nb` apart, each `V[ξ]` is a
-/// `cin × width` prepacked B.
+/// One block of tiles: `n` tiles from `b0`, `nb` columns apart in `V` and `M`.
 struct Block<'a> {
     s: &'a Shape,
     tw: usize,
     nb: usize,
-    width: usize,
     b0: usize,
     n: usize,
 }
@@ -252,11 +234,10 @@ macro_rules! dispatch {
 }
 use dispatch;
 
-/// `V[ξ]` (`c`, `·`) = the transformed input patches of the block's tiles, every channel.
+/// `V[ξ][c][·]` = the transformed input patches of the block's tiles, every channel.
 #[inline(always)]
 fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
-    let (s, width) = (b.s, b.width);
-    let len = Prepacked::len(cin, width);
+    let (s, nb) = (b.s, b.nb);
     for c in 0..cin {
         let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
         for g0 in (0..b.n).step_by(LANES) {
@@ -264,9 +245,7 @@ fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
             let d = gather(plane, s, b.tw, p0, (b.b0 + b.n).min(p0 + LANES));
             let t = input_transform(&d);
             for (xi, lanes) in t.iter().flatten().enumerate() {
-                // LANES (8) columns from a multiple of 8: contiguous in one NR strip.
-                v[xi * len + Prepacked::offset(cin, width, c, g0)..][..LANES]
-                    .copy_from_slice(lanes);
+                v[(xi * cin + c) * nb + g0..][..LANES].copy_from_slice(lanes);
             }
         }
     }
@@ -529,9 +508,9 @@ mod tests {
             (16, 24, 5, 23, 0, 1, 2, 0),
             (32, 16, 3, 3, 0, 0, 0, 0),
             (20, 40, 30, 29, 1, 0, 0, 1),
-            // Wide enough that one block holds 32 tiles: 36 tiles in two blocks (24 + 12),
-            // V in two KC row blocks of the prepacked layout.
-            (300, 260, 23, 22, 1, 1, 0, 1),
+            // Wide enough that one block holds 60 tiles: 81 tiles in two blocks (48 + 33),
+            // V deeper than one KC block of the GEMM.
+            (300, 64, 36, 35, 1, 1, 1, 1),
         ] {
             let s = Shape {
                 h,
