@@ -350,13 +350,7 @@ impl JitCode {
         let n = spec.channels * spec.pixels;
         assert!(y.len() >= n && bias.len() >= spec.channels);
         assert_eq!(residual.is_some(), spec.residual);
-        let r = match residual {
-            Some(r) => {
-                assert!(r.len() >= n);
-                r.as_ptr()
-            }
-            None => std::ptr::null(),
-        };
+        let r = residual_ptr(residual, n);
         let p = self.function(h);
         assert!(!p.is_null());
         // SAFETY: `p` was compiled from `spec` with the EpilogueFn signature; it reads
@@ -402,13 +396,7 @@ impl JitCode {
         assert!(x.len() >= c * spec.h * spec.w && weights.len() >= c * spec.kh * spec.kw);
         assert!(bias.len() >= c && y.len() >= out && scratch.len() >= spec.scratch_len());
         assert_eq!(residual.is_some(), spec.residual);
-        let r = match residual {
-            Some(r) => {
-                assert!(r.len() >= out);
-                r.as_ptr()
-            }
-            None => std::ptr::null(),
-        };
+        let r = residual_ptr(residual, out);
         let p = self.function(h);
         assert!(!p.is_null());
         // SAFETY: compiled from `spec` (compilable, checked above) with the DepthwiseFn
@@ -427,6 +415,18 @@ impl JitCode {
                 scratch.as_mut_ptr(),
             );
         }
+    }
+}
+
+/// The residual operand as generated code takes it: null when absent, else checked to hold
+/// `len` floats.
+fn residual_ptr(residual: Option<&[f32]>, len: usize) -> *const f32 {
+    match residual {
+        Some(r) => {
+            assert!(r.len() >= len, "residual too short");
+            r.as_ptr()
+        }
+        None => std::ptr::null(),
     }
 }
 
