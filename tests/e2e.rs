@@ -128,6 +128,33 @@ fn gemm_kernels_skip_winograd_and_equal_the_reference() {
     }
 }
 
+/// Loading a plan whose kernels another executor already holds reuses them (cached by plan
+/// hash, node and kernel kind): nothing is compiled, and the outputs are the same.
+#[test]
+fn a_plan_loaded_again_reuses_its_compiled_kernels() {
+    let lp = load("alexnet", Strategy::Halo, Compression::None);
+    let x = random_input(&lp);
+    let first = executor(lp.clone(), Kernels::Jit);
+    let second = executor(lp.clone(), Kernels::Jit);
+    let workers: Vec<usize> = (0..lp.plan.cluster.nodes.len())
+        .filter(|&i| first.weight_bytes()[i] > 0)
+        .collect();
+    assert!(workers.len() > 1, "{workers:?}");
+    for &i in &workers {
+        assert!(second.kernels_cached()[i], "node {i}");
+        assert_eq!(second.compile_ms()[i], 0.0, "node {i}");
+    }
+    // Another kernel kind is another entry: compiled afresh.
+    let gemm = executor(lp, Kernels::Gemm);
+    assert!(
+        gemm.kernels_cached().iter().all(|c| !c),
+        "{:?}",
+        gemm.kernels_cached()
+    );
+    let (a, b) = (first.run(&x).expect("runs"), second.run(&x).expect("runs"));
+    assert_eq!(a.output, b.output);
+}
+
 #[test]
 fn fdsp_equals_direct_tile_by_tile_computation() {
     let mut approximate = 0;

@@ -2,11 +2,12 @@
 //! worker node, connected by crossbeam channels. A segment runs as scatter → tiles →
 //! (compressed) gather → stitch; the tail runs on the coordinator.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use adcnn_compiler::codegen::{CompileOptions, CompiledKernels};
+use adcnn_compiler::codegen::{CompileError, CompileOptions, CompiledKernels};
 use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
 use adcnn_compiler::reference::EvalError;
@@ -96,12 +97,51 @@ impl Kernels {
     }
 }
 
+/// Compiled kernels by (plan hash, node, options), shared while some executor holds them:
+/// loading the same plan again (a re-plan that chose the same plan, a second executor)
+/// reuses them instead of compiling. Weak, so they are freed with the last executor.
+type KernelCache = HashMap<(u64, usize, CompileOptions), Weak<CompiledKernels>>;
+
+static KERNEL_CACHE: Mutex<Option<KernelCache>> = Mutex::new(None);
+
+/// `node`'s kernels for `plan`: from the cache, or compiled (then `true`).
+fn cached_kernels(
+    plan: &LoadedPlan,
+    node: usize,
+    opts: &CompileOptions,
+) -> Result<(Arc<CompiledKernels>, bool), CompileError> {
+    let key = (plan.hash, node, *opts);
+    let hit = {
+        let cache = KERNEL_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .as_ref()
+            .and_then(|c| c.get(&key))
+            .and_then(Weak::upgrade)
+    };
+    if let Some(k) = hit {
+        return Ok((k, false));
+    }
+    let k = Arc::new(CompiledKernels::compile_with(
+        &plan.graph,
+        &plan.weights,
+        &plan.plan.segments,
+        |t| t.node == node,
+        opts,
+    )?);
+    let mut cache = KERNEL_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    cache.retain(|_, w| w.strong_count() > 0);
+    cache.insert(key, Arc::downgrade(&k));
+    Ok((k, true))
+}
+
 /// A loaded plan with its worker threads running.
 pub struct Executor {
     plan: Arc<LoadedPlan>,
     /// Per node: milliseconds spent compiling its kernels (JIT only).
     compile_ms: Vec<f64>,
     weight_bytes: Vec<usize>,
+    cached: Vec<bool>,
     /// Why compilation failed on some node, which then runs the reference kernels.
     compile_error: Option<String>,
     senders: Vec<Option<Sender<Job>>>,
@@ -128,6 +168,7 @@ impl Executor {
         let plan = Arc::new(plan);
         let mut compile_ms = vec![0.0; plan.plan.cluster.nodes.len()];
         let mut weight_bytes = vec![0; plan.plan.cluster.nodes.len()];
+        let mut cached = vec![false; plan.plan.cluster.nodes.len()];
         let mut compile_error = None;
         let epoch = Instant::now();
         let (done_tx, done) = unbounded::<Done>();
@@ -144,15 +185,10 @@ impl Executor {
             // only that node's thread uses.
             let compiled = match kernels.compile_options() {
                 None => None,
-                Some(opts) => match CompiledKernels::compile_with(
-                    &plan.graph,
-                    &plan.weights,
-                    &plan.plan.segments,
-                    |t| t.node == i,
-                    &opts,
-                ) {
-                    Ok(k) => {
-                        compile_ms[i] = k.compile_ms;
+                Some(opts) => match cached_kernels(&plan, i, &opts) {
+                    Ok((k, fresh)) => {
+                        compile_ms[i] = if fresh { k.compile_ms } else { 0.0 };
+                        cached[i] = !fresh;
                         weight_bytes[i] = k.weight_bytes();
                         Some(k)
                     }
@@ -167,7 +203,7 @@ impl Executor {
             let name = format!("adcnn-{}", node.name);
             let spawned = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || worker(i, &plan, compiled.as_ref(), &rx, &done_tx, epoch));
+                .spawn(move || worker(i, &plan, compiled.as_deref(), &rx, &done_tx, epoch));
             if let Ok(h) = spawned {
                 handles.push(h);
             }
@@ -176,6 +212,7 @@ impl Executor {
             plan,
             compile_ms,
             weight_bytes,
+            cached,
             compile_error,
             senders,
             done,
@@ -198,6 +235,12 @@ impl Executor {
     /// real cluster.
     pub fn weight_bytes(&self) -> &[usize] {
         &self.weight_bytes
+    }
+
+    /// Per node: whether its kernels came from the process's cache (the same plan file,
+    /// node and kernel kind loaded before and still in use; `compile_ms` is then 0).
+    pub fn kernels_cached(&self) -> &[bool] {
+        &self.cached
     }
 
     /// Set when some node's kernels failed to compile (that node runs the reference).

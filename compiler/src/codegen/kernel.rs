@@ -64,7 +64,7 @@ impl ConvKernel {
 }
 
 /// Choices made when kernels are compiled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CompileOptions {
     /// Winograd F(4×4, 3×3) where it pays (see `winograd::applies`); off: every dense
     /// convolution on im2col + GEMM, with 4× less memory for 3×3 weights.

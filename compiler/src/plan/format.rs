@@ -75,6 +75,9 @@ pub struct LoadedPlan {
     pub weights: Weights,
     /// The DSL text of the network, as embedded.
     pub network_source: String,
+    /// The file's checksum (FNV-1a 64 of its bytes): the key under which a process caches
+    /// the plan's compiled kernels.
+    pub hash: u64,
 }
 
 /// Encodes a plan. `source` is the network's DSL text, `weights` its bound weights (left out
@@ -206,10 +209,10 @@ pub fn decode(bytes: &[u8]) -> Result<LoadedPlan, FormatError> {
     if r.pos != body.len() {
         return Err(FormatError::Corrupt("trailing bytes".into()));
     }
-    rebuild(meta, embedded)
+    rebuild(meta, embedded, sum)
 }
 
-fn rebuild(meta: PlanMeta, embedded: Weights) -> Result<LoadedPlan, FormatError> {
+fn rebuild(meta: PlanMeta, embedded: Weights, hash: u64) -> Result<LoadedPlan, FormatError> {
     let mut sources = SourceMap::new();
     let mut diags = Diagnostics::new();
     let name = Path::new(&meta.network_name);
@@ -246,6 +249,7 @@ fn rebuild(meta: PlanMeta, embedded: Weights) -> Result<LoadedPlan, FormatError>
         graph,
         weights,
         network_source: meta.network_source,
+        hash,
     })
 }
 
