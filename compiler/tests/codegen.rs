@@ -395,3 +395,51 @@ fn clif_snapshots() {
         );
     });
 }
+
+/// Tiles whose windows lie wholly in a layer's padding (padding wider than the kernel on a
+/// tiny map, cut on a forced grid): their input region is empty, at the map's edge, and the
+/// tile operator pads exactly the windows' extent. Once a panic (`crop` past the map) and a
+/// "region was not computed" error; now equal to the whole network on both tile runners.
+#[test]
+fn tiles_wholly_in_the_padding_equal_the_whole_network() {
+    use adcnn_compiler::reference::{run, tile::run_plan};
+    for layers in [
+        "a: conv(2, k=1, p=[0, 0, 0, 3], g=2) | relu",
+        "a: conv(2, k=1, p=[0, 3, 0, 0], g=2) | relu",
+        "z: conv(2, k=1)\n    - a: conv(2, k=1, p=[3, 0, 0, 3], g=2) | relu",
+        "z: conv(2, k=1)\n    - a: conv(3, k=1, p=[0, 3, 3, 0])\n    - b: conv(2, k=3, p=1)",
+    ] {
+        let text = format!(
+            "network:\n  name: t\n  input:\n    shape: [2, 3, 1]\n  weights: random(seed=4)\n  layers:\n    - {layers}\n{CLUSTER}"
+        );
+        let checked = check_text(Path::new("t.yaml"), text);
+        let (Some((graph, weights)), Some(cluster)) = (&checked.network, &checked.cluster) else {
+            panic!("{layers}: {:?}", checked.diagnostics);
+        };
+        let mut rng = SplitMix64::new(9);
+        let x = Array3::from_shape_simple_fn((2, 3, 1), || rng.uniform(-1.0, 1.0));
+        let want = run(graph, weights, &x).expect("whole network");
+        for grid in [(3, 4), (2, 3), (1, 4)] {
+            let opts = Options {
+                strategy: Strategy::Halo,
+                grid: Some(grid),
+                ..Options::default()
+            };
+            let p = plan(graph, cluster, &opts).expect("plans");
+            let kernels =
+                CompiledKernels::compile(graph, weights, &p.segments, |_| true).expect("compiles");
+            let reference = run_plan(graph, weights, &p, &x).expect("reference tiles");
+            let compiled = kernels
+                .run_plan(graph, weights, &p, &x, None)
+                .expect("compiled tiles");
+            for (how, got) in [("reference", reference), ("compiled", compiled)] {
+                assert_eq!(got.dim(), want.dim(), "{layers} {grid:?} {how}");
+                let err = rel_l2(
+                    got.as_standard_layout().as_slice().unwrap_or(&[]),
+                    want.as_standard_layout().as_slice().unwrap_or(&[]),
+                );
+                assert!(err <= TOLERANCE, "{layers} {grid:?} {how}: {err:.2e}");
+            }
+        }
+    }
+}

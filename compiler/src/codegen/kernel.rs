@@ -28,7 +28,7 @@ use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Pad2, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
 use crate::plan::{Mode, Plan, Region, Segment, Tile};
-use crate::reference::tile::{crop, run_segments, run_tail_with};
+use crate::reference::tile::{crop, empty, run_segments, run_tail_with};
 use crate::reference::{self, EvalError};
 use crate::weights::Weights;
 
@@ -581,7 +581,8 @@ impl CompiledKernels {
                 continue;
             }
             if region.is_empty() {
-                values.push(None);
+                // Read (zero-sized) by a consumer whose windows lie wholly in its padding.
+                values.push(Some(empty(layer.shape.c, &region)));
                 continue;
             }
             // The layer's inputs: cropped to what it needs (halo) or whole (FDSP).

@@ -115,11 +115,22 @@ fn back(win: Window, o0: usize, o1: usize, len: usize) -> (usize, usize, usize, 
     let start = (o0 * win.s) as isize - win.pad_begin as isize;
     let end =
         ((o1 - 1) * win.s) as isize - win.pad_begin as isize + (win.d * (win.k - 1)) as isize + 1;
-    let i0 = start.max(0) as usize;
-    let i1 = (end.max(0) as usize).min(len);
-    let pad_before = (-start).max(0) as usize;
-    let pad_after = (end - len as isize).max(0) as usize;
-    (i0, i1.max(i0), pad_before, pad_after)
+    // The windows span `start..end` of the padded axis; the part inside the input, clamped to
+    // it (empty, at the nearer edge, when the windows lie wholly in the padding).
+    let len = len as isize;
+    let i0 = start.clamp(0, len);
+    let i1 = end.clamp(i0, len);
+    // Padding around it so the operator sees exactly `end − start` positions: what lies
+    // before the input region, then the rest (an empty region takes it all on one side).
+    let (extent, inside) = (end - start, i1 - i0);
+    let pad_before = (i0 - start).clamp(0, extent - inside);
+    let pad_after = extent - inside - pad_before;
+    (
+        i0 as usize,
+        i1 as usize,
+        pad_before as usize,
+        pad_after as usize,
+    )
 }
 
 /// The region of its input that `op` needs to compute `out`, its input being `input`.
@@ -158,12 +169,15 @@ pub fn tile_op(op: &Op, out: &Region, input: Shape) -> Result<Op, NotTileable> {
         let counts_pad = matches!(op, Op::AvgPool(p) if p.count_include_pad);
         let axis = |win: Window, o0: usize, o1: usize, len: usize| {
             let full = window_out(len, win.k, win.s, win.d, win.pad_begin, win.pad_end, ceil);
-            let (_, _, before, after) = back(win, o0, o1, len);
+            let (i0, i1, before, after) = back(win, o0, o1, len);
             match full {
                 // The whole axis: the operator as it is.
                 Some(n) if o0 == 0 && o1 == n => Ok((win.pad_begin, win.pad_end)),
-                // Up to the far border: its own padding, unless a ceil-mode window hangs past it.
-                Some(n) if o1 == n && after <= win.pad_end => Ok((before, win.pad_end)),
+                // Up to the far border: its own padding, unless a ceil-mode window hangs past it
+                // (or the windows lie wholly in that padding: then exactly their extent).
+                Some(n) if o1 == n && after <= win.pad_end && i1 > i0 => {
+                    Ok((before, win.pad_end))
+                }
                 Some(n) if o1 == n && counts_pad => Err(NotTileable(
                     "the last window of this ceil-mode average pool hangs past its padding, and its \
                      divisor counts padding only the whole map can see; cut the other axis"

@@ -9,6 +9,12 @@ use crate::plan::{Mode, Region, Segment, Tile};
 use crate::reference::{self, EvalError};
 use crate::weights::Weights;
 
+/// The values of an empty region of a `channels`-deep feature map (no elements; its rows or
+/// columns say where it lies).
+pub fn empty(channels: usize, region: &Region) -> Array3<f32> {
+    Array3::zeros((channels, region.rows(), region.cols()))
+}
+
 /// The part `want` of a tensor that holds region `have` of its feature map.
 pub fn crop(t: &Array3<f32>, have: &Region, want: &Region) -> Array3<f32> {
     let (r0, c0) = (want.r0 - have.r0, want.c0 - have.c0);
@@ -47,7 +53,9 @@ pub fn run_tile(
         let layer = graph.layer(id);
         let region = tile.regions[i];
         if region.is_empty() {
-            values.push(None);
+            // Nothing to compute, but a consumer whose windows lie wholly in its padding
+            // still reads this (zero-sized) region.
+            values.push(Some(empty(layer.shape.c, &region)));
             continue;
         }
         let shape_of = |s: &Source| match s {
