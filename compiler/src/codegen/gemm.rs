@@ -178,10 +178,6 @@ pub fn gemm_packed_with(
     ldc: usize,
     accumulate: bool,
 ) {
-    gemm(a, b, n, c, ldc, accumulate);
-}
-
-fn gemm(a: &PackedA, b: &impl PackB, n: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
     let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
@@ -204,7 +200,10 @@ fn gemm(a: &PackedA, b: &impl PackB, n: usize, c: &mut [f32], ldc: usize, accumu
     PACKED_B.with_borrow_mut(|bp| gemm_blocks(isa, a, b, n, c, ldc, accumulate, bp));
 }
 
-#[allow(clippy::too_many_arguments, reason = "the blocked loop nest of gemm")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the blocked loop nest of gemm_packed_with"
+)]
 fn gemm_blocks(
     isa: Isa,
     a: &PackedA,

@@ -45,6 +45,26 @@ pub enum Act {
     Leaky { slope: f32 },
 }
 
+impl Act {
+    /// The activation of one value, in host code (the generated code's `fcmp` + `bitselect`
+    /// give the same results).
+    #[inline(always)]
+    pub fn apply(self, t: f32) -> f32 {
+        match self {
+            Act::None => t,
+            Act::Relu => t.max(0.0),
+            Act::Clip { min, max } => t.max(min).min(max),
+            Act::Leaky { slope } => {
+                if t > 0.0 {
+                    t
+                } else {
+                    t * slope
+                }
+            }
+        }
+    }
+}
+
 /// `y[c, p] = act(y[c, p] + bias[c] (+ residual[c, p]))` over `channels × pixels`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EpilogueSpec {

@@ -1108,18 +1108,7 @@ fn linear(
 /// `v = act(v + bias (+ residual))` along one row: the generated epilogue's operations, in
 /// its order (for shapes without a generated epilogue).
 fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) {
-    let f = |t: f32| match act {
-        Act::None => t,
-        Act::Relu => t.max(0.0),
-        Act::Clip { min, max } => t.max(min).min(max),
-        Act::Leaky { slope } => {
-            if t > 0.0 {
-                t
-            } else {
-                t * slope
-            }
-        }
-    };
+    let f = |t: f32| act.apply(t);
     match residual {
         Some(r) => row
             .iter_mut()

@@ -185,21 +185,11 @@ impl Epilogue<'_> {
     /// activations are monotone).
     #[inline(always)]
     fn apply(&self, o: &mut [[Lanes; M]; M], k: usize) {
-        let b = self.bias[k];
-        let lanes = o.iter_mut().flatten();
-        match self.act {
-            Act::None => lanes.for_each(|v| v.iter_mut().for_each(|x| *x += b)),
-            Act::Relu => lanes.for_each(|v| v.iter_mut().for_each(|x| *x = (*x + b).max(0.0))),
-            Act::Clip { min, max } => {
-                lanes.for_each(|v| v.iter_mut().for_each(|x| *x = (*x + b).max(min).min(max)))
-            }
-            Act::Leaky { slope } => lanes.for_each(|v| {
-                v.iter_mut().for_each(|x| {
-                    let t = *x + b;
-                    *x = if t > 0.0 { t } else { t * slope };
-                })
-            }),
-        }
+        let (b, act) = (self.bias[k], self.act);
+        o.iter_mut()
+            .flatten()
+            .flatten()
+            .for_each(|x| *x = act.apply(*x + b));
     }
 }
 
