@@ -14,3 +14,4 @@ pub mod ops;
 pub mod plan;
 pub mod reference;
 pub mod weights;
+pub mod wire;

@@ -10,18 +10,24 @@
 //! `reference::tile::run_tile` — both with kernels compiled for it and with kernels that
 //! generate no code (the host fallbacks). Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
+//! Every tile is also sent through kernels compiled for q8 or q4 (alternating by seed): their
+//! quantising epilogues and passes must give exactly the codes and ranges of
+//! `wire::encode` applied to the exact tile (the same f32 operations), and its error within
+//! 1e-3 (f32 lane sums against the host's f64).
 //! CLIF snapshots of small kernels live in `snapshots/clif/`.
 
 use std::path::Path;
 
 use adcnn_compiler::check::check_text;
 use adcnn_compiler::codegen::jit::{
-    Act, DepthwiseSpec, EpilogueSpec, MaxPoolSpec, depthwise_clif, epilogue_clif, max_pool_clif,
+    Act, DepthwiseSpec, EpilogueSpec, JitSession, MaxPoolSpec, depthwise_clif, epilogue_clif,
+    max_pool_clif,
 };
 use adcnn_compiler::codegen::{CompileOptions, CompiledKernels, KernelStats, rel_l2};
-use adcnn_compiler::plan::{Options, Region, Strategy, plan};
+use adcnn_compiler::plan::{Compression, Options, Region, Strategy, plan};
 use adcnn_compiler::reference::tile::{crop, run_tile};
 use adcnn_compiler::weights::SplitMix64;
+use adcnn_compiler::wire::{self, QuantError, Quantised};
 use ndarray::{Array3, s};
 use proptest::prelude::{Just, ProptestConfig, TestCaseError, any, prop_oneof, proptest};
 use proptest::strategy::Strategy as _;
@@ -66,6 +72,13 @@ fn differential(
     };
     let fallback = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &host_only)
         .map_err(|e| e.to_string())?;
+    let how = [Compression::Q8, Compression::Q4][(seed % 2) as usize];
+    let quantising = CompileOptions {
+        wire: how,
+        ..CompileOptions::default()
+    };
+    let wired = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &quantising)
+        .map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 7);
     let s0 = graph.input.shape;
     let mut current = Array3::from_shape_simple_fn((s0.c, s0.h, s0.w), || rng.uniform(-2.0, 2.0));
@@ -104,6 +117,20 @@ fn differential(
                     ));
                 }
             }
+            let exact = kernels
+                .run_tile(graph, weights, seg, tile, &x)
+                .map_err(|e| e.to_string())?;
+            let (sent, e) = wired
+                .run_tile_wire(graph, weights, seg, tile, &x, how)
+                .map_err(|e| e.to_string())?;
+            let (expected, e_host) = wire::encode(exact, how);
+            if sent != expected || !close(e, e_host) {
+                return Err(format!(
+                    "{layers} ({c}×{h}×{w}) {:?} {how:?}: tile {},{} sent {sent:?}, expected \
+                     {expected:?} (errors {e:?} vs {e_host:?})",
+                    seg.mode, tile.row, tile.col
+                ));
+            }
             out.slice_mut(s![
                 ..,
                 tile.output.r0..tile.output.r1,
@@ -114,7 +141,18 @@ fn differential(
         }
         current = out;
     }
-    Ok((tiles, kernels.stats))
+    let stats = KernelStats {
+        quantising_epilogues: wired.stats.quantising_epilogues,
+        quantisers: wired.stats.quantisers,
+        ..kernels.stats
+    };
+    Ok((tiles, stats))
+}
+
+/// Quantisation errors equal up to the order of f32 sums.
+fn close(a: QuantError, b: QuantError) -> bool {
+    let near = |x: f64, y: f64| (x - y).abs() <= 1e-3 * x.abs().max(y.abs()) + 1e-30;
+    near(a.err, b.err) && near(a.sq, b.sq)
 }
 
 fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
@@ -305,7 +343,7 @@ proptest! {
 fn winograd_residual_blocks_match_the_reference() {
     let layers = "b: conv(16, k=3, p=1, bias=false) | bn | relu
     - c: conv(16, k=3, p=1, bias=false) | bn
-    - d: add(c, b) | relu
+    - d: add(b) | relu
     - e: conv(24, k=3, p=1) | leaky_relu(0.1)";
     for grid in [(1, 1), (2, 2), (1, 3)] {
         let opts = Options {
@@ -316,6 +354,8 @@ fn winograd_residual_blocks_match_the_reference() {
         let (tiles, stats) = differential(16, 40, 36, layers, &opts, 5).expect("matches");
         assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
         assert_eq!(stats.winograd, 3, "{grid:?}: {stats:?}");
+        // Both batch norms, both relus, the residual add and the leaky relu.
+        assert_eq!(stats.fused_layers, 6, "{grid:?}: {stats:?}");
     }
 }
 
@@ -323,7 +363,7 @@ fn winograd_residual_blocks_match_the_reference() {
 fn residual_blocks_and_edge_tiles_match_the_reference() {
     let layers = "b: conv(8, k=3, p=1, bias=false) | bn | relu
     - c: conv(8, k=3, p=1, bias=false) | bn
-    - d: add(c, b) | relu
+    - d: add(b) | relu
     - e: conv(8, k=1) | clip(0, 6) | maxpool(2)";
     for grid in [(1, 1), (2, 3), (3, 2)] {
         let opts = Options {
@@ -331,8 +371,117 @@ fn residual_blocks_and_edge_tiles_match_the_reference() {
             grid: Some(grid),
             ..Options::default()
         };
-        let (tiles, _) = differential(8, 23, 17, layers, &opts, 3).expect("matches");
+        let (tiles, stats) = differential(8, 23, 17, layers, &opts, 3).expect("matches");
+        // Batch norms, relus, the residual add and the clip (the pool runs on its own).
+        assert_eq!(stats.fused_layers, 6, "{grid:?}: {stats:?}");
         assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
+    }
+}
+
+/// The quantising epilogue alone, against the host epilogue + `wire::quantise`, over channel
+/// sizes around its 16-value blocks (odd sizes: q4's last half byte), with and without bias,
+/// residual and activation.
+#[test]
+fn quantising_epilogues_equal_the_host_quantiser() {
+    let mut rng = SplitMix64::new(11);
+    let mut session = JitSession::new().expect("jit");
+    let mut cases = Vec::new();
+    for how in [Compression::Q8, Compression::Q4] {
+        for pixels in [1, 2, 3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 64, 100] {
+            for (bias, act, residual) in [
+                (true, Act::Relu, false),
+                (true, Act::Clip { min: 0.0, max: 0.5 }, true),
+                (true, Act::Leaky { slope: 0.1 }, false),
+                (false, Act::None, false),
+            ] {
+                let spec = EpilogueSpec {
+                    channels: 3,
+                    pixels,
+                    bias,
+                    act,
+                    residual,
+                    wire: how,
+                };
+                cases.push((session.epilogue(&spec).expect("compiles"), spec));
+            }
+        }
+    }
+    let code = session.finish().expect("finishes");
+    for (h, spec) in cases {
+        let (c, n) = (spec.channels, spec.pixels);
+        let mut y: Vec<f32> = (0..c * n).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        // A constant channel: step 0, every code 0.
+        y[n..2 * n].fill(0.25);
+        let bias: Vec<f32> = (0..c).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let res: Vec<f32> = (0..c * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let mut want = y.clone();
+        for (ch, row) in want.chunks_mut(n).enumerate() {
+            for (i, v) in row.iter_mut().enumerate() {
+                let mut t = *v;
+                if spec.bias {
+                    t += bias[ch];
+                }
+                if spec.residual {
+                    t += res[ch * n + i];
+                }
+                *v = spec.act.apply(t);
+            }
+        }
+        let mut q = Quantised::zeroed(spec.wire, (c, 1, n));
+        let e_host = wire::quantise(&want, c, n, spec.wire, &mut q.codes, &mut q.ranges);
+        let mut codes = vec![0xAA; q.codes.len()];
+        let mut stats = vec![[0.0; 4]; c];
+        let r = spec.residual.then_some(&res[..]);
+        code.run_quantising(h, &spec, &mut y, &bias, r, &mut codes, &mut stats);
+        assert_eq!(y, want, "{spec:?}: epilogue values");
+        assert_eq!(codes, q.codes, "{spec:?}: codes");
+        let mut e = QuantError::default();
+        for (ch, st) in stats.iter().enumerate() {
+            assert_eq!([st[0], st[1]], q.ranges[ch], "{spec:?}: channel {ch} range");
+            e.add(QuantError {
+                err: f64::from(st[2]),
+                sq: f64::from(st[3]),
+            });
+        }
+        assert!(close(e, e_host), "{spec:?}: {e:?} vs {e_host:?}");
+    }
+}
+
+/// q8/q4 tiles of networks whose segments end in a GEMM convolution (with residual, with
+/// activations), a depthwise convolution and a max pool: the first quantise in the last
+/// epilogue, the others in a quantising pass; all equal `wire::encode` of the exact tile.
+#[test]
+fn wire_quantisation_is_fused_into_the_last_epilogue() {
+    let nets = [
+        (
+            "b: conv(8, k=3, p=1, bias=false) | bn | relu
+    - c: conv(8, k=1, bias=false) | bn
+    - d: add(b) | relu",
+            true,
+        ),
+        ("b: conv(6, k=3, s=2, p=1) | leaky_relu(0.1)", true),
+        ("b: conv(8, k=3, p=1, groups=8) | clip(0, 6)", false),
+        ("b: conv(8, k=1) | relu | maxpool(3, s=2)", false),
+    ];
+    for (seed, (layers, fused)) in nets.into_iter().enumerate() {
+        for grid in [(1, 1), (2, 3)] {
+            for parity in 0..2 {
+                let opts = Options {
+                    strategy: Strategy::Halo,
+                    grid: Some(grid),
+                    ..Options::default()
+                };
+                let seed = 2 * seed as u64 + parity;
+                let (tiles, stats) = differential(8, 19, 21, layers, &opts, seed).expect("matches");
+                assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
+                if fused {
+                    assert!(stats.quantising_epilogues > 0, "{layers}: {stats:?}");
+                } else {
+                    assert_eq!(stats.quantising_epilogues, 0, "{layers}: {stats:?}");
+                    assert!(stats.quantisers > 0, "{layers}: {stats:?}");
+                }
+            }
+        }
     }
 }
 
@@ -347,8 +496,10 @@ fn clif_snapshots() {
             epilogue_clif(&EpilogueSpec {
                 channels: 4,
                 pixels: 6,
+                bias: true,
                 act: Act::Relu,
-                residual: false
+                residual: false,
+                wire: Compression::None,
             })
         );
         insta::assert_snapshot!(
@@ -356,8 +507,21 @@ fn clif_snapshots() {
             epilogue_clif(&EpilogueSpec {
                 channels: 2,
                 pixels: 8,
+                bias: true,
                 act: Act::Leaky { slope: 0.1 },
-                residual: true
+                residual: true,
+                wire: Compression::None,
+            })
+        );
+        insta::assert_snapshot!(
+            "epilogue_2x19_relu_q4",
+            epilogue_clif(&EpilogueSpec {
+                channels: 2,
+                pixels: 19,
+                bias: true,
+                act: Act::Relu,
+                residual: false,
+                wire: Compression::Q4,
             })
         );
         insta::assert_snapshot!(

@@ -1,6 +1,8 @@
 //! The in-process cluster: the coordinator (the calling thread) and one worker thread per
 //! worker node, connected by crossbeam channels. A segment runs as scatter → tiles →
-//! (compressed) gather → stitch; the tail runs on the coordinator.
+//! (compressed) gather → stitch; the tail runs on the coordinator. With q8/q4, workers send
+//! [`WireTile::Quantised`] tiles (quantised by their kernels' epilogues) and the coordinator
+//! decodes them straight into the stitched tensor.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -12,10 +14,10 @@ use adcnn_compiler::plan::Region;
 use adcnn_compiler::plan::format::LoadedPlan;
 use adcnn_compiler::reference::EvalError;
 use adcnn_compiler::reference::tile::{crop, run_tail, run_tile};
+use adcnn_compiler::wire::{self, QuantError, WireError, WireTile};
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use ndarray::{Array3, s};
 
-use crate::compress;
 use crate::trace::{Event, Trace};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum RunError {
     Kernel { node: String, source: EvalError },
     #[error("worker thread of node {0} stopped")]
     WorkerLost(String),
+    #[error("tile from node {node}: {source}")]
+    Wire { node: String, source: WireError },
 }
 
 /// What one run produced and measured.
@@ -52,7 +56,7 @@ struct Done {
     node: usize,
     segment: usize,
     tile: usize,
-    output: Result<(Array3<f32>, usize, f64, f64), EvalError>,
+    output: Result<(WireTile, QuantError), EvalError>,
     start_us: f64,
     end_us: f64,
 }
@@ -84,7 +88,8 @@ impl Kernels {
         }
     }
 
-    /// Compile options for the compiled kinds, `None` for the reference.
+    /// Compile options for the compiled kinds, `None` for the reference. The executor adds
+    /// the plan's wire compression.
     pub fn compile_options(self) -> Option<CompileOptions> {
         match self {
             Kernels::Jit => Some(CompileOptions::default()),
@@ -185,18 +190,24 @@ impl Executor {
             // only that node's thread uses.
             let compiled = match kernels.compile_options() {
                 None => None,
-                Some(opts) => match cached_kernels(&plan, i, &opts) {
-                    Ok((k, fresh)) => {
-                        compile_ms[i] = if fresh { k.compile_ms } else { 0.0 };
-                        cached[i] = !fresh;
-                        weight_bytes[i] = k.weight_bytes();
-                        Some(k)
+                Some(opts) => {
+                    let opts = CompileOptions {
+                        wire: plan.plan.compression,
+                        ..opts
+                    };
+                    match cached_kernels(&plan, i, &opts) {
+                        Ok((k, fresh)) => {
+                            compile_ms[i] = if fresh { k.compile_ms } else { 0.0 };
+                            cached[i] = !fresh;
+                            weight_bytes[i] = k.weight_bytes();
+                            Some(k)
+                        }
+                        Err(e) => {
+                            compile_error = Some(format!("node {}: {e}", node.name));
+                            None
+                        }
                     }
-                    Err(e) => {
-                        compile_error = Some(format!("node {}: {e}", node.name));
-                        None
-                    }
-                },
+                }
             };
             let plan = Arc::clone(&plan);
             let done_tx = done_tx.clone();
@@ -267,7 +278,7 @@ impl Executor {
         let coord = plan.cluster.coordinator;
         let mut trace = Trace::new(plan.cluster.nodes.iter().map(|n| n.name.clone()).collect());
         let mut busy = vec![0.0; plan.cluster.nodes.len()];
-        let (mut wire, mut err_num, mut err_den) = (0u64, 0f64, 0f64);
+        let (mut wire, mut quant_error) = (0u64, QuantError::default());
         let start = Instant::now();
         let mut current = input.clone();
         for (si, seg) in plan.segments.iter().enumerate() {
@@ -308,20 +319,23 @@ impl Executor {
                     .recv()
                     .map_err(|_| RunError::WorkerLost("any".into()))?;
                 let node_name = plan.cluster.nodes[d.node].name.clone();
-                let (t, bytes, num, den) = d.output.map_err(|source| RunError::Kernel {
-                    node: node_name,
+                let (t, e) = d.output.map_err(|source| RunError::Kernel {
+                    node: node_name.clone(),
                     source,
                 })?;
                 let tile = &plan.segments[d.segment].tiles[d.tile];
-                out.slice_mut(s![
+                // Decoded (q8/q4) or copied into its place.
+                t.write_into(out.slice_mut(s![
                     ..,
                     tile.output.r0..tile.output.r1,
                     tile.output.c0..tile.output.c1
-                ])
-                .assign(&t);
-                wire += bytes as u64;
-                err_num += num;
-                err_den += den;
+                ]))
+                .map_err(|source| RunError::Wire {
+                    node: node_name,
+                    source,
+                })?;
+                wire += t.wire_bytes() as u64;
+                quant_error.add(e);
                 busy[d.node] += (d.end_us - d.start_us) / 1e3;
                 trace.push(Event {
                     node: d.node,
@@ -353,8 +367,8 @@ impl Executor {
             busy[coord] += (t1 - t0) / 1e3;
         }
         let measured_ms = start.elapsed().as_secs_f64() * 1e3;
-        let compression_error = if err_den > 0.0 {
-            (err_num / err_den).sqrt()
+        let compression_error = if quant_error.sq > 0.0 {
+            (quant_error.err / quant_error.sq).sqrt()
         } else {
             0.0
         };
@@ -392,20 +406,13 @@ fn worker(
         let start_us = epoch.elapsed().as_secs_f64() * 1e6;
         let seg = &plan.plan.segments[job.segment];
         let tile = &seg.tiles[job.tile];
-        let result = match compiled {
-            Some(k) => k.run_tile(&plan.graph, &plan.weights, seg, tile, &job.input),
-            None => run_tile(&plan.graph, &plan.weights, seg, tile, &job.input),
+        // Compiled kernels quantise in their epilogues; the reference's output is encoded
+        // here.
+        let output = match compiled {
+            Some(k) => k.run_tile_wire(&plan.graph, &plan.weights, seg, tile, &job.input, how),
+            None => run_tile(&plan.graph, &plan.weights, seg, tile, &job.input)
+                .map(|t| wire::encode(t, how)),
         };
-        let output = result.map(|exact| {
-            let (sent, bytes) = compress::roundtrip(&exact, how);
-            let num: f64 = exact
-                .iter()
-                .zip(sent.iter())
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            let den: f64 = exact.iter().map(|a| f64::from(*a).powi(2)).sum();
-            (sent, bytes, num, den)
-        });
         let end_us = epoch.elapsed().as_secs_f64() * 1e6;
         if done
             .send(Done {

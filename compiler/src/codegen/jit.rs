@@ -27,14 +27,17 @@
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, ConstantData, Function, InstBuilder, MemFlagsData, Signature, Type, UserFuncName,
-    Value, types,
+    AbiParam, BlockArg, ConstantData, Endianness, Function, InstBuilder, MemFlagsData, Signature,
+    Type, UserFuncName, Value, types,
 };
 use cranelift_codegen::isa::{CallConv, OwnedTargetIsa, TargetFrontendConfig};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+
+use crate::plan::Compression;
+use crate::wire;
 
 /// An activation fused into an epilogue.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,13 +68,32 @@ impl Act {
     }
 }
 
-/// `y[c, p] = act(y[c, p] + bias[c] (+ residual[c, p]))` over `channels × pixels`.
+/// `y[c, p] = act(y[c, p] + bias[c] (+ residual[c, p]))` over `channels × pixels`, then,
+/// with `wire` q8/q4, each channel quantised for the wire as [`crate::wire`] defines while
+/// it is still in L1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EpilogueSpec {
     pub channels: usize,
     pub pixels: usize,
+    /// Add `bias[c]`; without bias, activation and residual, y is only read (a quantising
+    /// pass over a layer whose output is final already).
+    pub bias: bool,
     pub act: Act,
     pub residual: bool,
+    pub wire: Compression,
+}
+
+impl EpilogueSpec {
+    /// Whether the epilogue changes y (otherwise it only quantises).
+    fn writes(&self) -> bool {
+        self.bias || self.residual || self.act != Act::None
+    }
+
+    /// Parameters of the generated function: `(y, bias, residual)`, plus `(codes, stats)`
+    /// when it quantises.
+    fn params(&self) -> usize {
+        if self.wire == Compression::None { 3 } else { 5 }
+    }
 }
 
 /// Max pooling over `[c, h, w]` with a `k` window and stride `s`, no padding, every window
@@ -215,6 +237,9 @@ pub fn host_isa() -> Result<OwnedTargetIsa, JitError> {
 
 /// `extern "C" fn(y, bias, residual)`.
 pub type EpilogueFn = unsafe extern "C" fn(*mut f32, *const f32, *const f32);
+/// `extern "C" fn(y, bias, residual, codes, stats)`: an epilogue that quantises.
+pub type QuantEpilogueFn =
+    unsafe extern "C" fn(*mut f32, *const f32, *const f32, *mut u8, *mut f32);
 /// `extern "C" fn(x, y)`.
 pub type MaxPoolFn = unsafe extern "C" fn(*const f32, *mut f32);
 /// `extern "C" fn(x, weights, bias, residual, y, scratch)`.
@@ -291,7 +316,9 @@ impl JitSession {
     }
 
     pub fn epilogue(&mut self, spec: &EpilogueSpec) -> Result<Handle, JitError> {
-        self.define(3, |func, fctx, cfg| build_epilogue(func, fctx, cfg, spec))
+        self.define(spec.params(), |func, fctx, cfg| {
+            build_epilogue(func, fctx, cfg, spec);
+        })
     }
 
     pub fn max_pool(&mut self, spec: &MaxPoolSpec) -> Result<Handle, JitError> {
@@ -368,8 +395,13 @@ impl JitCode {
         residual: Option<&[f32]>,
     ) {
         let n = spec.channels * spec.pixels;
-        assert!(y.len() >= n && bias.len() >= spec.channels);
+        assert!(y.len() >= n && (!spec.bias || bias.len() >= spec.channels));
         assert_eq!(residual.is_some(), spec.residual);
+        assert_eq!(
+            spec.wire,
+            Compression::None,
+            "a quantising epilogue needs run_quantising"
+        );
         let r = residual_ptr(residual, n);
         let p = self.function(h);
         assert!(!p.is_null());
@@ -379,6 +411,50 @@ impl JitCode {
         unsafe {
             let f: EpilogueFn = std::mem::transmute::<*const u8, EpilogueFn>(p);
             f(y.as_mut_ptr(), bias.as_ptr(), r);
+        }
+    }
+
+    /// Runs a quantising epilogue: y as [`Self::run_epilogue`] leaves it, its codes into
+    /// `codes` (`channels × wire::channel_code_bytes`) and per channel `[lo, step, Σ err²,
+    /// Σ v²]` into `stats`. Panics if a slice is shorter than its spec says.
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    pub fn run_quantising(
+        &self,
+        h: Handle,
+        spec: &EpilogueSpec,
+        y: &mut [f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        codes: &mut [u8],
+        stats: &mut [[f32; 4]],
+    ) {
+        let n = spec.channels * spec.pixels;
+        assert!(y.len() >= n && (!spec.bias || bias.len() >= spec.channels));
+        assert_eq!(residual.is_some(), spec.residual);
+        assert_ne!(spec.wire, Compression::None);
+        assert!(codes.len() >= spec.channels * wire::channel_code_bytes(spec.wire, spec.pixels));
+        assert!(stats.len() >= spec.channels);
+        let r = residual_ptr(residual, n);
+        let b = if spec.bias {
+            bias.as_ptr()
+        } else {
+            std::ptr::null()
+        };
+        let p = self.function(h);
+        assert!(!p.is_null());
+        // SAFETY: compiled from `spec` with the QuantEpilogueFn signature; it reads
+        // `channels` biases (only with `bias`) and `channels × pixels` residuals, reads and
+        // writes as many values of y, writes `channels × channel_code_bytes` codes and
+        // `channels` stats, all checked above.
+        unsafe {
+            let f: QuantEpilogueFn = std::mem::transmute::<*const u8, QuantEpilogueFn>(p);
+            f(
+                y.as_mut_ptr(),
+                b,
+                r,
+                codes.as_mut_ptr(),
+                stats.as_mut_ptr().cast::<f32>(),
+            );
         }
     }
 
@@ -483,6 +559,58 @@ fn counted_loop(
     b.switch_to_block(exit);
 }
 
+/// A counted loop `for i in 0..n` (n > 0 constant) carrying `init` through `body(b, i,
+/// carried) -> next`; returns the values after the last iteration.
+fn counted_loop_carry(
+    b: &mut FunctionBuilder,
+    ty: Type,
+    n: i64,
+    init: &[Value],
+    body: impl FnOnce(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value>,
+) -> Vec<Value> {
+    let header = b.create_block();
+    let exit = b.create_block();
+    b.append_block_param(header, ty);
+    for v in init {
+        let t = b.func.dfg.value_type(*v);
+        b.append_block_param(header, t);
+        b.append_block_param(exit, t);
+    }
+    let zero = b.ins().iconst(ty, 0);
+    let args: Vec<BlockArg> = std::iter::once(zero)
+        .chain(init.iter().copied())
+        .map(BlockArg::from)
+        .collect();
+    b.ins().jump(header, &args);
+    b.switch_to_block(header);
+    let params = b.block_params(header).to_vec();
+    let out = body(b, params[0], &params[1..]);
+    let next = b.ins().iadd_imm_s(params[0], 1);
+    let more = b.ins().icmp_imm_s(IntCC::SignedLessThan, next, n);
+    let back: Vec<BlockArg> = std::iter::once(next)
+        .chain(out.iter().copied())
+        .map(BlockArg::from)
+        .collect();
+    let done: Vec<BlockArg> = out.iter().copied().map(BlockArg::from).collect();
+    b.ins().brif(more, header, &back, exit, &done);
+    b.switch_to_block(exit);
+    b.block_params(exit).to_vec()
+}
+
+/// The four lanes of `v` folded with `f`, lane 0 first.
+fn fold_lanes(
+    b: &mut FunctionBuilder,
+    v: Value,
+    f: impl Fn(&mut FunctionBuilder, Value, Value) -> Value,
+) -> Value {
+    let mut acc = b.ins().extractlane(v, 0);
+    for lane in 1..4 {
+        let x = b.ins().extractlane(v, lane);
+        acc = f(b, x, acc);
+    }
+    acc
+}
+
 fn build_epilogue(
     func: &mut Function,
     fctx: &mut FunctionBuilderContext,
@@ -494,48 +622,202 @@ fn build_epilogue(
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
-    let (y, bias, res) = {
-        let p = b.block_params(entry);
-        (p[0], p[1], p[2])
-    };
+    let params = b.block_params(entry).to_vec();
+    let (y, bias, res) = (params[0], params[1], params[2]);
     let (c, p) = (spec.channels as i64, spec.pixels as i64);
     let vecs = p / 4;
     if c > 0 && p > 0 {
         counted_loop(&mut b, ptr, c, |b, ch| {
-            let boff = b.ins().imul_imm_s(ch, 4);
-            let baddr = b.ins().iadd(bias, boff);
-            let bs = b.ins().load(types::F32, mem(), baddr, 0);
-            let bv = b.ins().splat(types::F32X4, bs);
+            let (bs, bv) = if spec.bias {
+                let boff = b.ins().imul_imm_s(ch, 4);
+                let baddr = b.ins().iadd(bias, boff);
+                let bs = b.ins().load(types::F32, mem(), baddr, 0);
+                let bv = b.ins().splat(types::F32X4, bs);
+                (Some(bs), Some(bv))
+            } else {
+                (None, None)
+            };
             let roff = b.ins().imul_imm_s(ch, 4 * p);
             let yrow = b.ins().iadd(y, roff);
             let rrow = b.ins().iadd(res, roff);
-            let one = |b: &mut FunctionBuilder, ty: Type, off: Value, bb: Value| {
+            // One value or vector of the epilogue, stored back when it changed; returned.
+            let one = |b: &mut FunctionBuilder, ty: Type, off: Value, bb: Option<Value>| {
                 let ya = b.ins().iadd(yrow, off);
                 let mut v = b.ins().load(ty, mem(), ya, 0);
-                v = b.ins().fadd(v, bb);
+                if let Some(bb) = bb {
+                    v = b.ins().fadd(v, bb);
+                }
                 if spec.residual {
                     let ra = b.ins().iadd(rrow, off);
                     let r = b.ins().load(ty, mem(), ra, 0);
                     v = b.ins().fadd(v, r);
                 }
                 let v = apply_act(b, ty, v, spec.act);
-                b.ins().store(mem(), v, ya, 0);
+                if spec.writes() {
+                    b.ins().store(mem(), v, ya, 0);
+                }
+                v
             };
+            let Some(levels) = wire::levels(spec.wire) else {
+                if vecs > 0 {
+                    counted_loop(b, ptr, vecs, |b, i| {
+                        let off = b.ins().imul_imm_s(i, 16);
+                        one(b, types::F32X4, off, bv);
+                    });
+                }
+                for i in vecs * 4..p {
+                    let off = b.ins().iconst(ptr, i * 4);
+                    one(b, types::F32, off, bs);
+                }
+                return;
+            };
+            // Pass 1: the epilogue, keeping the channel's minimum and maximum.
+            let inf = b.ins().f32const(f32::INFINITY);
+            let ninf = b.ins().f32const(f32::NEG_INFINITY);
+            let (mut lo, mut hi) = (inf, ninf);
             if vecs > 0 {
-                counted_loop(b, ptr, vecs, |b, i| {
+                let init = [
+                    b.ins().splat(types::F32X4, inf),
+                    b.ins().splat(types::F32X4, ninf),
+                ];
+                let acc = counted_loop_carry(b, ptr, vecs, &init, |b, i, acc| {
                     let off = b.ins().imul_imm_s(i, 16);
-                    one(b, types::F32X4, off, bv);
+                    let v = one(b, types::F32X4, off, bv);
+                    vec![pmin(b, v, acc[0]), pmax(b, v, acc[1])]
                 });
+                lo = fold_lanes(b, acc[0], pmin);
+                hi = fold_lanes(b, acc[1], pmax);
             }
             for i in vecs * 4..p {
                 let off = b.ins().iconst(ptr, i * 4);
-                one(b, types::F32, off, bs);
+                let v = one(b, types::F32, off, bs);
+                lo = pmin(b, v, lo);
+                hi = pmax(b, v, hi);
+            }
+            // step = (hi − lo)/L and inv = L/(hi − lo), both 0 for a constant channel.
+            let l = b.ins().f32const(levels as f32);
+            let zero = b.ins().f32const(0.0);
+            let diff = b.ins().fsub(hi, lo);
+            let spread = b.ins().fcmp(FloatCC::GreaterThan, hi, lo);
+            let s = b.ins().fdiv(diff, l);
+            let step = b.ins().select(spread, s, zero);
+            let s = b.ins().fdiv(l, diff);
+            let inv = b.ins().select(spread, s, zero);
+            // Pass 2 (the channel is in L1): codes, and the error they make.
+            let (codes, stats) = (params[3], params[4]);
+            let row_bytes = wire::channel_code_bytes(spec.wire, spec.pixels) as i64;
+            let coff = b.ins().imul_imm_s(ch, row_bytes);
+            let crow = b.ins().iadd(codes, coff);
+            // (rounded code as a float, v − decoded) of one value or vector.
+            let quant = |b: &mut FunctionBuilder, v: Value, lo: Value, inv: Value, step: Value| {
+                let d = b.ins().fsub(v, lo);
+                let t = b.ins().fmul(d, inv);
+                let r = b.ins().nearest(t);
+                let m = b.ins().fmul(r, step);
+                let back = b.ins().fadd(lo, m);
+                let e = b.ins().fsub(v, back);
+                (r, e)
+            };
+            let sq_add = |b: &mut FunctionBuilder, x: Value, acc: Value| {
+                let m = b.ins().fmul(x, x);
+                b.ins().fadd(acc, m)
+            };
+            let blocks = p / 16;
+            let (mut err, mut sq) = (zero, zero);
+            if blocks > 0 {
+                let lov = b.ins().splat(types::F32X4, lo);
+                let invv = b.ins().splat(types::F32X4, inv);
+                let stepv = b.ins().splat(types::F32X4, step);
+                let z = b.ins().splat(types::F32X4, zero);
+                let even = b.func.dfg.immediates.push(byte_mask(0));
+                let odd = b.func.dfg.immediates.push(byte_mask(1));
+                let acc = counted_loop_carry(b, ptr, blocks, &[z, z], |b, i, acc| {
+                    let off = b.ins().imul_imm_s(i, 64);
+                    let ya = b.ins().iadd(yrow, off);
+                    let (mut err, mut sq) = (acc[0], acc[1]);
+                    let mut q = Vec::with_capacity(4);
+                    for k in 0..4 {
+                        let v = b.ins().load(types::F32X4, mem(), ya, 16 * k);
+                        let (r, e) = quant(b, v, lov, invv, stepv);
+                        err = sq_add(b, e, err);
+                        sq = sq_add(b, v, sq);
+                        q.push(b.ins().fcvt_to_sint_sat(types::I32X4, r));
+                    }
+                    // Saturating narrows: i32 → i16 (signed) → u8.
+                    let lo16 = b.ins().snarrow(q[0], q[1]);
+                    let hi16 = b.ins().snarrow(q[2], q[3]);
+                    let mut bytes = b.ins().unarrow(lo16, hi16);
+                    if levels < 255 {
+                        let lim = b.ins().iconst(types::I8, i64::from(levels));
+                        let lim = b.ins().splat(types::I8X16, lim);
+                        bytes = b.ins().umin(bytes, lim);
+                    }
+                    if spec.wire == Compression::Q4 {
+                        // Byte j = code 2j | code 2j+1 << 4: eight bytes.
+                        let lo4 = b.ins().shuffle(bytes, bytes, even);
+                        let hi4 = b.ins().shuffle(bytes, bytes, odd);
+                        let hi4 = b.ins().ishl_imm_u(hi4, 4);
+                        let packed = b.ins().bor(lo4, hi4);
+                        let little = MemFlagsData::new().with_endianness(Endianness::Little);
+                        let wide = b.ins().bitcast(types::I64X2, little, packed);
+                        let first = b.ins().extractlane(wide, 0);
+                        let off = b.ins().imul_imm_s(i, 8);
+                        let ca = b.ins().iadd(crow, off);
+                        b.ins().store(mem(), first, ca, 0);
+                    } else {
+                        let off = b.ins().imul_imm_s(i, 16);
+                        let ca = b.ins().iadd(crow, off);
+                        b.ins().store(mem(), bytes, ca, 0);
+                    }
+                    vec![err, sq]
+                });
+                err = fold_lanes(b, acc[0], |b, x, a| b.ins().fadd(a, x));
+                sq = fold_lanes(b, acc[1], |b, x, a| b.ins().fadd(a, x));
+            }
+            let mut pending = None;
+            for j in blocks * 16..p {
+                let v = b.ins().load(types::F32, mem(), yrow, off32(4 * j));
+                let (r, e) = quant(b, v, lo, inv, step);
+                err = sq_add(b, e, err);
+                sq = sq_add(b, v, sq);
+                let qi = b.ins().fcvt_to_sint_sat(types::I32, r);
+                let z = b.ins().iconst(types::I32, 0);
+                let qi = b.ins().smax(qi, z);
+                let lim = b.ins().iconst(types::I32, i64::from(levels));
+                let qi = b.ins().umin(qi, lim);
+                match (spec.wire, pending.take()) {
+                    (Compression::Q4, None) if j + 1 < p => pending = Some(qi),
+                    (Compression::Q4, low) => {
+                        let byte = match low {
+                            Some(low) => {
+                                let high = b.ins().ishl_imm_u(qi, 4);
+                                b.ins().bor(low, high)
+                            }
+                            None => qi,
+                        };
+                        b.ins().istore8(mem(), byte, crow, off32(j / 2));
+                    }
+                    _ => {
+                        b.ins().istore8(mem(), qi, crow, off32(j));
+                    }
+                }
+            }
+            let soff = b.ins().imul_imm_s(ch, 16);
+            let sa = b.ins().iadd(stats, soff);
+            for (k, x) in [lo, step, err, sq].into_iter().enumerate() {
+                b.ins().store(mem(), x, sa, 4 * k as i32);
             }
         });
     }
     b.ins().return_(&[]);
     b.seal_all_blocks();
     b.finalize(cfg);
+}
+
+/// The `shuffle` immediate taking bytes `first`, `first + 2`, … (eight of them, twice).
+fn byte_mask(first: u8) -> ConstantData {
+    let bytes: Vec<u8> = (0..16).map(|k| first + 2 * (k % 8)).collect();
+    ConstantData::from(bytes)
 }
 
 fn build_max_pool(
@@ -903,7 +1185,8 @@ fn snapshot_target() -> TargetFrontendConfig {
 /// The CLIF text of an epilogue, before optimisation (what the snapshots hold).
 pub fn epilogue_clif(spec: &EpilogueSpec) -> String {
     let target = snapshot_target();
-    let mut func = Function::with_name_signature(UserFuncName::user(0, 0), ptr_sig(target, 3));
+    let mut func =
+        Function::with_name_signature(UserFuncName::user(0, 0), ptr_sig(target, spec.params()));
     build_epilogue(&mut func, &mut FunctionBuilderContext::new(), target, spec);
     func.display().to_string()
 }

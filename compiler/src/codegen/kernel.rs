@@ -27,10 +27,11 @@ use super::winograd::{self, Winograd};
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::ops::{Conv2d, Op, Pad2, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
-use crate::plan::{Mode, Plan, Region, Segment, Tile};
+use crate::plan::{Compression, Mode, Plan, Region, Segment, Tile};
 use crate::reference::tile::{crop, empty, run_segments, run_tail_with};
 use crate::reference::{self, EvalError};
 use crate::weights::Weights;
+use crate::wire::{self, QuantError, Quantised, WireTile};
 
 /// A convolution with what follows it folded or fused.
 #[derive(Debug)]
@@ -73,6 +74,9 @@ pub struct CompileOptions {
     /// every layer takes its host fallback — what a tile shape that was not compiled gets;
     /// the tests use it to check those paths.
     pub generate: bool,
+    /// The plan's wire compression: with q8/q4, the epilogue of a segment's last
+    /// convolution also quantises its tile output (see [`CompiledKernels::run_tile_wire`]).
+    pub wire: Compression,
 }
 
 impl Default for CompileOptions {
@@ -80,6 +84,7 @@ impl Default for CompileOptions {
         CompileOptions {
             winograd: true,
             generate: true,
+            wire: Compression::None,
         }
     }
 }
@@ -97,6 +102,10 @@ pub struct KernelStats {
     pub epilogues: usize,
     pub max_pools: usize,
     pub depthwise: usize,
+    /// Epilogues that quantise a segment's output for the wire.
+    pub quantising_epilogues: usize,
+    /// Quantising passes for tile outputs no epilogue quantises.
+    pub quantisers: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -105,7 +114,10 @@ pub struct CompiledKernels {
     convs: HashMap<usize, ConvKernel>,
     /// Layer → the conv it is fused into.
     fused_into: HashMap<usize, usize>,
-    epilogues: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
+    /// By (layer, pixels, wire compression).
+    epilogues: HashMap<(usize, usize, Compression), (Handle, EpilogueSpec)>,
+    /// Quantising passes by (channels, pixels), for the plan's compression.
+    quantisers: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
     pools: HashMap<(usize, MaxPoolSpec), Handle>,
     depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
     code: JitCode,
@@ -438,8 +450,28 @@ impl CompiledKernels {
         let mut epilogues = HashMap::new();
         let mut pools = HashMap::new();
         let mut depthwise = HashMap::new();
+        let mut quantisers = HashMap::new();
         for seg in segments.iter().filter(|_| opts.generate) {
+            let last = seg.end.index() - 1;
             for tile in seg.tiles.iter().filter(|t| want(t)) {
+                let out = tile.regions[last - seg.first.index()];
+                if opts.wire != Compression::None && !out.is_empty() {
+                    let channels = graph.layers()[last].shape.c;
+                    if let std::collections::hash_map::Entry::Vacant(e) =
+                        quantisers.entry((channels, out.area()))
+                    {
+                        let spec = EpilogueSpec {
+                            channels,
+                            pixels: out.area(),
+                            bias: false,
+                            act: Act::None,
+                            residual: false,
+                            wire: opts.wire,
+                        };
+                        e.insert((session.epilogue(&spec)?, spec));
+                        stats.quantisers += 1;
+                    }
+                }
                 for (n, id) in seg.layers().enumerate() {
                     let i = id.index();
                     if tile.regions[n].is_empty() {
@@ -469,17 +501,30 @@ impl CompiledKernels {
                             n
                         };
                         let pixels = tile.regions[out].area();
-                        if let std::collections::hash_map::Entry::Vacant(e) =
-                            epilogues.entry((i, pixels))
-                        {
-                            let spec = EpilogueSpec {
-                                channels: layer.shape.c,
-                                pixels,
-                                act: k.act,
-                                residual: k.residual.is_some(),
-                            };
-                            e.insert((session.epilogue(&spec)?, spec));
-                            stats.epilogues += 1;
+                        // The chain ends the segment: its epilogue can quantise the output.
+                        let quantising = (opts.wire != Compression::None
+                            && k.last == last
+                            && tile.regions[out] == tile.regions[last - seg.first.index()])
+                        .then_some(opts.wire);
+                        for wire in std::iter::once(Compression::None).chain(quantising) {
+                            if let std::collections::hash_map::Entry::Vacant(e) =
+                                epilogues.entry((i, pixels, wire))
+                            {
+                                let spec = EpilogueSpec {
+                                    channels: layer.shape.c,
+                                    pixels,
+                                    bias: true,
+                                    act: k.act,
+                                    residual: k.residual.is_some(),
+                                    wire,
+                                };
+                                e.insert((session.epilogue(&spec)?, spec));
+                                if wire == Compression::None {
+                                    stats.epilogues += 1;
+                                } else {
+                                    stats.quantising_epilogues += 1;
+                                }
+                            }
                         }
                     } else if matches!(layer.op, Op::MaxPool(_)) && !fused_into.contains_key(&i) {
                         let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
@@ -499,6 +544,7 @@ impl CompiledKernels {
             convs,
             fused_into,
             epilogues,
+            quantisers,
             pools,
             depthwise,
             code,
@@ -540,9 +586,51 @@ impl CompiledKernels {
         seg: &Segment,
         tile: &Tile,
         input: &Array3<f32>,
-        mut profile: Option<&mut Profile>,
+        profile: Option<&mut Profile>,
     ) -> Result<Array3<f32>, EvalError> {
+        let wire = Compression::None;
+        match self.run_tile_inner(graph, weights, seg, tile, input, profile, wire)? {
+            (WireTile::Exact(t), _) => Ok(t),
+            (WireTile::Quantised(_), _) => Err(missing("the exact output")),
+        }
+    }
+
+    /// `tile`'s output as it goes on the wire with `how`, and the error quantisation made.
+    /// With kernels compiled for `how` ([`CompileOptions::wire`]), the epilogue of a segment's
+    /// last convolution quantises each channel right after computing it (while it is in L1);
+    /// other outputs take a generated quantising pass (the host [`wire::quantise`] for shapes
+    /// that were not compiled). The codes equal [`wire::encode`] of [`Self::run_tile`]'s
+    /// output.
+    pub fn run_tile_wire(
+        &self,
+        graph: &LayerGraph,
+        weights: &Weights,
+        seg: &Segment,
+        tile: &Tile,
+        input: &Array3<f32>,
+        how: Compression,
+    ) -> Result<(WireTile, QuantError), EvalError> {
+        self.run_tile_inner(graph, weights, seg, tile, input, None, how)
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "run_tile's operands, a profile and the wire"
+    )]
+    fn run_tile_inner(
+        &self,
+        graph: &LayerGraph,
+        weights: &Weights,
+        seg: &Segment,
+        tile: &Tile,
+        input: &Array3<f32>,
+        mut profile: Option<&mut Profile>,
+        how: Compression,
+    ) -> Result<(WireTile, QuantError), EvalError> {
         let first = seg.first.index();
+        let seg_last = seg.end.index() - 1;
+        // The output, quantised by the last convolution's epilogue.
+        let mut wired: Option<Wired> = None;
         let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(seg.end.index() - first);
         // The fused chain's result waiting for its last layer.
         // (its last layer, the region the value holds, the value).
@@ -641,13 +729,20 @@ impl CompiledKernels {
                     }
                     None => None,
                 };
-                let y = self.conv(i, k, c, &x, residual.as_deref())?;
+                // A fused pool's output holds the pool's region; otherwise the conv's.
+                let have = tile.regions[if k.pool2 { k.last - first } else { n }];
+                let quant = (how != Compression::None
+                    && k.last == seg_last
+                    && have == tile.regions[seg_last - first])
+                    .then_some(how);
+                let (y, q) = self.conv(i, k, c, &x, residual.as_deref(), quant)?;
+                if q.is_some() {
+                    wired = q;
+                }
                 if let Some(p) = profile.as_deref_mut() {
                     *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
                 }
                 if k.last > i {
-                    // A fused pool's output holds the pool's region; otherwise the conv's.
-                    let have = tile.regions[if k.pool2 { k.last - first } else { n }];
                     carry = Some((k.last, have, y));
                     values.push(None);
                     continue;
@@ -694,7 +789,37 @@ impl CompiledKernels {
         for v in values.into_iter().flatten() {
             recycle(v);
         }
-        out.ok_or_else(|| missing("the segment's output"))
+        let out = out.ok_or_else(|| missing("the segment's output"))?;
+        if let Some((q, e)) = wired {
+            recycle(out);
+            return Ok((WireTile::Quantised(q), e));
+        }
+        Ok(self.quantise(out, how))
+    }
+
+    /// `t` for the wire: on the generated quantising pass when one was compiled for its
+    /// shape, else on the host.
+    fn quantise(&self, t: Array3<f32>, how: Compression) -> (WireTile, QuantError) {
+        let (c, h, w) = t.dim();
+        let Some((f, spec)) = self
+            .quantisers
+            .get(&(c, h * w))
+            .filter(|(_, spec)| spec.wire == how)
+        else {
+            return wire::encode(t, how);
+        };
+        let mut t = t;
+        if !t.is_standard_layout() {
+            t = t.as_standard_layout().into_owned();
+        }
+        let mut q = Quantised::zeroed(how, (c, h, w));
+        let mut stats = vec![[0.0; 4]; c];
+        let y = t.as_slice_mut().expect("standard layout");
+        self.code
+            .run_quantising(*f, spec, y, &[], None, &mut q.codes, &mut stats);
+        let e = ranges_from(&mut q, &stats);
+        recycle(t);
+        (WireTile::Quantised(q), e)
     }
 
     /// Runs a whole plan on the calling thread: every segment's tiles with these kernels,
@@ -738,7 +863,8 @@ impl CompiledKernels {
         c: &Conv2d,
         x: &Array3<f32>,
         residual: Option<&Array3<f32>>,
-    ) -> Result<Array3<f32>, EvalError> {
+        quant: Option<Compression>,
+    ) -> Result<(Array3<f32>, Option<Wired>), EvalError> {
         let bad = |reason: &str| EvalError::Parameter {
             op: "conv",
             reason: reason.into(),
@@ -807,7 +933,8 @@ impl CompiledKernels {
             });
             wg.conv(&shape, xs, y, k.pool2, fused);
             if fused.is_some() {
-                return tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()));
+                let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
+                return Ok((t, None));
             }
         } else if let Some((f, spec)) = jit {
             // The kernel zeroes its scratch itself.
@@ -815,7 +942,8 @@ impl CompiledKernels {
             self.code
                 .run_depthwise(f, &spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
             recycle_vec(scratch);
-            return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
+            let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
+            return Ok((t, None));
         } else if k.is_depthwise() {
             depthwise(&geo, xs, &k.depthwise, y, cout);
         } else {
@@ -837,12 +965,41 @@ impl CompiledKernels {
             }
         }
         let pixels = yh * yw;
-        match self.epilogues.get(&(i, pixels)) {
-            Some((h, spec)) => self.code.run_epilogue(*h, spec, y, &k.bias, rs),
-            None => epilogue_host(y, pixels, &k.bias, rs, k.act),
+        let mut quantised = None;
+        match quant.and_then(|how| Some((how, self.epilogues.get(&(i, pixels, how))?))) {
+            Some((how, (h, spec))) => {
+                let mut q = Quantised::zeroed(how, (cout, yh, yw));
+                let mut stats = vec![[0.0; 4]; cout];
+                self.code
+                    .run_quantising(*h, spec, y, &k.bias, rs, &mut q.codes, &mut stats);
+                let e = ranges_from(&mut q, &stats);
+                quantised = Some((q, e));
+            }
+            None => match self.epilogues.get(&(i, pixels, Compression::None)) {
+                Some((h, spec)) => self.code.run_epilogue(*h, spec, y, &k.bias, rs),
+                None => epilogue_host(y, pixels, &k.bias, rs, k.act),
+            },
         }
-        tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))
+        let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
+        Ok((t, quantised))
     }
+}
+
+/// A tile output quantised by its last epilogue, and the error that made.
+type Wired = (Quantised, QuantError);
+
+/// Moves the `[lo, step]` of a quantising kernel's per-channel stats into `q` and sums its
+/// errors.
+fn ranges_from(q: &mut Quantised, stats: &[[f32; 4]]) -> QuantError {
+    let mut e = QuantError::default();
+    for (r, s) in q.ranges.iter_mut().zip(stats) {
+        *r = [s[0], s[1]];
+        e.add(QuantError {
+            err: f64::from(s[2]),
+            sq: f64::from(s[3]),
+        });
+    }
+    e
 }
 
 // Intermediate tensors of a tile are recycled per thread: large allocations come from mmap in

@@ -80,8 +80,8 @@ impl Mode {
     }
 }
 
-/// Wire compression of tile outputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+/// Wire compression of tile outputs (the format: [`crate::wire`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Compression {
     /// Exact float32.
     None,
@@ -100,13 +100,15 @@ impl Compression {
         }
     }
 
-    /// Bytes on the wire for `values` values in `channels` channels (payload + per-channel
-    /// scale and offset).
+    /// Bytes on the wire for `values` values in `channels` channels of equal size (payload +
+    /// per-channel scale and offset; q4 starts each channel on a byte).
     pub fn wire_bytes(self, values: usize, channels: usize) -> usize {
         match self {
             Compression::None => 4 * values,
-            Compression::Q8 => values + 8 * channels,
-            Compression::Q4 => values.div_ceil(2) + 8 * channels,
+            _ => {
+                let per = values.checked_div(channels).unwrap_or(0);
+                channels * crate::wire::channel_code_bytes(self, per) + 8 * channels
+            }
         }
     }
 }
