@@ -13,5 +13,6 @@ pub mod onnx;
 pub mod ops;
 pub mod plan;
 pub mod reference;
+pub mod stdout;
 pub mod weights;
 pub mod wire;

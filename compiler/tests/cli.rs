@@ -151,3 +151,38 @@ fn check_layers_prints_a_row_per_layer() {
         "{stdout}"
     );
 }
+
+/// `adcnnc explain … | head`: a reader that closes its end early ends adcnnc quietly (it used
+/// to panic in `println!` with a backtrace). The JSON is far larger than a pipe's buffer, so
+/// the write must meet the closed pipe.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let out = std::env::temp_dir().join(format!("adcnnc-pipe-{}.bin", std::process::id()));
+    let o = out.to_str().expect("utf-8");
+    let (code, _, stderr) = adcnnc(&[
+        "build",
+        "dsl-examples/resnet50.yaml",
+        "--cluster",
+        "dsl-examples/lan8.yaml",
+        "--strategy",
+        "layerwise",
+        "-o",
+        o,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (_, json, _) = adcnnc(&["explain", o, "--format", "json"]);
+    assert!(json.len() > 256 * 1024, "{} bytes", json.len());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adcnnc"))
+        .args(["explain", o, "--format", "json"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("adcnnc runs");
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("adcnnc ends");
+    let _ = std::fs::remove_file(&out);
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

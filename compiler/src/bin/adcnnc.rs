@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use adcnn_compiler::build::build;
 use adcnn_compiler::plan::{Compression, Options, Strategy, explain, format};
+use adcnn_compiler::{out, outln};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Compile CNNs described in adcnn's YAML DSL into partition plans for edge clusters.
@@ -117,10 +118,10 @@ fn main() -> ExitCode {
             let checked = adcnn_compiler::check::check(&file, cluster.as_deref());
             if checked.is_ok() {
                 for line in checked.summary() {
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 if let (true, Some((graph, _))) = (layers, &checked.network) {
-                    print!("{}", graph.layer_table());
+                    out!("{}", graph.layer_table());
                 }
                 ExitCode::SUCCESS
             } else {
@@ -150,8 +151,8 @@ fn main() -> ExitCode {
                         eprintln!("error: cannot write {}: {e}", output.display());
                         return ExitCode::FAILURE;
                     }
-                    print!("{}", built.summary());
-                    println!("wrote {} ({} bytes)", output.display(), built.bytes.len());
+                    out!("{}", built.summary());
+                    outln!("wrote {} ({} bytes)", output.display(), built.bytes.len());
                     ExitCode::SUCCESS
                 }
                 Err(adcnn_compiler::build::BuildError::Check(rendered)) => {
@@ -179,7 +180,7 @@ fn main() -> ExitCode {
                         ExplainFormat::Json => explain::json(&loaded.plan, &loaded.graph),
                         ExplainFormat::Svg => explain::svg(&loaded.plan, &loaded.graph),
                     };
-                    print!("{out}");
+                    out!("{out}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -226,7 +227,7 @@ fn import(
                 (true, true) => "supported on constant inputs (folded)",
                 (false, _) => "NOT SUPPORTED",
             };
-            println!(
+            outln!(
                 "{:<24} {:>5}  {status}",
                 format!("{}{domain}", o.op_type),
                 o.count
@@ -234,10 +235,10 @@ fn import(
             all &= o.supported;
         }
         if all {
-            println!("all {} operator types are supported", ops.len());
+            outln!("all {} operator types are supported", ops.len());
             return Ok(ExitCode::SUCCESS);
         }
-        println!(
+        outln!(
             "some operators are not supported; supported: {} (and on constants only: {})",
             onnx::SUPPORTED_OPS.join(", "),
             onnx::CONSTANT_ONLY_OPS.join(", ")
@@ -248,6 +249,6 @@ fn import(
         PathBuf::from(model.file_name().unwrap_or(model.as_os_str())).with_extension("yaml")
     });
     let written = onnx::import_file(model, &yaml)?;
-    println!("{}", written.summary());
+    outln!("{}", written.summary());
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use adcnn_compiler::graph::LayerGraph;
 use adcnn_compiler::plan::Compression;
 use adcnn_compiler::plan::format::{self, MAGIC};
 use adcnn_compiler::reference::tile::run_plan as reference_run_plan;
-use adcnn_compiler::{npy, reference};
+use adcnn_compiler::{npy, outln, reference};
 use adcnn_runtime::exec::{Executor, Kernels};
 use adcnn_runtime::{input, report};
 use clap::Parser;
@@ -113,12 +113,12 @@ fn run(cli: &Cli) -> Result<(), String> {
 fn print_top_k(graph: &LayerGraph, out: &Array3<f32>, k: usize) {
     match report::top_k(out, k) {
         Some(top) => {
-            println!("top-{}:", top.len());
+            outln!("top-{}:", top.len());
             for (rank, (class, p)) in top.iter().enumerate() {
-                println!("  {:>2}. class {class:>4}  p = {p:.4}", rank + 1);
+                outln!("  {:>2}. class {class:>4}  p = {p:.4}", rank + 1);
             }
         }
-        None => println!("output {}", graph.output_shape()),
+        None => outln!("output {}", graph.output_shape()),
     }
 }
 
@@ -126,7 +126,7 @@ fn write_output(cli: &Cli, out: &Array3<f32>) -> Result<(), String> {
     if let Some(path) = &cli.output {
         npy::write_f32_file(path, &out.clone().into_dyn())
             .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -146,7 +146,7 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
     let r = exec.run(&x).map_err(|e| format!("error: {e}"))?;
     let lp = exec.plan();
     let (plan, graph) = (&lp.plan, &lp.graph);
-    println!(
+    outln!(
         "{} on {} (in-process, strategy {}, compression {})",
         plan.network,
         plan.cluster.name,
@@ -154,23 +154,27 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
         plan.compression.name()
     );
     print_top_k(graph, &r.output, cli.top_k);
-    println!("per node: busy measured / predicted");
+    outln!("per node: busy measured / predicted");
     for (i, n) in plan.cluster.nodes.iter().enumerate() {
-        println!(
+        outln!(
             "  {:<10} {:>9.2} ms / {:>9.2} ms",
-            n.name, r.node_busy_ms[i], plan.node_busy_ms[i]
+            n.name,
+            r.node_busy_ms[i],
+            plan.node_busy_ms[i]
         );
     }
-    println!(
+    outln!(
         "latency: measured {:.2} ms (in-process, links not emulated), predicted {:.2} ms on {}",
-        r.measured_ms, plan.predicted_ms, plan.cluster.name
+        r.measured_ms,
+        plan.predicted_ms,
+        plan.cluster.name
     );
-    println!(
+    outln!(
         "tile outputs on the wire: {:.1} KiB",
         r.wire_bytes as f64 / 1024.0
     );
     if plan.compression != Compression::None {
-        println!(
+        outln!(
             "{} compression error on tile outputs: relative L2 {:.2e}",
             plan.compression.name(),
             r.compression_error
@@ -179,12 +183,12 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
     if !plan.is_exact() || plan.compression != Compression::None {
         let exact = reference::run(graph, &lp.weights, &x).map_err(|e| format!("error: {e}"))?;
         let dev = relative_l2(&r.output, &exact);
-        println!("deviation of the output from the exact network: relative L2 {dev:.2e}");
+        outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
     }
     if let Some(path) = &cli.trace {
         std::fs::write(path, r.trace.to_json())
             .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
-        println!("wrote trace {}", path.display());
+        outln!("wrote trace {}", path.display());
     }
     write_output(cli, &r.output)
 }
@@ -261,10 +265,10 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
     let gflop = lp.graph.layers().iter().map(|l| l.stats.flops).sum::<u64>() as f64 / 1e9;
     if cli.quiet {
         let mib = weight_bytes as f64 / (1 << 20) as f64;
-        println!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1}");
+        outln!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1}");
         return Ok(());
     }
-    println!(
+    outln!(
         "{} plan {} ({} segment(s)), kernels {}, {} thread(s), {runs} runs after 2 warm-up",
         lp.plan.network,
         lp.plan.strategy.name(),
@@ -272,21 +276,21 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
         cli.kernels,
         cli.threads.max(1)
     );
-    println!(
+    outln!(
         "p50 {p50:.2} ms  p99 {p99:.2} ms  min {:.2} ms  {:.2} frames/s  {:.1} GFLOP/s ({gflop:.2} GFLOP)",
         times[0],
         1e3 / p50,
         gflop / (p50 / 1e3)
     );
-    println!(
+    outln!(
         "kernel compile time: {compile_ms:.1} ms, prepared weights {:.1} MiB (slowest / largest node)",
         weight_bytes as f64 / (1 << 20) as f64
     );
     if cli.profile {
         let total: f64 = profile.values().sum();
-        println!("per kind of work (ms per run):");
+        outln!("per kind of work (ms per run):");
         for (k, v) in &profile {
-            println!(
+            outln!(
                 "  {:>9.2}  {:>5.1} %  {k}",
                 v / runs as f64,
                 100.0 * v / total
@@ -319,8 +323,8 @@ fn run_network(cli: &Cli) -> Result<(), String> {
     let started = Instant::now();
     let out = reference::run(graph, weights, &x).map_err(|e| format!("error: {e}"))?;
     let elapsed = started.elapsed();
-    println!("{}", graph.summary());
-    println!(
+    outln!("{}", graph.summary());
+    outln!(
         "ran on the reference interpreter in {:.1} ms",
         elapsed.as_secs_f64() * 1e3
     );
