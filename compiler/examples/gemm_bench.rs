@@ -15,18 +15,33 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
 }
 
-/// (best, median) seconds of `f` over enough runs to fill ~0.4 s (at least 5).
-fn time(mut f: impl FnMut()) -> (f64, f64) {
+/// (best, median) seconds of `f` over enough runs to fill ~0.4 s (at least 5), calling
+/// `before` (untimed) ahead of each run.
+fn time_after(mut before: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
     f();
     let mut v = Vec::new();
     let start = Instant::now();
     while v.len() < 5 || (start.elapsed().as_secs_f64() < 0.4 && v.len() < 200) {
+        before();
         let t = Instant::now();
         f();
         v.push(t.elapsed().as_secs_f64());
     }
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2])
+}
+
+fn time(f: impl FnMut()) -> (f64, f64) {
+    time_after(|| {}, f)
+}
+
+/// Writes 64 MiB (twice the last-level cache), so the next run finds A, B and C in memory
+/// as a layer in a network does, where the previous layers pushed them out.
+fn evict(buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(64).enumerate() {
+        chunk[0] = i as u8;
+    }
+    std::hint::black_box(&buf[..]);
 }
 
 fn main() {
@@ -82,14 +97,38 @@ fn main() {
         .map(|&(s, m, n, k, _)| (s, m, n, k))
         .collect();
     let times = bench(&plain);
-    let frame: f64 = times
-        .iter()
-        .zip(mobilenet)
-        .map(|(t, s)| t * s.4 as f64)
-        .sum();
+    let per_frame = |times: &[f64]| -> f64 {
+        let t: f64 = times.iter().zip(mobilenet).map(|(t, s)| t * s.4 as f64).sum();
+        t * 1e3
+    };
     println!(
         "MobileNetV2 1×1 GEMMs per frame (median times × count): {:.2} ms",
-        frame * 1e3
+        per_frame(&times)
+    );
+    // The same GEMMs with the caches emptied before each run.
+    let mut junk = vec![0u8; 64 << 20];
+    let cold: Vec<f64> = plain
+        .iter()
+        .map(|&(_, m, n, k)| {
+            let (a, b) = (data(m * k, 1), data(k * n, 2));
+            let pa = PackedA::new(&a, m, k, k);
+            let mut c = vec![0.0f32; m * n];
+            let t = time_after(
+                || evict(&mut junk),
+                || gemm_packed(&pa, &b, n, n, &mut c, n, false),
+            )
+            .1;
+            println!(
+                "{:<28} {:>8.1} µs from memory ({m}×{n}×{k})",
+                "",
+                t * 1e6
+            );
+            t
+        })
+        .collect();
+    println!(
+        "the same from memory (caches evicted before each run): {:.2} ms",
+        per_frame(&cold)
     );
 }
 
