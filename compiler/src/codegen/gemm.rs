@@ -672,32 +672,29 @@ mod neon {
         // SAFETY (whole body): every offset stays within the bounds the caller guarantees
         // (the A loads read rows 0–3 and 4–5 of each group of MR).
         unsafe {
-            let mut r = [[vdupq_n_f32(0.0); W]; MR];
+            // r[j][i]: row i, columns 4j..4j+4.
+            let mut r = [[vdupq_n_f32(0.0); MR]; W];
             let (mut ap, mut bp) = (a, b);
             for _ in 0..kc {
                 let a03 = vld1q_f32(ap);
                 let a45 = vld1_f32(ap.add(4));
-                for j in 0..W {
+                for (j, rj) in r.iter_mut().enumerate() {
                     let bj = vld1q_f32(bp.add(4 * j));
-                    r[0][j] = vfmaq_laneq_f32::<0>(r[0][j], bj, a03);
-                    r[1][j] = vfmaq_laneq_f32::<1>(r[1][j], bj, a03);
-                    r[2][j] = vfmaq_laneq_f32::<2>(r[2][j], bj, a03);
-                    r[3][j] = vfmaq_laneq_f32::<3>(r[3][j], bj, a03);
-                    r[4][j] = vfmaq_lane_f32::<0>(r[4][j], bj, a45);
-                    r[5][j] = vfmaq_lane_f32::<1>(r[5][j], bj, a45);
+                    rj[0] = vfmaq_laneq_f32::<0>(rj[0], bj, a03);
+                    rj[1] = vfmaq_laneq_f32::<1>(rj[1], bj, a03);
+                    rj[2] = vfmaq_laneq_f32::<2>(rj[2], bj, a03);
+                    rj[3] = vfmaq_laneq_f32::<3>(rj[3], bj, a03);
+                    rj[4] = vfmaq_lane_f32::<0>(rj[4], bj, a45);
+                    rj[5] = vfmaq_lane_f32::<1>(rj[5], bj, a45);
                 }
                 ap = ap.add(MR);
                 bp = bp.add(ldb);
             }
-            for (i, ri) in r.iter().enumerate() {
-                let row = c.add(i * ldc);
-                for (j, &v) in ri.iter().enumerate() {
-                    let v = if acc {
-                        vaddq_f32(v, vld1q_f32(row.add(4 * j)))
-                    } else {
-                        v
-                    };
-                    vst1q_f32(row.add(4 * j), v);
+            for (j, rj) in r.iter().enumerate() {
+                for (i, &v) in rj.iter().enumerate() {
+                    let dst = c.add(i * ldc + 4 * j);
+                    let v = if acc { vaddq_f32(v, vld1q_f32(dst)) } else { v };
+                    vst1q_f32(dst, v);
                 }
             }
         }
