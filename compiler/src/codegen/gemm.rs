@@ -1,6 +1,7 @@
 //! Host SGEMM: packed panels, cache blocking, and a register-blocked micro-kernel chosen at
 //! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators, and 6×8 for strips of at most
-//! 8 columns such as the 49th column of a 7×7 map) on x86-64, a portable kernel elsewhere.
+//! 8 columns such as the 49th column of a 7×7 map) on x86-64, NEON on aarch64 (6×16 with
+//! twenty-four 128-bit accumulators, and 6×8), a portable kernel elsewhere.
 //! Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third of this
 //! kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
 //! [`adcnn_sgemm`] through `JITBuilder::symbol`.
@@ -31,6 +32,8 @@ const NC: usize = 192;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Avx2Fma,
+    /// AArch64 Advanced SIMD (mandatory there; detected for uniformity).
+    Neon,
     Portable,
 }
 
@@ -42,6 +45,12 @@ pub fn isa() -> Isa {
         {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 return Isa::Avx2Fma;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                return Isa::Neon;
             }
         }
         Isa::Portable
@@ -178,6 +187,20 @@ pub fn gemm_packed_with(
     ldc: usize,
     accumulate: bool,
 ) {
+    gemm_packed_on(isa(), a, b, n, c, ldc, accumulate);
+}
+
+/// [`gemm_packed_with`] on the micro-kernel `isa`, which must be [`isa()`] or
+/// [`Isa::Portable`] (the tests run both).
+fn gemm_packed_on(
+    isa: Isa,
+    a: &PackedA,
+    b: &impl PackB,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     let (m, k) = (a.m, a.k);
     if m == 0 || n == 0 {
         return;
@@ -191,7 +214,6 @@ pub fn gemm_packed_with(
         }
         return;
     }
-    let isa = isa();
     // The packed-B buffer is reused per thread: at 192 KiB it is above glibc's mmap
     // threshold, and a fresh one per call cost a map, page faults and an unmap each time.
     thread_local! {
@@ -284,6 +306,11 @@ pub fn sgemm(
 /// matrix-vector product (fully connected layers at batch 1), which streams A once and is
 /// bound by memory bandwidth once its sums run 8 wide with FMA.
 pub fn gemv(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
+    gemv_on(isa(), a, lda, x, y);
+}
+
+/// [`gemv`] on `isa`, which must be [`isa()`] or [`Isa::Portable`].
+fn gemv_on(isa: Isa, a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
     let (rows, cols) = (y.len(), x.len());
     if rows == 0 {
         return;
@@ -293,10 +320,17 @@ pub fn gemv(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
         "A too short"
     );
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx2Fma {
+    if isa == Isa::Avx2Fma {
         // SAFETY: AVX2 and FMA were detected; A holds `rows` rows of `cols` floats at stride
         // `lda` (asserted above), x `cols` floats, y `rows`.
         unsafe { avx2::gemv(a.as_ptr(), lda, x.as_ptr(), cols, y.as_mut_ptr(), rows) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        // SAFETY: NEON was detected; A holds `rows` rows of `cols` floats at stride `lda`
+        // (asserted above), x `cols` floats, y `rows`.
+        unsafe { neon::gemv(a.as_ptr(), lda, x.as_ptr(), cols, y.as_mut_ptr(), rows) };
         return;
     }
     for (r, out) in y.iter_mut().enumerate() {
@@ -346,6 +380,12 @@ fn micro(
         unsafe { avx2::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon && full {
+        // SAFETY: `isa()` returned Neon only after detecting it. Bounds as for AVX2 above.
+        unsafe { neon::kernel_6x16(kc, a.as_ptr(), b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) };
+        return;
+    }
     // Edge blocks (and the portable kernel) go through a local block.
     let mut tmp = [[0.0f32; NR]; MR];
     match isa {
@@ -361,6 +401,19 @@ fn micro(
                     avx2::kernel_6x8(kc, ap, bp, ldb, tp, NR);
                 } else {
                     avx2::kernel_6x16(kc, ap, bp, ldb, tp, NR, false);
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: as above for `a` and `b`; the kernel writes the local MR × NR `tmp`
+            // (the first 8 columns of each row for the narrow kernel).
+            unsafe {
+                let (ap, bp, tp) = (a.as_ptr(), b.as_ptr(), tmp[0].as_mut_ptr());
+                if nr <= NR / 2 {
+                    neon::kernel_6x8(kc, ap, bp, ldb, tp, NR);
+                } else {
+                    neon::kernel_6x16(kc, ap, bp, ldb, tp, NR, false);
                 }
             }
         }
@@ -541,6 +594,149 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::MR;
+
+    /// Matrix-vector product, four rows at a time (x is read once per four rows), four q
+    /// accumulators per row.
+    ///
+    /// # Safety
+    /// NEON must be available; `a` points at `rows` rows of `cols` readable floats `lda`
+    /// apart, `x` at `cols`, `y` at `rows` writable floats.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn gemv(
+        a: *const f32,
+        lda: usize,
+        x: *const f32,
+        cols: usize,
+        y: *mut f32,
+        rows: usize,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let body = cols / 16 * 16;
+            let mut r = 0;
+            while r < rows {
+                let nr = (rows - r).min(4);
+                let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
+                let mut j = 0;
+                while j < body {
+                    let xv = [
+                        vld1q_f32(x.add(j)),
+                        vld1q_f32(x.add(j + 4)),
+                        vld1q_f32(x.add(j + 8)),
+                        vld1q_f32(x.add(j + 12)),
+                    ];
+                    for (i, ai) in acc.iter_mut().enumerate().take(nr) {
+                        let row = a.add((r + i) * lda + j);
+                        for (q, (aq, xq)) in ai.iter_mut().zip(xv).enumerate() {
+                            *aq = vfmaq_f32(*aq, vld1q_f32(row.add(4 * q)), xq);
+                        }
+                    }
+                    j += 16;
+                }
+                for (i, ai) in acc.iter().enumerate().take(nr) {
+                    let s = vaddq_f32(vaddq_f32(ai[0], ai[1]), vaddq_f32(ai[2], ai[3]));
+                    let mut sum = vaddvq_f32(s);
+                    for jj in body..cols {
+                        sum += *a.add((r + i) * lda + jj) * *x.add(jj);
+                    }
+                    *y.add(r + i) = sum;
+                }
+                r += nr;
+            }
+        }
+    }
+
+    /// A `MR × 4W` block: `MR · W` q accumulators (24 for W = 4, of the 32 vector
+    /// registers), `W` B loads and one A load of four rows plus one of two per k, each B
+    /// vector multiplied by an A lane.
+    ///
+    /// # Safety
+    /// NEON must be available; `a` points at `kc·MR` readable floats, `b` at `kc` rows of
+    /// `4W` readable floats `ldb` apart; `c` at MR rows of `4W` writable floats, `ldc` apart.
+    #[inline(always)]
+    unsafe fn kernel<const W: usize>(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        const { assert!(MR == 6) };
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees
+        // (the A loads read rows 0–3 and 4–5 of each group of MR).
+        unsafe {
+            // r[j][i]: row i, columns 4j..4j+4.
+            let mut r = [[vdupq_n_f32(0.0); MR]; W];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let a03 = vld1q_f32(ap);
+                let a45 = vld1_f32(ap.add(4));
+                for (j, rj) in r.iter_mut().enumerate() {
+                    let bj = vld1q_f32(bp.add(4 * j));
+                    rj[0] = vfmaq_laneq_f32::<0>(rj[0], bj, a03);
+                    rj[1] = vfmaq_laneq_f32::<1>(rj[1], bj, a03);
+                    rj[2] = vfmaq_laneq_f32::<2>(rj[2], bj, a03);
+                    rj[3] = vfmaq_laneq_f32::<3>(rj[3], bj, a03);
+                    rj[4] = vfmaq_lane_f32::<0>(rj[4], bj, a45);
+                    rj[5] = vfmaq_lane_f32::<1>(rj[5], bj, a45);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(ldb);
+            }
+            for (j, rj) in r.iter().enumerate() {
+                for (i, &v) in rj.iter().enumerate() {
+                    let dst = c.add(i * ldc + 4 * j);
+                    let v = if acc { vaddq_f32(v, vld1q_f32(dst)) } else { v };
+                    vst1q_f32(dst, v);
+                }
+            }
+        }
+    }
+
+    /// 6×16 block: twenty-four q accumulators.
+    ///
+    /// # Safety
+    /// As [`kernel`] with `4W` = 16 (NR).
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn kernel_6x16(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        // SAFETY: the caller's guarantees are `kernel`'s.
+        unsafe { kernel::<4>(kc, a, b, ldb, c, ldc, acc) }
+    }
+
+    /// 6×8 block from the first 8 columns of a packed NR-wide B strip: twelve accumulators.
+    /// Overwrites C.
+    ///
+    /// # Safety
+    /// As [`kernel`] with `4W` = 8.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn kernel_6x8(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        // SAFETY: the caller's guarantees are `kernel`'s.
+        unsafe { kernel::<2>(kc, a, b, ldb, c, ldc, false) }
+    }
+}
+
 /// C entry point for generated code: `C (+)= A · B` (row-major, leading dimensions given).
 ///
 /// # Safety
@@ -597,8 +793,46 @@ mod tests {
         (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
     }
 
+    /// The micro-kernels under test: this machine's, and the portable one where they differ.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![isa(), Isa::Portable];
+        isas.dedup();
+        isas
+    }
+
+    #[test]
+    fn detects_the_simd_kernel() {
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            isa() == Isa::Avx2Fma,
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        );
+        // NEON is mandatory on aarch64, so the tests there always cover its kernels.
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(isas(), [Isa::Neon, Isa::Portable]);
+    }
+
+    /// `C (+)= A · B` for dense row-major `m × k` A and `k × n` B on the kernel `isa`.
+    fn sgemm_on(
+        isa: Isa,
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        acc: bool,
+    ) {
+        let pa = PackedA::new(a, m, k, k);
+        gemm_packed_on(isa, &pa, &Dense { b, ldb: n }, n, c, n, acc);
+    }
+
     #[test]
     fn matches_naive_on_odd_shapes() {
+        for isa in isas() {
+            matches_naive_on(isa);
+        }
+    }
+
+    fn matches_naive_on(isa: Isa) {
         for &(m, n, k) in &[
             (1, 1, 1),
             (7, 17, 3),
@@ -621,20 +855,21 @@ mod tests {
             let (a, b) = (data(m * k, 1), data(k * n, 2));
             let want = naive(m, n, k, &a, &b);
             let mut got = vec![0.0f32; m * n];
-            sgemm(m, n, k, &a, k, &b, n, &mut got, n, false);
+            sgemm_on(isa, (m, n, k), &a, &b, &mut got, false);
             let err = crate::codegen::rel_l2(&got, &want);
-            assert!(err < 1e-6, "{m}x{n}x{k}: {err}");
+            assert!(err < 1e-6, "{isa:?} {m}x{n}x{k}: {err}");
             // Accumulating adds the product once more.
-            sgemm(m, n, k, &a, k, &b, n, &mut got, n, true);
+            sgemm_on(isa, (m, n, k), &a, &b, &mut got, true);
             let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
-            assert!(crate::codegen::rel_l2(&got, &twice) < 1e-6);
+            let err = crate::codegen::rel_l2(&got, &twice);
+            assert!(err < 1e-6, "{isa:?} {m}x{n}x{k} accumulating: {err}");
             // The matrix-vector product against the same naive product (n = 1).
             let (a, x) = (data(m * k, 3), data(k, 4));
             let mut y = vec![f32::NAN; m];
-            gemv(&a, k, &x, &mut y);
+            gemv_on(isa, &a, k, &x, &mut y);
             assert!(
                 crate::codegen::rel_l2(&y, &naive(m, 1, k, &a, &x)) < 1e-6,
-                "gemv {m}×{k}"
+                "{isa:?} gemv {m}×{k}"
             );
         }
     }
