@@ -5,16 +5,20 @@
 //! epilogues (batch norm, relu / clip / leaky relu, max pool with and without padding or
 //! ceil mode), Winograd-eligible 3×3 layers, and random depthwise layers (kernel 1–7,
 //! stride 1–4, dilation 1–3 per axis, asymmetric padding, input sizes from "just fits the
-//! window" up, residual adds), planned with forced halo grids (edge tiles smaller than the
-//! rest, tiles narrower than one f32x4) and as FDSP tiles, every tile compared with
-//! `reference::tile::run_tile` — both with kernels compiled for it and with kernels that
-//! generate no code (the host fallbacks). Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
+//! window" up, residual adds), random 3×3 stride-1/2 depthwise layers (the host AVX2+FMA
+//! kernel's shapes: widths 3–40, padding 0–2 per side, residual adds, relu6; asserted to
+//! run on that kernel where the CPU has it), planned with forced halo grids (edge tiles
+//! smaller than the rest, tiles narrower than one f32x4) and as FDSP tiles, every tile
+//! compared with `reference::tile::run_tile` — with kernels compiled for it, with kernels
+//! that generate no code (the host fallbacks), and with generated depthwise kernels in
+//! place of the host AVX2 one. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
 //! CLIF snapshots of small kernels live in `snapshots/clif/`.
 
 use std::path::Path;
 
 use adcnn_compiler::check::check_text;
+use adcnn_compiler::codegen::gemm::{Isa, isa};
 use adcnn_compiler::codegen::jit::{
     Act, DepthwiseSpec, EpilogueSpec, MaxPoolSpec, depthwise_clif, epilogue_clif, max_pool_clif,
 };
@@ -66,6 +70,14 @@ fn differential(
     };
     let fallback = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &host_only)
         .map_err(|e| e.to_string())?;
+    // Generated depthwise kernels also for the shapes the host AVX2 kernel takes by default.
+    let generated_only = CompileOptions {
+        host_depthwise: false,
+        ..CompileOptions::default()
+    };
+    let generated =
+        CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &generated_only)
+            .map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 7);
     let s0 = graph.input.shape;
     let mut current = Array3::from_shape_simple_fn((s0.c, s0.h, s0.w), || rng.uniform(-2.0, 2.0));
@@ -82,7 +94,11 @@ fn differential(
         for tile in &seg.tiles {
             let x = crop(&current, &full, &tile.input);
             let want = run_tile(graph, weights, seg, tile, &x).map_err(|e| e.to_string())?;
-            for (how, k) in [("compiled", &kernels), ("fallback", &fallback)] {
+            for (how, k) in [
+                ("compiled", &kernels),
+                ("fallback", &fallback),
+                ("generated", &generated),
+            ] {
                 let got = k
                     .run_tile(graph, weights, seg, tile, &x)
                     .map_err(|e| e.to_string())?;
@@ -242,6 +258,67 @@ proptest! {
                 // Every layer stack here is plannable as one whole-map segment.
                 Ok((0, _)) if opts.strategy == Strategy::Single => {
                     return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A depthwise 3×3 convolution with stride 1 or 2 (what the host AVX2+FMA kernel takes):
+/// inputs from 3 to 40 wide and high (rows under 8 wide, whose one vector spills into the
+/// next row and, in the last plane, is stored through a copy; rows whose last vector
+/// overlaps the one before), asymmetric padding 0–2, 4–12 channels, batch norm, every
+/// activation incl. relu6, and a residual add (stride 1, padding 1).
+fn host_depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)>
+{
+    (
+        1usize..=2,
+        (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        (3usize..=40, 3usize..=40),
+        4usize..=12,
+        (0usize..5, any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(st, (pt, pl, pb, pr), (h, w), c, (act, bn, bias, res))| {
+            let same = res && st == 1;
+            let [pt, pl, pb, pr] = if same { [1; 4] } else { [pt, pl, pb, pr] };
+            let mut l = format!(
+                "a: conv({c}, k=1)\n    - b: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})"
+            );
+            if bn {
+                l.push_str(" | bn");
+            }
+            if same {
+                l.push_str(" | add(a)");
+            }
+            l.push_str(["", " | relu", " | relu6", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+            (c, h, w, l)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_host_depthwise_layers_match_the_reference((c, h, w, layers) in host_depthwise_layer(), seed in 0u64..1000) {
+        for opts in [
+            Options { strategy: Strategy::Single, ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((3, 2)), ..Options::default() },
+            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
+        ] {
+            match differential(c, h, w, &layers, &opts, seed) {
+                Err(e) => return Err(TestCaseError::fail(e)),
+                Ok((0, _)) if opts.strategy == Strategy::Single => {
+                    return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
+                }
+                // The whole map ran on the host kernel where the CPU has AVX2+FMA.
+                Ok((_, stats))
+                    if opts.strategy == Strategy::Single
+                        && isa() == Isa::Avx2Fma
+                        && (stats.depthwise_host != 1 || stats.depthwise != 0) =>
+                {
+                    return Err(TestCaseError::fail(format!("{layers}: {stats:?}")));
                 }
                 Ok(_) => {}
             }

@@ -8,7 +8,9 @@
 //! layers (`winograd.rs`, which applies bias and activation in its output transform and can
 //! take a following 2×2 max pool there too), + a JIT epilogue (bias, folded batch norm,
 //! residual add, activation); depthwise convolutions are JIT loop nests with the epilogue
-//! fused (a direct host loop + epilogue only for a tile shape that was not compiled); max
+//! fused — 3×3 stride-1/2 ones the host AVX2+FMA kernel (`depthwise.rs`, epilogue fused
+//! too) where the CPU has it — and a direct host loop + epilogue only for a tile shape that
+//! was not compiled; max
 //! pools are JIT loop nests (padding: the input is copied into a −∞ border first); the
 //! tail's fully connected layers run on the host GEMV. Every other layer kind runs on the
 //! reference interpreter (`eval_op`).
@@ -19,6 +21,7 @@ use std::time::Instant;
 
 use ndarray::{Array3, ShapeError, s};
 
+use super::depthwise as host_dw;
 use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv};
 use super::jit::{
     Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
@@ -73,6 +76,10 @@ pub struct CompileOptions {
     /// every layer takes its host fallback — what a tile shape that was not compiled gets;
     /// the tests use it to check those paths.
     pub generate: bool,
+    /// Depthwise 3×3 stride-1/2 convolutions on the host AVX2+FMA kernel
+    /// (`depthwise.rs`) where the CPU has it, instead of generated code; off, they take the
+    /// generated kernel (or, with `generate` off too, the host loop).
+    pub host_depthwise: bool,
 }
 
 impl Default for CompileOptions {
@@ -80,6 +87,7 @@ impl Default for CompileOptions {
         CompileOptions {
             winograd: true,
             generate: true,
+            host_depthwise: true,
         }
     }
 }
@@ -96,7 +104,10 @@ pub struct KernelStats {
     pub fused_layers: usize,
     pub epilogues: usize,
     pub max_pools: usize,
+    /// Depthwise kernels generated (one per layer and tile shape).
     pub depthwise: usize,
+    /// Depthwise layer and tile shapes that run the host AVX2+FMA kernel instead.
+    pub depthwise_host: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -108,6 +119,8 @@ pub struct CompiledKernels {
     epilogues: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
     pools: HashMap<(usize, MaxPoolSpec), Handle>,
     depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
+    /// Whether depthwise shapes the host kernel handles run on it (`CompileOptions`).
+    host_depthwise: bool,
     code: JitCode,
     pub stats: KernelStats,
     /// Wall time of preparation and compilation.
@@ -438,7 +451,8 @@ impl CompiledKernels {
         let mut epilogues = HashMap::new();
         let mut pools = HashMap::new();
         let mut depthwise = HashMap::new();
-        for seg in segments.iter().filter(|_| opts.generate) {
+        let mut host_depthwise = std::collections::HashSet::new();
+        for seg in segments {
             for tile in seg.tiles.iter().filter(|t| want(t)) {
                 for (n, id) in seg.layers().enumerate() {
                     let i = id.index();
@@ -449,13 +463,18 @@ impl CompiledKernels {
                     if let Some(k) = convs.get(&i).filter(|k| k.is_depthwise()) {
                         let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
                         let c = shape_of(graph, &layer.inputs[0]).c;
-                        if let Op::Conv2d(conv) = &op
-                            && let Some(spec) = depthwise_spec(conv, c, h, w, k)
-                            && !depthwise.contains_key(&(i, spec))
-                        {
+                        let Op::Conv2d(conv) = &op else { continue };
+                        let Some(spec) = depthwise_spec(conv, c, h, w, k) else {
+                            continue;
+                        };
+                        if opts.host_depthwise && host_dw::applies(&spec) {
+                            host_depthwise.insert((i, spec));
+                        } else if opts.generate && !depthwise.contains_key(&(i, spec)) {
                             depthwise.insert((i, spec), session.depthwise(&spec)?);
                             stats.depthwise += 1;
                         }
+                    } else if !opts.generate {
+                        continue;
                     } else if let Some(k) = convs.get(&i) {
                         // Winograd applies bias and activation itself unless a residual is
                         // added.
@@ -494,6 +513,7 @@ impl CompiledKernels {
                 }
             }
         }
+        stats.depthwise_host = host_depthwise.len();
         let code = session.finish()?;
         Ok(CompiledKernels {
             convs,
@@ -501,6 +521,7 @@ impl CompiledKernels {
             epilogues,
             pools,
             depthwise,
+            host_depthwise: opts.host_depthwise,
             code,
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -618,6 +639,14 @@ impl CompiledKernels {
             let kind = match (self.convs.get(&i), &op) {
                 (Some(k), _) if k.winograd.is_some() => {
                     "conv winograd F(4x4,3x3) + gemm (host), epilogue fused or jit"
+                }
+                (Some(k), Op::Conv2d(c))
+                    if k.is_depthwise()
+                        && self.host_depthwise
+                        && depthwise_spec(c, x.dim().0, x.dim().1, x.dim().2, k)
+                            .is_some_and(|spec| host_dw::applies(&spec)) =>
+                {
+                    "conv depthwise 3x3 (host avx2)"
                 }
                 (Some(k), _) if k.is_depthwise() => "conv depthwise (jit)",
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
@@ -766,10 +795,11 @@ impl CompiledKernels {
         // The output's size: pooled 2×2 when a pool is fused.
         let (yh, yw) = if k.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
         let len = cout * yh * yw;
-        let jit = depthwise_spec(c, cin, h, w, k)
-            .and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
+        let spec = depthwise_spec(c, cin, h, w, k);
+        let host = spec.filter(|s| self.host_depthwise && host_dw::applies(s));
+        let jit = spec.and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
         // Every path but the host depthwise loop (which accumulates into y) writes all of y.
-        let mut buf = if k.is_depthwise() && jit.is_none() {
+        let mut buf = if k.is_depthwise() && host.is_none() && jit.is_none() {
             zeroed(len)
         } else {
             overwritten(len)
@@ -809,6 +839,12 @@ impl CompiledKernels {
             if fused.is_some() {
                 return tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()));
             }
+        } else if let Some(spec) = host {
+            // The kernel zeroes its scratch itself.
+            let mut scratch = overwritten(host_dw::scratch_len(&spec));
+            host_dw::run(&spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
+            recycle_vec(scratch);
+            return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
         } else if let Some((f, spec)) = jit {
             // The kernel zeroes its scratch itself.
             let mut scratch = overwritten(spec.scratch_len());
