@@ -22,7 +22,8 @@ use std::time::Instant;
 use ndarray::{Array3, ShapeError, s};
 
 use super::depthwise as host_dw;
-use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv};
+use super::direct;
+use super::gemm::{Isa, NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv, isa};
 use super::jit::{
     Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
 };
@@ -45,6 +46,9 @@ struct ConvKernel {
     packed: Vec<PackedA>,
     /// Depthwise only: `[c, kh·kw]`.
     depthwise: Vec<f32>,
+    /// Stride-2 convolutions with few input channels (`direct.rs`): `[cout, cin·kh·kw]`,
+    /// for tiles the direct kernel takes (`packed` serves the others).
+    direct: Option<Vec<f32>>,
     /// 3×3 stride-1 convolutions: Winograd F(4×4, 3×3) weights (then `packed` is empty).
     winograd: Option<Winograd>,
     /// A following 2×2 stride-2 max pool taken inside the Winograd output tiles (then the
@@ -80,6 +84,9 @@ pub struct CompileOptions {
     /// (`depthwise.rs`) where the CPU has it, instead of generated code; off, they take the
     /// generated kernel (or, with `generate` off too, the host loop).
     pub host_depthwise: bool,
+    /// Stride-2 convolutions with few input channels on the direct AVX2+FMA kernel
+    /// (`direct.rs`) where the CPU has it; off, on im2col + GEMM.
+    pub direct: bool,
 }
 
 impl Default for CompileOptions {
@@ -88,6 +95,7 @@ impl Default for CompileOptions {
             winograd: true,
             generate: true,
             host_depthwise: true,
+            direct: true,
         }
     }
 }
@@ -108,6 +116,9 @@ pub struct KernelStats {
     pub depthwise: usize,
     /// Depthwise layer and tile shapes that run the host AVX2+FMA kernel instead.
     pub depthwise_host: usize,
+    /// Convolutions prepared for the direct stride-2 kernel (`direct.rs`; on CPUs with
+    /// AVX2+FMA, it runs their tiles at least 8 wide).
+    pub direct: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -158,7 +169,8 @@ fn vector(weights: &Weights, layer: &str, role: WeightRole, n: usize) -> Option<
 }
 
 /// Prepares conv `i` of a segment ending before `end`, or `None` to leave it to the reference.
-/// `winograd_tile`: the largest output tile it computes, when Winograd may be used.
+/// `winograd_tile`: the largest output tile it computes, when Winograd may be used;
+/// `direct`: whether it may run on the direct kernel.
 fn prepare_conv(
     graph: &LayerGraph,
     weights: &Weights,
@@ -166,6 +178,7 @@ fn prepare_conv(
     end: usize,
     in_shape: Shape,
     winograd_tile: Option<(usize, usize)>,
+    direct: bool,
 ) -> Option<ConvKernel> {
     let layer = &graph.layers()[i];
     let Op::Conv2d(c) = &layer.op else {
@@ -246,6 +259,13 @@ fn prepare_conv(
         pool2 = true;
         last += 1;
     }
+    let direct = (direct
+        && !depthwise
+        && winograd.is_none()
+        && residual.is_none()
+        && direct::shape_fits(c, cin)
+        && isa() == Isa::Avx2Fma)
+        .then(|| w.clone());
     let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
@@ -259,6 +279,7 @@ fn prepare_conv(
         groups: g,
         packed,
         depthwise: if depthwise { w } else { Vec::new() },
+        direct,
         winograd,
         pool2,
         bias,
@@ -357,6 +378,13 @@ fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec
     out
 }
 
+/// The output width of conv `c` on an input `w` wide, if the window fits.
+fn tile_ow(c: &Conv2d, w: usize) -> Option<usize> {
+    let padded = w + c.padding.left + c.padding.right;
+    let span = c.dilation.w * c.kernel.w.checked_sub(1)? + 1;
+    (c.stride.w > 0 && padded >= span).then(|| (padded - span) / c.stride.w + 1)
+}
+
 /// The generated depthwise kernel's spec for conv `c` on a `[channels, h, w]` input, if it
 /// has one.
 fn depthwise_spec(
@@ -432,12 +460,15 @@ impl CompiledKernels {
                     .max_by_key(|&(r, c)| r * c)
                     .unwrap_or((layer.shape.h, layer.shape.w));
                 let largest = opts.winograd.then_some(largest);
-                if let Some(k) = prepare_conv(graph, weights, i, end, in_shape, largest) {
+                if let Some(k) =
+                    prepare_conv(graph, weights, i, end, in_shape, largest, opts.direct)
+                {
                     for j in i + 1..=k.last {
                         fused_into.insert(j, i);
                     }
                     stats.convs += 1;
                     stats.winograd += usize::from(k.winograd.is_some());
+                    stats.direct += usize::from(k.direct.is_some());
                     stats.fused_layers += k.last - i;
                     let next = k.last + 1;
                     convs.insert(i, k);
@@ -649,6 +680,13 @@ impl CompiledKernels {
                     "conv depthwise 3x3 (host avx2)"
                 }
                 (Some(k), _) if k.is_depthwise() => "conv depthwise (jit)",
+                (Some(k), Op::Conv2d(c))
+                    if k.direct.is_some()
+                        && tile_ow(c, x.dim().2)
+                            .is_some_and(|ow| direct::applies(c, x.dim().0, ow)) =>
+                {
+                    "conv direct stride 2, few channels (host avx2)"
+                }
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_))
                     if max_pool_spec(&op, x.dim().0, x.dim().1, x.dim().2)
@@ -854,6 +892,19 @@ impl CompiledKernels {
             return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
         } else if k.is_depthwise() {
             depthwise(&geo, xs, &k.depthwise, y, cout);
+        } else if let Some(wd) = k.direct.as_ref().filter(|_| direct::applies(c, cin, ow)) {
+            let shape = direct::Shape {
+                cin,
+                h,
+                w,
+                oh,
+                ow,
+                pad: [p.top, p.left, p.bottom, p.right],
+            };
+            let mut scratch = overwritten(direct::scratch_len(c, &shape));
+            direct::run(c, &shape, xs, wd, &k.bias, k.act, y, &mut scratch);
+            recycle_vec(scratch);
+            return tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()));
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
             let direct = c.kernel.h == 1

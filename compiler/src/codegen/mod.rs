@@ -3,6 +3,7 @@
 //! generated and host code and the measurements behind it.
 
 pub mod depthwise;
+pub mod direct;
 pub mod gemm;
 pub mod jit;
 pub mod kernel;
