@@ -7,10 +7,10 @@
 //!
 //! Per call the input is copied into a zeroed scratch of padded rows split into even and
 //! odd columns (as the depthwise kernel does), so each tap of 8 output columns is one
-//! contiguous load. Per output row and 8-column vector (the last overlapping the one
-//! before; rows under 8 wide take the GEMM), per block of 8 output channels: eight ymm
-//! accumulators, one load and eight broadcast weights + FMAs per tap, then bias and
-//! activation in registers before the stores.
+//! contiguous load. Per output row, two 8-column vectors at a time (the last overlapping
+//! the one before; rows under 8 wide take the GEMM), per block of 4 output channels: eight
+//! ymm accumulators, two loads and four broadcast weights per eight FMAs per tap, then
+//! bias and activation in registers before the stores.
 #![allow(
     unsafe_code,
     reason = "AVX2+FMA intrinsics on raw pointers into bounds-checked slices"
@@ -112,6 +112,10 @@ mod avx2 {
     /// AVX2 and FMA; the slices and shapes as `super::run` checks them.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "j indexes accumulators, weight rows and biases together"
+    )]
     pub(super) unsafe fn conv(
         c: &Conv2d,
         s: &Shape,
@@ -160,37 +164,49 @@ mod avx2 {
         let n = oh * ow;
         let sp = scratch.as_ptr();
         let yp = y.as_mut_ptr();
+        // Vector starts, every 8 columns, the last one ending at ow; taken two at a time
+        // (the second of an odd count's last pair repeats the first: same values stored
+        // twice).
+        let starts: Vec<usize> = (0..ow.div_ceil(8)).map(|i| (8 * i).min(ow - 8)).collect();
+        let fin = |a: __m256, b: f32| {
+            let v = _mm256_add_ps(a, _mm256_set1_ps(b));
+            if none {
+                v
+            } else if leaky {
+                let pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+                _mm256_blendv_ps(_mm256_mul_ps(v, vlo), v, pos)
+            } else {
+                // relu: an infinite upper bound.
+                _mm256_min_ps(_mm256_max_ps(v, vlo), vhi)
+            }
+        };
         for oy in 0..oh {
-            for i in 0..ow.div_ceil(8) {
-                let x0 = (8 * i).min(ow - 8);
-                // SAFETY: tap (ci, ky, kx) of output (oy, x0..x0+8) reads scratch row
-                // ci·rows + 2·oy + ky < cin·rows (the output size follows from the padded
-                // size), phase index x0 + kx/2 + 7 < ow + kw/2 + 8 ≤ ps; weights
+            for pair in starts.chunks(2) {
+                let (xa, xb) = (pair[0], pair[pair.len() - 1]);
+                // SAFETY: tap (ci, ky, kx) of output (oy, x0..x0+8), x0 ∈ {xa, xb}, reads
+                // scratch row ci·rows + 2·oy + ky < cin·rows (the output size follows from
+                // the padded size), phase index x0 + kx/2 + 7 < ow + kw/2 + 8 ≤ ps; weights
                 // co·k + t < cout·k; stores y[co][oy][x0..x0 + 8] with x0 + 8 ≤ ow.
                 unsafe {
-                    let base = sp.add(2 * oy * rs + x0);
-                    for cb in (0..cout).step_by(8) {
+                    let (ba, bb) = (sp.add(2 * oy * rs + xa), sp.add(2 * oy * rs + xb));
+                    // Four output channels × two vectors: two input loads and four
+                    // broadcasts per eight FMAs.
+                    for cb in (0..cout).step_by(4) {
                         let wp = weights.as_ptr().add(cb * k);
-                        let mut acc = [_mm256_setzero_ps(); 8];
+                        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
                         for (t, &off) in taps.iter().enumerate() {
-                            let v = _mm256_loadu_ps(base.add(off));
-                            for (j, a) in acc.iter_mut().enumerate() {
+                            let va = _mm256_loadu_ps(ba.add(off));
+                            let vb = _mm256_loadu_ps(bb.add(off));
+                            for j in 0..4 {
                                 let wv = _mm256_broadcast_ss(&*wp.add(j * k + t));
-                                *a = _mm256_fmadd_ps(v, wv, *a);
+                                acc[0][j] = _mm256_fmadd_ps(va, wv, acc[0][j]);
+                                acc[1][j] = _mm256_fmadd_ps(vb, wv, acc[1][j]);
                             }
                         }
-                        for (j, a) in acc.iter().enumerate() {
-                            let mut v = _mm256_add_ps(*a, _mm256_set1_ps(bias[cb + j]));
-                            v = if none {
-                                v
-                            } else if leaky {
-                                let pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
-                                _mm256_blendv_ps(_mm256_mul_ps(v, vlo), v, pos)
-                            } else {
-                                // relu: an infinite upper bound.
-                                _mm256_min_ps(_mm256_max_ps(v, vlo), vhi)
-                            };
-                            _mm256_storeu_ps(yp.add((cb + j) * n + oy * ow + x0), v);
+                        for j in 0..4 {
+                            let at = yp.add((cb + j) * n + oy * ow);
+                            _mm256_storeu_ps(at.add(xa), fin(acc[0][j], bias[cb + j]));
+                            _mm256_storeu_ps(at.add(xb), fin(acc[1][j], bias[cb + j]));
                         }
                     }
                 }
