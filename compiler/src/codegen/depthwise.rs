@@ -79,6 +79,20 @@ pub fn run(
     }
 }
 
+/// Splits one input row into the two column phases of a stride-2 scratch row (`row`: two
+/// phases of `ps` floats): padded column `pl + c` goes to phase `(pl + c) % 2`, index
+/// `(pl + c) / 2`. Also used by the direct stride-2 kernel (`direct.rs`). Panics unless
+/// the CPU has AVX2+FMA and the row holds every column.
+pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
+    assert!(isa() == Isa::Avx2Fma, "deinterleave needs AVX2");
+    assert!(row.len() >= 2 * ps && (pl + src.len()).div_ceil(2) <= ps);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and the row's size are checked above.
+    unsafe {
+        avx2::deinterleave(src, row, pl, ps);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -303,7 +317,7 @@ mod avx2 {
     /// # Safety
     /// AVX2; `row` holds `2·ps` floats and `(pl + src.len()).div_ceil(2) ≤ ps`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
+    pub(super) unsafe fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
         let w = src.len();
         let at = |c: usize| ((pl + c) % 2) * ps + (pl + c) / 2;
         if w < 8 {

@@ -138,9 +138,7 @@ mod avx2 {
             for r in 0..h {
                 let src = &x[(ci * h + r) * w..][..w];
                 let row = &mut scratch[(ci * rows + pt + r) * rs..][..rs];
-                for (cc, &v) in src.iter().enumerate() {
-                    row[((pl + cc) % 2) * ps + (pl + cc) / 2] = v;
-                }
+                super::super::depthwise::deinterleave(src, row, pl, ps);
             }
         }
         // Float offsets of each tap (ci, ky, kx) from the window's top-left in the
