@@ -6,12 +6,14 @@
 //! Per channel the plane is copied into a scratch plane whose padding (and an 8-float slack
 //! after every row, so a row's last vector may read past its end) is zeroed once per call;
 //! for stride 2 each row is split into its even and odd padded columns (two column phases,
-//! one `vpermps` per 8 input columns) so every tap reads contiguous columns. Output
-//! rows are 8-column ymm vectors (the last one overlapping the one before); stride 1 computes two output rows
-//! per pass, reading each of the four input rows they share once for both. Taps are summed
-//! in the reference's order (a product for the first, then one FMA per tap), then bias,
-//! residual and activation are applied in registers before the one store — bit for bit
-//! what the generated kernel computes.
+//! one `vpermps` per 8 input columns) so every tap reads contiguous columns. Output rows
+//! are 8-column ymm vectors (the last one overlapping the one before; rows under 8 wide
+//! spill into the rows after them, stored later), two output rows per pass: at stride 1
+//! the four input rows they share are loaded once for both (6 loads per 9 FMAs), at stride
+//! 2 the middle one of five. Taps are summed in the reference's order (a product for the
+//! first, then one FMA per tap), then bias, residual and activation (const generic
+//! parameters) are applied in registers before the one store — bit for bit what the
+//! generated kernel computes. Measurements: ARCHITECTURE.md, "Generated vs host code".
 #![allow(
     unsafe_code,
     reason = "AVX2+FMA intrinsics on raw pointers into bounds-checked slices"

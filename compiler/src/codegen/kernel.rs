@@ -7,11 +7,12 @@
 //! 1×1 stride-1 convolutions) + the host GEMM, or Winograd F(4×4, 3×3) for 3×3 stride-1
 //! layers (`winograd.rs`, which applies bias and activation in its output transform and can
 //! take a following 2×2 max pool there too), + a JIT epilogue (bias, folded batch norm,
-//! residual add, activation); depthwise convolutions are JIT loop nests with the epilogue
-//! fused — 3×3 stride-1/2 ones the host AVX2+FMA kernel (`depthwise.rs`, epilogue fused
-//! too) where the CPU has it — and a direct host loop + epilogue only for a tile shape that
-//! was not compiled; max
-//! pools are JIT loop nests (padding: the input is copied into a −∞ border first); the
+//! residual add, activation), or for stride-2 stems with 1–4 input channels the direct
+//! kernel (`direct.rs`, bias and activation fused); depthwise convolutions are JIT loop
+//! nests with the epilogue fused — 3×3 stride-1/2 ones the host AVX2+FMA kernel
+//! (`depthwise.rs`, epilogue fused too) where the CPU has it — and a direct host loop +
+//! epilogue only for a tile shape that was not compiled; max pools are JIT loop nests
+//! (padding: the input is copied into a −∞ border first); the
 //! tail's fully connected layers run on the host GEMV. Every other layer kind runs on the
 //! reference interpreter (`eval_op`).
 
