@@ -94,6 +94,8 @@ pub fn run(
     assert!(x.len() >= s.cin * s.h * s.w && weights.len() >= cout * s.cin * kh * kw);
     assert!(bias.len() >= cout && y.len() >= cout * s.oh * s.ow);
     assert!(scratch.len() >= scratch_len(c, s));
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = act;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `applies` checked AVX2 and FMA; the slice lengths and the output size are
     // checked above, and the kernel stays within them (see `avx2::conv`).
