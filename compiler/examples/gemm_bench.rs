@@ -98,7 +98,11 @@ fn main() {
         .collect();
     let times = bench(&plain);
     let per_frame = |times: &[f64]| -> f64 {
-        let t: f64 = times.iter().zip(mobilenet).map(|(t, s)| t * s.4 as f64).sum();
+        let t: f64 = times
+            .iter()
+            .zip(mobilenet)
+            .map(|(t, s)| t * s.4 as f64)
+            .sum();
         t * 1e3
     };
     println!(
@@ -118,11 +122,7 @@ fn main() {
                 || gemm_packed(&pa, &b, n, n, &mut c, n, false),
             )
             .1;
-            println!(
-                "{:<28} {:>8.1} µs from memory ({m}×{n}×{k})",
-                "",
-                t * 1e6
-            );
+            println!("{:<28} {:>8.1} µs from memory ({m}×{n}×{k})", "", t * 1e6);
             t
         })
         .collect();

@@ -5,10 +5,13 @@
 //! epilogues (batch norm, relu / clip / leaky relu, max pool with and without padding or
 //! ceil mode), Winograd-eligible 3×3 layers, and random depthwise layers (kernel 1–7,
 //! stride 1–4, dilation 1–3 per axis, asymmetric padding, input sizes from "just fits the
-//! window" up, residual adds), planned with forced halo grids (edge tiles smaller than the
-//! rest, tiles narrower than one f32x4) and as FDSP tiles, every tile compared with
-//! `reference::tile::run_tile` — both with kernels compiled for it and with kernels that
-//! generate no code (the host fallbacks). Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
+//! window" up, residual adds), random 3×3 stride-1/2 depthwise layers (the host AVX2+FMA
+//! kernel's shapes: widths 3–40, padding 0–2 per side, residual adds, relu6; asserted to
+//! run on that kernel where the CPU has it), planned with forced halo grids (edge tiles
+//! smaller than the rest, tiles narrower than one f32x4) and as FDSP tiles, every tile
+//! compared with `reference::tile::run_tile` — with kernels compiled for it, with kernels
+//! that generate no code (the host fallbacks), and with generated depthwise kernels in
+//! place of the host AVX2 one. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
 //! Every tile is also sent through kernels compiled for q8 or q4 (alternating by seed): their
 //! quantising epilogues and passes must give exactly the codes and ranges of
@@ -16,14 +19,16 @@
 //! 1e-3 (f32 lane sums against the host's f64).
 //! CLIF snapshots of small kernels live in `snapshots/clif/`.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use adcnn_compiler::check::check_text;
+use adcnn_compiler::codegen::gemm::{Isa, isa};
 use adcnn_compiler::codegen::jit::{
     Act, DepthwiseSpec, EpilogueSpec, JitSession, MaxPoolSpec, depthwise_clif, epilogue_clif,
     max_pool_clif,
 };
-use adcnn_compiler::codegen::{CompileOptions, CompiledKernels, KernelStats, rel_l2};
+use adcnn_compiler::codegen::{CompileOptions, CompiledKernels, KernelStats, Profile, rel_l2};
 use adcnn_compiler::plan::{Compression, Options, Region, Strategy, plan};
 use adcnn_compiler::reference::tile::{crop, run_tile};
 use adcnn_compiler::weights::SplitMix64;
@@ -52,6 +57,19 @@ fn differential(
     opts: &Options,
     seed: u64,
 ) -> Result<(usize, KernelStats), String> {
+    differential_ran(c, h, w, layers, opts, seed).map(|(tiles, stats, _)| (tiles, stats))
+}
+
+/// [`differential`], also returning the kinds of work the default compiled kernels ran
+/// (the keys of their profile).
+fn differential_ran(
+    c: usize,
+    h: usize,
+    w: usize,
+    layers: &str,
+    opts: &Options,
+    seed: u64,
+) -> Result<(usize, KernelStats, BTreeSet<&'static str>), String> {
     let text = format!(
         "network:\n  name: t\n  input:\n    shape: [{c}, {h}, {w}]\n  weights: random(seed={seed})\n  layers:\n    - {layers}\n{CLUSTER}"
     );
@@ -60,7 +78,7 @@ fn differential(
         return Err(format!("does not check: {text}\n{:?}", checked.diagnostics));
     };
     let Ok(p) = plan(graph, cluster, opts) else {
-        return Ok((0, KernelStats::default()));
+        return Ok((0, KernelStats::default(), BTreeSet::new()));
     };
     let kernels = CompiledKernels::compile(graph, weights, &p.segments, |_| true)
         .map_err(|e| e.to_string())?;
@@ -79,10 +97,21 @@ fn differential(
     };
     let wired = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &quantising)
         .map_err(|e| e.to_string())?;
+    // Without the host AVX2 kernels: generated depthwise kernels also for the shapes the
+    // host depthwise kernel takes, im2col + GEMM for the direct kernel's.
+    let generated_only = CompileOptions {
+        host_depthwise: false,
+        direct: false,
+        ..CompileOptions::default()
+    };
+    let generated =
+        CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &generated_only)
+            .map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 7);
     let s0 = graph.input.shape;
     let mut current = Array3::from_shape_simple_fn((s0.c, s0.h, s0.w), || rng.uniform(-2.0, 2.0));
     let mut tiles = 0;
+    let mut profile = Profile::new();
     for seg in &p.segments {
         let o = graph.layer(seg.output()).shape;
         let mut out = Array3::<f32>::zeros((o.c, o.h, o.w));
@@ -95,9 +124,14 @@ fn differential(
         for tile in &seg.tiles {
             let x = crop(&current, &full, &tile.input);
             let want = run_tile(graph, weights, seg, tile, &x).map_err(|e| e.to_string())?;
-            for (how, k) in [("compiled", &kernels), ("fallback", &fallback)] {
+            for (how, k) in [
+                ("compiled", &kernels),
+                ("fallback", &fallback),
+                ("generated", &generated),
+            ] {
+                let prof = (how == "compiled").then_some(&mut profile);
                 let got = k
-                    .run_tile(graph, weights, seg, tile, &x)
+                    .run_tile_profiled(graph, weights, seg, tile, &x, prof)
                     .map_err(|e| e.to_string())?;
                 if got.dim() != want.dim() {
                     return Err(format!(
@@ -146,7 +180,7 @@ fn differential(
         quantisers: wired.stats.quantisers,
         ..kernels.stats
     };
-    Ok((tiles, stats))
+    Ok((tiles, stats, profile.into_keys().collect()))
 }
 
 /// Quantisation errors equal up to the order of f32 sums.
@@ -283,6 +317,173 @@ proptest! {
                 }
                 Ok(_) => {}
             }
+        }
+    }
+}
+
+/// A depthwise 3×3 convolution with stride 1 or 2 (what the host AVX2+FMA kernel takes):
+/// inputs from 3 to 40 wide and high (rows under 8 wide, whose one vector spills into the
+/// next row and, in the last plane, is stored through a copy; rows whose last vector
+/// overlaps the one before), asymmetric padding 0–2, 4–12 channels, batch norm, every
+/// activation incl. relu6, and a residual add (stride 1, padding 1).
+fn host_depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)>
+{
+    (
+        1usize..=2,
+        (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        (3usize..=40, 3usize..=40),
+        4usize..=12,
+        (0usize..5, any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(st, (pt, pl, pb, pr), (h, w), c, (act, bn, bias, res))| {
+            let same = res && st == 1;
+            let [pt, pl, pb, pr] = if same { [1; 4] } else { [pt, pl, pb, pr] };
+            let mut l = format!(
+                "a: conv({c}, k=1)\n    - b: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})"
+            );
+            if bn {
+                l.push_str(" | bn");
+            }
+            if same {
+                l.push_str(" | add(a)");
+            }
+            l.push_str(["", " | relu", " | relu6", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+            (c, h, w, l)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_host_depthwise_layers_match_the_reference((c, h, w, layers) in host_depthwise_layer(), seed in 0u64..1000) {
+        for opts in [
+            Options { strategy: Strategy::Single, ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((3, 2)), ..Options::default() },
+            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
+        ] {
+            match differential_ran(c, h, w, &layers, &opts, seed) {
+                Err(e) => return Err(TestCaseError::fail(e)),
+                Ok((0, _, _)) if opts.strategy == Strategy::Single => {
+                    return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
+                }
+                // The whole map ran on the host kernel where the CPU has AVX2+FMA.
+                Ok((_, stats, ran))
+                    if opts.strategy == Strategy::Single
+                        && isa() == Isa::Avx2Fma
+                        && (stats.depthwise_host != 1
+                            || stats.depthwise != 0
+                            || !ran.contains(HOST_DEPTHWISE)) =>
+                {
+                    return Err(TestCaseError::fail(format!("{layers}: {stats:?} {ran:?}")));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// A stride-2 convolution with 1–4 input channels and 8–32 output channels (the direct
+/// kernel's shapes: network stems), kernel 1–7 per axis, asymmetric padding below the
+/// kernel, inputs from the kernel's size to 40 (output rows under 8 wide take the GEMM),
+/// batch norm and every activation incl. relu6.
+/// Also returns the output width.
+fn direct_layer()
+-> impl proptest::strategy::Strategy<Value = ((usize, usize, usize, String), usize)> {
+    (
+        1usize..=4,
+        1usize..=4,
+        (1usize..=7, 1usize..=7),
+        (0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
+        (0usize..=33, 0usize..=33),
+        (0usize..5, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(
+            |(cin, co8, (kh, kw), (pt, pl, pb, pr), (eh, ew), (act, bn, bias))| {
+                let (pt, pl, pb, pr) = (
+                    pt.min(kh - 1),
+                    pl.min(kw - 1),
+                    pb.min(kh - 1),
+                    pr.min(kw - 1),
+                );
+                let mut l = format!(
+                    "c: conv({}, k=[{kh}, {kw}], s=2, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})",
+                    8 * co8
+                );
+                if bn {
+                    l.push_str(" | bn");
+                }
+                l.push_str(
+                    [
+                        "",
+                        " | relu",
+                        " | relu6",
+                        " | clip(-0.5, 0.5)",
+                        " | leaky_relu(0.1)",
+                    ][act],
+                );
+                ((cin, kh + eh, kw + ew, l), (ew + pl + pr) / 2 + 1)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_direct_conv_layers_match_the_reference(((cin, h, w, layers), ow) in direct_layer(), seed in 0u64..1000) {
+        for opts in [
+            Options { strategy: Strategy::Single, ..Options::default() },
+            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
+            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
+        ] {
+            match differential_ran(cin, h, w, &layers, &opts, seed) {
+                Err(e) => return Err(TestCaseError::fail(e)),
+                Ok((0, _, _)) if opts.strategy == Strategy::Single => {
+                    return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
+                }
+                // Prepared for the direct kernel where the CPU has AVX2+FMA, and run on it
+                // when the output rows are at least 8 wide.
+                Ok((_, stats, ran))
+                    if opts.strategy == Strategy::Single
+                        && isa() == Isa::Avx2Fma
+                        && (stats.direct != 1
+                            || ran.contains(DIRECT) != (ow >= 8)) =>
+                {
+                    return Err(TestCaseError::fail(format!("{layers}: {stats:?} {ran:?}")));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The profile's names for the host kernels' work.
+const HOST_DEPTHWISE: &str = "conv depthwise 3x3 (host avx2)";
+const DIRECT: &str = "conv direct stride 2, few channels (host avx2)";
+
+/// A MobileNetV2-like stem (3×3/2 on 3 channels, batch norm, relu6) on a whole map and on
+/// halo tiles: the direct kernel's output is compared, and it ran (wide enough tiles).
+#[test]
+fn stems_run_the_direct_kernel_and_match_the_reference() {
+    let layers = "c: conv(32, k=3, s=2, p=1, bias=false) | bn | relu6
+    - d: dwconv(k=3, p=1, bias=false) | bn | relu6";
+    for grid in [(1, 1), (2, 2), (1, 3)] {
+        let opts = Options {
+            strategy: Strategy::Halo,
+            grid: Some(grid),
+            ..Options::default()
+        };
+        let (tiles, stats, ran) = differential_ran(3, 37, 53, layers, &opts, 11).expect("matches");
+        assert!(tiles >= grid.0 * grid.1, "{tiles} tiles");
+        if isa() == Isa::Avx2Fma {
+            assert_eq!(stats.direct, 1, "{grid:?}: {stats:?}");
+            assert!(stats.depthwise_host >= 1, "{grid:?}: {stats:?}");
+            assert!(
+                ran.contains(DIRECT) && ran.contains(HOST_DEPTHWISE),
+                "{ran:?}"
+            );
         }
     }
 }

@@ -7,9 +7,12 @@
 //! 1×1 stride-1 convolutions) + the host GEMM, or Winograd F(4×4, 3×3) for 3×3 stride-1
 //! layers (`winograd.rs`, which applies bias and activation in its output transform and can
 //! take a following 2×2 max pool there too), + a JIT epilogue (bias, folded batch norm,
-//! residual add, activation); depthwise convolutions are JIT loop nests with the epilogue
-//! fused (a direct host loop + epilogue only for a tile shape that was not compiled); max
-//! pools are JIT loop nests (padding: the input is copied into a −∞ border first); the
+//! residual add, activation), or for stride-2 stems with 1–4 input channels the direct
+//! kernel (`direct.rs`, bias and activation fused); depthwise convolutions are JIT loop
+//! nests with the epilogue fused — 3×3 stride-1/2 ones the host AVX2+FMA kernel
+//! (`depthwise.rs`, epilogue fused too) where the CPU has it — and a direct host loop +
+//! epilogue only for a tile shape that was not compiled; max pools are JIT loop nests
+//! (padding: the input is copied into a −∞ border first); the
 //! tail's fully connected layers run on the host GEMV. Every other layer kind runs on the
 //! reference interpreter (`eval_op`).
 
@@ -19,7 +22,9 @@ use std::time::Instant;
 
 use ndarray::{Array3, ShapeError, s};
 
-use super::gemm::{NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv};
+use super::depthwise as host_dw;
+use super::direct;
+use super::gemm::{Isa, NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv, isa};
 use super::jit::{
     Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
 };
@@ -43,6 +48,9 @@ struct ConvKernel {
     packed: Vec<PackedA>,
     /// Depthwise only: `[c, kh·kw]`.
     depthwise: Vec<f32>,
+    /// Stride-2 convolutions with few input channels (`direct.rs`): `[cout, cin·kh·kw]`,
+    /// for tiles the direct kernel takes (`packed` serves the others).
+    direct: Option<Vec<f32>>,
     /// 3×3 stride-1 convolutions: Winograd F(4×4, 3×3) weights (then `packed` is empty).
     winograd: Option<Winograd>,
     /// A following 2×2 stride-2 max pool taken inside the Winograd output tiles (then the
@@ -77,6 +85,13 @@ pub struct CompileOptions {
     /// The plan's wire compression: with q8/q4, the epilogue of a segment's last
     /// convolution also quantises its tile output (see [`CompiledKernels::run_tile_wire`]).
     pub wire: Compression,
+    /// Depthwise 3×3 stride-1/2 convolutions on the host AVX2+FMA kernel
+    /// (`depthwise.rs`) where the CPU has it, instead of generated code; off, they take the
+    /// generated kernel (or, with `generate` off too, the host loop).
+    pub host_depthwise: bool,
+    /// Stride-2 convolutions with few input channels on the direct AVX2+FMA kernel
+    /// (`direct.rs`) where the CPU has it; off, on im2col + GEMM.
+    pub direct: bool,
 }
 
 impl Default for CompileOptions {
@@ -85,6 +100,8 @@ impl Default for CompileOptions {
             winograd: true,
             generate: true,
             wire: Compression::None,
+            host_depthwise: true,
+            direct: true,
         }
     }
 }
@@ -101,11 +118,17 @@ pub struct KernelStats {
     pub fused_layers: usize,
     pub epilogues: usize,
     pub max_pools: usize,
+    /// Depthwise kernels generated (one per layer and tile shape).
     pub depthwise: usize,
     /// Epilogues that quantise a segment's output for the wire.
     pub quantising_epilogues: usize,
     /// Quantising passes for tile outputs no epilogue quantises.
     pub quantisers: usize,
+    /// Depthwise layer and tile shapes that run the host AVX2+FMA kernel instead.
+    pub depthwise_host: usize,
+    /// Convolutions prepared for the direct stride-2 kernel (`direct.rs`; on CPUs with
+    /// AVX2+FMA, it runs their tiles at least 8 wide).
+    pub direct: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -120,6 +143,8 @@ pub struct CompiledKernels {
     quantisers: HashMap<(usize, usize), (Handle, EpilogueSpec)>,
     pools: HashMap<(usize, MaxPoolSpec), Handle>,
     depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
+    /// Whether depthwise shapes the host kernel handles run on it (`CompileOptions`).
+    host_depthwise: bool,
     code: JitCode,
     pub stats: KernelStats,
     /// Wall time of preparation and compilation.
@@ -157,7 +182,8 @@ fn vector(weights: &Weights, layer: &str, role: WeightRole, n: usize) -> Option<
 }
 
 /// Prepares conv `i` of a segment ending before `end`, or `None` to leave it to the reference.
-/// `winograd_tile`: the largest output tile it computes, when Winograd may be used.
+/// `winograd_tile`: the largest output tile it computes, when Winograd may be used;
+/// `direct`: whether it may run on the direct kernel.
 fn prepare_conv(
     graph: &LayerGraph,
     weights: &Weights,
@@ -165,6 +191,7 @@ fn prepare_conv(
     end: usize,
     in_shape: Shape,
     winograd_tile: Option<(usize, usize)>,
+    direct: bool,
 ) -> Option<ConvKernel> {
     let layer = &graph.layers()[i];
     let Op::Conv2d(c) = &layer.op else {
@@ -245,6 +272,13 @@ fn prepare_conv(
         pool2 = true;
         last += 1;
     }
+    let direct = (direct
+        && !depthwise
+        && winograd.is_none()
+        && residual.is_none()
+        && direct::shape_fits(c, cin)
+        && isa() == Isa::Avx2Fma)
+        .then(|| w.clone());
     let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
@@ -258,6 +292,7 @@ fn prepare_conv(
         groups: g,
         packed,
         depthwise: if depthwise { w } else { Vec::new() },
+        direct,
         winograd,
         pool2,
         bias,
@@ -356,6 +391,13 @@ fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec
     out
 }
 
+/// The output width of conv `c` on an input `w` wide, if the window fits.
+fn tile_ow(c: &Conv2d, w: usize) -> Option<usize> {
+    let padded = w + c.padding.left + c.padding.right;
+    let span = c.dilation.w * c.kernel.w.checked_sub(1)? + 1;
+    (c.stride.w > 0 && padded >= span).then(|| (padded - span) / c.stride.w + 1)
+}
+
 /// The generated depthwise kernel's spec for conv `c` on a `[channels, h, w]` input, if it
 /// has one.
 fn depthwise_spec(
@@ -431,12 +473,15 @@ impl CompiledKernels {
                     .max_by_key(|&(r, c)| r * c)
                     .unwrap_or((layer.shape.h, layer.shape.w));
                 let largest = opts.winograd.then_some(largest);
-                if let Some(k) = prepare_conv(graph, weights, i, end, in_shape, largest) {
+                if let Some(k) =
+                    prepare_conv(graph, weights, i, end, in_shape, largest, opts.direct)
+                {
                     for j in i + 1..=k.last {
                         fused_into.insert(j, i);
                     }
                     stats.convs += 1;
                     stats.winograd += usize::from(k.winograd.is_some());
+                    stats.direct += usize::from(k.direct.is_some());
                     stats.fused_layers += k.last - i;
                     let next = k.last + 1;
                     convs.insert(i, k);
@@ -451,11 +496,12 @@ impl CompiledKernels {
         let mut pools = HashMap::new();
         let mut depthwise = HashMap::new();
         let mut quantisers = HashMap::new();
-        for seg in segments.iter().filter(|_| opts.generate) {
+        let mut host_depthwise = std::collections::HashSet::new();
+        for seg in segments {
             let last = seg.end.index() - 1;
             for tile in seg.tiles.iter().filter(|t| want(t)) {
                 let out = tile.regions[last - seg.first.index()];
-                if opts.wire != Compression::None && !out.is_empty() {
+                if opts.generate && opts.wire != Compression::None && !out.is_empty() {
                     let channels = graph.layers()[last].shape.c;
                     if let std::collections::hash_map::Entry::Vacant(e) =
                         quantisers.entry((channels, out.area()))
@@ -481,13 +527,18 @@ impl CompiledKernels {
                     if let Some(k) = convs.get(&i).filter(|k| k.is_depthwise()) {
                         let (op, h, w) = tile_geometry(graph, seg, tile, i)?;
                         let c = shape_of(graph, &layer.inputs[0]).c;
-                        if let Op::Conv2d(conv) = &op
-                            && let Some(spec) = depthwise_spec(conv, c, h, w, k)
-                            && !depthwise.contains_key(&(i, spec))
-                        {
+                        let Op::Conv2d(conv) = &op else { continue };
+                        let Some(spec) = depthwise_spec(conv, c, h, w, k) else {
+                            continue;
+                        };
+                        if opts.host_depthwise && host_dw::applies(&spec) {
+                            host_depthwise.insert((i, spec));
+                        } else if opts.generate && !depthwise.contains_key(&(i, spec)) {
                             depthwise.insert((i, spec), session.depthwise(&spec)?);
                             stats.depthwise += 1;
                         }
+                    } else if !opts.generate {
+                        continue;
                     } else if let Some(k) = convs.get(&i) {
                         // Winograd applies bias and activation itself unless a residual is
                         // added.
@@ -539,6 +590,7 @@ impl CompiledKernels {
                 }
             }
         }
+        stats.depthwise_host = host_depthwise.len();
         let code = session.finish()?;
         Ok(CompiledKernels {
             convs,
@@ -547,6 +599,7 @@ impl CompiledKernels {
             quantisers,
             pools,
             depthwise,
+            host_depthwise: opts.host_depthwise,
             code,
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -707,7 +760,22 @@ impl CompiledKernels {
                 (Some(k), _) if k.winograd.is_some() => {
                     "conv winograd F(4x4,3x3) + gemm (host), epilogue fused or jit"
                 }
+                (Some(k), Op::Conv2d(c))
+                    if k.is_depthwise()
+                        && self.host_depthwise
+                        && depthwise_spec(c, x.dim().0, x.dim().1, x.dim().2, k)
+                            .is_some_and(|spec| host_dw::applies(&spec)) =>
+                {
+                    "conv depthwise 3x3 (host avx2)"
+                }
                 (Some(k), _) if k.is_depthwise() => "conv depthwise (jit)",
+                (Some(k), Op::Conv2d(c))
+                    if k.direct.is_some()
+                        && tile_ow(c, x.dim().2)
+                            .is_some_and(|ow| direct::applies(c, x.dim().0, ow)) =>
+                {
+                    "conv direct stride 2, few channels (host avx2)"
+                }
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_))
                     if max_pool_spec(&op, x.dim().0, x.dim().1, x.dim().2)
@@ -892,10 +960,11 @@ impl CompiledKernels {
         // The output's size: pooled 2×2 when a pool is fused.
         let (yh, yw) = if k.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
         let len = cout * yh * yw;
-        let jit = depthwise_spec(c, cin, h, w, k)
-            .and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
+        let spec = depthwise_spec(c, cin, h, w, k);
+        let host = spec.filter(|s| self.host_depthwise && host_dw::applies(s));
+        let jit = spec.and_then(|spec| Some((*self.depthwise.get(&(i, spec))?, spec)));
         // Every path but the host depthwise loop (which accumulates into y) writes all of y.
-        let mut buf = if k.is_depthwise() && jit.is_none() {
+        let mut buf = if k.is_depthwise() && host.is_none() && jit.is_none() {
             zeroed(len)
         } else {
             overwritten(len)
@@ -936,6 +1005,13 @@ impl CompiledKernels {
                 let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
                 return Ok((t, None));
             }
+        } else if let Some(spec) = host {
+            // The kernel zeroes its scratch itself.
+            let mut scratch = overwritten(host_dw::scratch_len(&spec));
+            host_dw::run(&spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
+            recycle_vec(scratch);
+            let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
+            return Ok((t, None));
         } else if let Some((f, spec)) = jit {
             // The kernel zeroes its scratch itself.
             let mut scratch = overwritten(spec.scratch_len());
@@ -946,6 +1022,20 @@ impl CompiledKernels {
             return Ok((t, None));
         } else if k.is_depthwise() {
             depthwise(&geo, xs, &k.depthwise, y, cout);
+        } else if let Some(wd) = k.direct.as_ref().filter(|_| direct::applies(c, cin, ow)) {
+            let shape = direct::Shape {
+                cin,
+                h,
+                w,
+                oh,
+                ow,
+                pad: [p.top, p.left, p.bottom, p.right],
+            };
+            let mut scratch = overwritten(direct::scratch_len(c, &shape));
+            direct::run(c, &shape, xs, wd, &k.bias, k.act, y, &mut scratch);
+            recycle_vec(scratch);
+            let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
+            return Ok((t, None));
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
             let direct = c.kernel.h == 1

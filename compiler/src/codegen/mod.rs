@@ -2,6 +2,8 @@
 //! and the compiled kernels of a plan (`kernel`). See ARCHITECTURE.md for the split between
 //! generated and host code and the measurements behind it.
 
+pub mod depthwise;
+pub mod direct;
 pub mod gemm;
 pub mod jit;
 pub mod kernel;

@@ -1,0 +1,465 @@
+//! Host depthwise 3×3 convolutions (stride 1×1 or 2×2, undilated, any padding) in AVX2+FMA,
+//! chosen at run time where the CPU has them; every other depthwise shape, and every CPU
+//! without AVX2+FMA, runs the Cranelift kernel (`jit.rs`), whose f32x4 code is limited to
+//! 128-bit vectors (Cranelift 0.135 has no 256-bit types on x86-64).
+//!
+//! Per channel the plane is copied into a scratch plane whose padding (and an 8-float slack
+//! after every row, so a row's last vector may read past its end) is zeroed once per call;
+//! for stride 2 each row is split into its even and odd padded columns (two column phases,
+//! one `vpermps` per 8 input columns) so every tap reads contiguous columns. Output rows
+//! are 8-column ymm vectors (the last one overlapping the one before; rows under 8 wide
+//! spill into the rows after them, stored later), two output rows per pass: at stride 1
+//! the four input rows they share are loaded once for both (6 loads per 9 FMAs), at stride
+//! 2 the middle one of five. Taps are summed in the reference's order (a product for the
+//! first, then one FMA per tap), then bias, residual and activation (const generic
+//! parameters) are applied in registers before the one store — bit for bit what the
+//! generated kernel computes. Measurements: ARCHITECTURE.md, "Generated vs host code".
+#![allow(
+    unsafe_code,
+    reason = "AVX2+FMA intrinsics on raw pointers into bounds-checked slices"
+)]
+
+use super::gemm::{Isa, isa};
+use super::jit::{Act, DepthwiseSpec};
+
+/// Whether the host kernel computes `spec` on this machine.
+pub fn applies(spec: &DepthwiseSpec) -> bool {
+    shape_fits(spec) && isa() == Isa::Avx2Fma
+}
+
+/// Whether `spec` is a shape the host kernel has code for (on any CPU).
+pub fn shape_fits(spec: &DepthwiseSpec) -> bool {
+    spec.kh == 3
+        && spec.kw == 3
+        && spec.dh == 1
+        && spec.dw == 1
+        && ((spec.sh, spec.sw) == (1, 1) || (spec.sh, spec.sw) == (2, 2))
+        && spec.is_compilable()
+}
+
+/// Floats per column phase of a scratch row: the padded width over the stride, plus the
+/// slack a narrow row's vector reads.
+fn phase_len(spec: &DepthwiseSpec) -> usize {
+    (spec.w + spec.pad[1] + spec.pad[3]).div_ceil(spec.sw) + 8
+}
+
+/// Floats of scratch [`run`] needs: one padded plane, rows of `sw` phases.
+pub fn scratch_len(spec: &DepthwiseSpec) -> usize {
+    (spec.h + spec.pad[0] + spec.pad[2]) * spec.sw * phase_len(spec)
+}
+
+/// Runs `spec` (which must satisfy [`applies`]) on `x` `[c, h, w]` with weights `[c, 9]`,
+/// bias `[c]` and an optional residual `[c, oh, ow]`, writing `[c, oh, ow]` to `y`;
+/// `scratch` (at least [`scratch_len`] floats) is overwritten. Panics if a slice is short
+/// or the kernel does not apply.
+#[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+pub fn run(
+    spec: &DepthwiseSpec,
+    x: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+) {
+    assert!(
+        applies(spec),
+        "host depthwise kernel does not apply: {spec:?}"
+    );
+    let (c, out) = (spec.channels, spec.channels * spec.oh * spec.ow);
+    assert!(x.len() >= c * spec.h * spec.w && weights.len() >= c * 9);
+    assert!(bias.len() >= c && y.len() >= out && scratch.len() >= scratch_len(spec));
+    assert_eq!(residual.is_some(), spec.residual);
+    if let Some(r) = residual {
+        assert!(r.len() >= out, "residual too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `applies` checked AVX2 and FMA; the slice lengths are checked above and the
+    // kernel stays within them (see `avx2::channel`).
+    unsafe {
+        avx2::conv(spec, x, weights, bias, residual, y, scratch);
+    }
+}
+
+/// Splits one input row into the two column phases of a stride-2 scratch row (`row`: two
+/// phases of `ps` floats): padded column `pl + c` goes to phase `(pl + c) % 2`, index
+/// `(pl + c) / 2`. Also used by the direct stride-2 kernel (`direct.rs`). Panics unless
+/// the CPU has AVX2+FMA and the row holds every column.
+pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
+    assert!(isa() == Isa::Avx2Fma, "deinterleave needs AVX2");
+    assert!(row.len() >= 2 * ps && (pl + src.len()).div_ceil(2) <= ps);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and the row's size are checked above.
+    unsafe {
+        avx2::deinterleave(src, row, pl, ps);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Act, DepthwiseSpec, phase_len, scratch_len};
+
+    /// Activation codes (const generic parameters).
+    const NONE: u8 = 0;
+    const RELU: u8 = 1;
+    const CLIP: u8 = 2;
+    const LEAKY: u8 = 3;
+
+    /// The epilogue's constants as vectors: bias, and the activation's bound(s) or slope.
+    #[derive(Clone, Copy)]
+    struct Epi {
+        bias: __m256,
+        lo: __m256,
+        hi: __m256,
+    }
+
+    /// `act(acc + bias (+ residual))`, all eight lanes stored to `dst`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `dst` (and `res` when `RES`) hold 8 floats.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store<const ACT: u8, const RES: bool>(
+        e: &Epi,
+        acc: __m256,
+        res: *const f32,
+        dst: *mut f32,
+    ) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let mut v = _mm256_add_ps(acc, e.bias);
+            if RES {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(res));
+            }
+            // max/min return the second operand when either is NaN: a NaN value becomes
+            // the bound, as with `Act::apply`'s f32::max / f32::min.
+            v = match ACT {
+                RELU => _mm256_max_ps(v, e.lo),
+                CLIP => _mm256_min_ps(_mm256_max_ps(v, e.lo), e.hi),
+                LEAKY => {
+                    let pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+                    _mm256_blendv_ps(_mm256_mul_ps(v, e.lo), v, pos)
+                }
+                _ => v,
+            };
+            _mm256_storeu_ps(dst, v);
+        }
+    }
+
+    /// The output vector at `o` floats into the plane, in a row `ow` wide: rows of at least
+    /// 8 end on a vector overlapping the one before it (nothing is written past the row); a
+    /// narrower row's one vector spills into the rows (and planes) after it, which are
+    /// stored later, unless fewer than 8 floats are left before the end (`room` floats
+    /// from `yp`, and from `rp` when `RES`): then only the row's own, through a stack copy
+    /// (masked loads and stores are microcoded on AMD Zen).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the vector lies in its row (`o + 8 ≤` the row's end, or `ow < 8` and
+    /// `o` is the row's start); `o + ow ≤ room`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn put<const ACT: u8, const RES: bool>(
+        e: &Epi,
+        acc: __m256,
+        rp: *const f32,
+        yp: *mut f32,
+        o: usize,
+        ow: usize,
+        room: usize,
+    ) {
+        // SAFETY: the caller's guarantee; the stack copies hold 8 floats.
+        unsafe {
+            if o + 8 <= room {
+                store::<ACT, RES>(e, acc, rp.wrapping_add(o), yp.add(o));
+            } else {
+                let mut r = [0.0f32; 8];
+                let mut out = [0.0f32; 8];
+                if RES {
+                    std::ptr::copy_nonoverlapping(rp.add(o), r.as_mut_ptr(), ow);
+                }
+                store::<ACT, RES>(e, acc, r.as_ptr(), out.as_mut_ptr());
+                std::ptr::copy_nonoverlapping(out.as_ptr(), yp.add(o), ow);
+            }
+        }
+    }
+
+    /// The vector starts of a row `ow` wide: every 8 columns, the last one moved back to
+    /// end at `ow` (overlapping the one before) when `ow ≥ 8`; `[0]` when `ow < 8`.
+    fn starts(ow: usize) -> impl Iterator<Item = usize> {
+        let n = ow.div_ceil(8);
+        (0..n).map(move |i| if ow >= 8 { (8 * i).min(ow - 8) } else { 0 })
+    }
+
+    /// The whole convolution: dispatches on the activation and residual once.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the slices as `super::run` checks them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn conv(
+        s: &DepthwiseSpec,
+        x: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        y: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let (act, lo, hi) = match s.act {
+            Act::None => (NONE, 0.0, 0.0),
+            Act::Relu => (RELU, 0.0, 0.0),
+            Act::Clip { min, max } => (CLIP, min, max),
+            Act::Leaky { slope } => (LEAKY, slope, 0.0),
+        };
+        let a = (s, x, weights, bias, residual, y, scratch, lo, hi);
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match (act, residual.is_some()) {
+                (NONE, false) => planes::<NONE, false>(a),
+                (NONE, true) => planes::<NONE, true>(a),
+                (RELU, false) => planes::<RELU, false>(a),
+                (RELU, true) => planes::<RELU, true>(a),
+                (CLIP, false) => planes::<CLIP, false>(a),
+                (CLIP, true) => planes::<CLIP, true>(a),
+                (LEAKY, false) => planes::<LEAKY, false>(a),
+                (_, _) => planes::<LEAKY, true>(a),
+            }
+        }
+    }
+
+    type Args<'a> = (
+        &'a DepthwiseSpec,
+        &'a [f32],
+        &'a [f32],
+        &'a [f32],
+        Option<&'a [f32]>,
+        &'a mut [f32],
+        &'a mut [f32],
+        f32,
+        f32,
+    );
+
+    /// Every channel: the plane copied into the scratch plane, then its output rows.
+    /// (A ring of four scratch rows filled just before the output rows that read them was
+    /// slower: the loads of a row just stored miss store-to-load forwarding.)
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the slices as `super::run` checks them (`RES` iff a residual).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn planes<const ACT: u8, const RES: bool>(a: Args) {
+        let (s, x, weights, bias, residual, y, scratch, lo, hi) = a;
+        let (h, w, oh, ow, sw) = (s.h, s.w, s.oh, s.ow, s.sw);
+        let [pt, pl, _, _] = s.pad;
+        let ps = phase_len(s);
+        let rows = h + s.pad[0] + s.pad[2];
+        // Floats per scratch row: `sw` phases.
+        let rs = sw * ps;
+        let scratch = &mut scratch[..scratch_len(s)];
+        // The padding and the slack stay zero: each channel overwrites only the interior.
+        scratch.fill(0.0);
+        let end = residual.map_or(y.len(), |r| r.len().min(y.len()));
+        let n = oh * ow;
+        for ch in 0..s.channels {
+            let plane = &x[ch * h * w..(ch + 1) * h * w];
+            for (r, src) in plane.chunks_exact(w.max(1)).take(h).enumerate() {
+                let row = &mut scratch[(pt + r) * rs..][..rs];
+                if sw == 1 {
+                    row[pl..pl + w].copy_from_slice(src);
+                } else {
+                    // SAFETY: AVX2 (caller); `row` holds two phases of `ps` floats and
+                    // (pl + w).div_ceil(2) < ps.
+                    unsafe { deinterleave(src, row, pl, ps) };
+                }
+            }
+            let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weights[9 * ch + t]));
+            let e = Epi {
+                bias: _mm256_set1_ps(bias[ch]),
+                lo: _mm256_set1_ps(lo),
+                hi: _mm256_set1_ps(hi),
+            };
+            // The plane's output, residual and the room left in them (see `put`).
+            let yp = y[ch * n..].as_mut_ptr();
+            let rp = residual.map_or(std::ptr::null(), |r| r[ch * n..].as_ptr());
+            let room = end - ch * n;
+            let row = |r: usize| scratch[r * rs..].as_ptr();
+            // SAFETY (the row calls): AVX2 and FMA (caller); every scratch row pointer has `rs`
+            // floats, of which a vector at column x0 ≤ max(ow, 8) − 8 reads at most up to
+            // x0 + 9 < max(ow, 8) + 2 ≤ ps (stride 1) or phase index x0 + 8 < ps (stride
+            // 2), so within the row's slack; outputs at o = oy·ow (+ ow) are within the
+            // plane, stored as `put` requires, rows in increasing order.
+            let mut oy = 0;
+            while oy < oh {
+                if oy + 1 < oh {
+                    // Stride 1 reads rows up to oy + 3, stride 2 up to 2·oy + 4.
+                    let r: [_; 5] = std::array::from_fn(|k| row((oy * sw + k).min(rows - 1)));
+                    if sw == 1 {
+                        unsafe { pair::<ACT, RES, 1>(r, ps, &wv, &e, rp, yp, oy * ow, ow, room) };
+                    } else {
+                        unsafe { pair::<ACT, RES, 2>(r, ps, &wv, &e, rp, yp, oy * ow, ow, room) };
+                    }
+                    oy += 2;
+                } else {
+                    let r = [row(oy * sw), row(oy * sw + 1), row(oy * sw + 2)];
+                    if sw == 1 {
+                        unsafe { single::<ACT, RES, 1>(r, ps, &wv, &e, rp, yp, oy * ow, ow, room) };
+                    } else {
+                        unsafe { single::<ACT, RES, 2>(r, ps, &wv, &e, rp, yp, oy * ow, ow, room) };
+                    }
+                    oy += 1;
+                }
+            }
+        }
+    }
+
+    /// One input row into its two column phases: padded column `pl + c` goes to phase
+    /// `(pl + c) % 2`, index `(pl + c) / 2`. Eight columns at a time (the last eight
+    /// overlapping the ones before when `w` is not a multiple of 8), one `vpermps` each.
+    ///
+    /// # Safety
+    /// AVX2; `row` holds `2·ps` floats and `(pl + src.len()).div_ceil(2) ≤ ps`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
+        let w = src.len();
+        let at = |c: usize| ((pl + c) % 2) * ps + (pl + c) / 2;
+        if w < 8 {
+            for (c, &v) in src.iter().enumerate() {
+                row[at(c)] = v;
+            }
+            return;
+        }
+        // SAFETY: loads read src[c0..c0 + 8] with c0 ≤ w − 8; each store writes 4 floats
+        // of one phase from index (pl + c0 + q)/2 to (pl + c0 + q)/2 + 3 = (pl + c0 + q +
+        // 6)/2 < (pl + w).div_ceil(2) ≤ ps.
+        unsafe {
+            let (s, d) = (src.as_ptr(), row.as_mut_ptr());
+            let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+            for c0 in starts(w) {
+                let v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.add(c0)), idx);
+                _mm_storeu_ps(d.add(at(c0)), _mm256_castps256_ps128(v));
+                _mm_storeu_ps(d.add(at(c0 + 1)), _mm256_extractf128_ps(v, 1));
+            }
+        }
+    }
+
+    /// Three taps of one input row (`a`, `b`, `c`: the vectors for tap columns 0, 1, 2)
+    /// into `acc`; the first row of a window starts from the product.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn taps3(
+        a: __m256,
+        b: __m256,
+        c: __m256,
+        w: (__m256, __m256, __m256),
+        acc: Option<__m256>,
+    ) -> __m256 {
+        let acc = match acc {
+            None => _mm256_mul_ps(a, w.0),
+            Some(acc) => _mm256_fmadd_ps(a, w.0, acc),
+        };
+        _mm256_fmadd_ps(c, w.2, _mm256_fmadd_ps(b, w.1, acc))
+    }
+
+    /// Output rows o/ow and o/ow + 1: stride 1 from padded rows `r[0..4]` (the middle two
+    /// loaded once for both), stride 2 from `r[0..5]` (the middle one loaded once); tap
+    /// columns as in [`single`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA; see the call in `planes`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    unsafe fn pair<const ACT: u8, const RES: bool, const S: usize>(
+        r: [*const f32; 5],
+        ps: usize,
+        wv: &[__m256; 9],
+        e: &Epi,
+        rp: *const f32,
+        yp: *mut f32,
+        o: usize,
+        ow: usize,
+        room: usize,
+    ) {
+        let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *wv;
+        let (k0, k1, k2) = ((w0, w1, w2), (w3, w4, w5), (w6, w7, w8));
+        let e = *e;
+        let (ob, oc) = if S == 1 { (1, 2) } else { (ps, 1) };
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let ld = |p: *const f32, x0: usize| {
+                (
+                    _mm256_loadu_ps(p.add(x0)),
+                    _mm256_loadu_ps(p.add(x0 + ob)),
+                    _mm256_loadu_ps(p.add(x0 + oc)),
+                )
+            };
+            for x0 in starts(ow) {
+                let (a, b, c) = ld(r[0], x0);
+                let s0 = taps3(a, b, c, k0, None);
+                let (a, b, c) = ld(r[1], x0);
+                let s0 = taps3(a, b, c, k1, Some(s0));
+                let (s0, s1) = if S == 1 {
+                    let s1 = taps3(a, b, c, k0, None);
+                    let (a, b, c) = ld(r[2], x0);
+                    let s0 = taps3(a, b, c, k2, Some(s0));
+                    let s1 = taps3(a, b, c, k1, Some(s1));
+                    let (a, b, c) = ld(r[3], x0);
+                    (s0, taps3(a, b, c, k2, Some(s1)))
+                } else {
+                    let (a, b, c) = ld(r[2], x0);
+                    let s0 = taps3(a, b, c, k2, Some(s0));
+                    let s1 = taps3(a, b, c, k0, None);
+                    let (a, b, c) = ld(r[3], x0);
+                    let s1 = taps3(a, b, c, k1, Some(s1));
+                    let (a, b, c) = ld(r[4], x0);
+                    (s0, taps3(a, b, c, k2, Some(s1)))
+                };
+                put::<ACT, RES>(&e, s0, rp, yp, o + x0, ow, room);
+                put::<ACT, RES>(&e, s1, rp, yp, o + ow + x0, ow, room);
+            }
+        }
+    }
+
+    /// One output row (at o floats into the plane) from padded rows `r[0..3]`: stride 1
+    /// (tap columns at +0, +1, +2) or 2 (phase 0 at +0, phase 1 at +0, phase 0 at +1;
+    /// phases `ps` floats apart).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; see the call in `planes`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    unsafe fn single<const ACT: u8, const RES: bool, const S: usize>(
+        r: [*const f32; 3],
+        ps: usize,
+        wv: &[__m256; 9],
+        e: &Epi,
+        rp: *const f32,
+        yp: *mut f32,
+        o: usize,
+        ow: usize,
+        room: usize,
+    ) {
+        let [w0, w1, w2, w3, w4, w5, w6, w7, w8] = *wv;
+        let (k0, k1, k2) = ((w0, w1, w2), (w3, w4, w5), (w6, w7, w8));
+        let e = *e;
+        let (ob, oc) = if S == 1 { (1, 2) } else { (ps, 1) };
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let ld = |p: *const f32, x0: usize| {
+                (
+                    _mm256_loadu_ps(p.add(x0)),
+                    _mm256_loadu_ps(p.add(x0 + ob)),
+                    _mm256_loadu_ps(p.add(x0 + oc)),
+                )
+            };
+            for x0 in starts(ow) {
+                let (a, b, c) = ld(r[0], x0);
+                let acc = taps3(a, b, c, k0, None);
+                let (a, b, c) = ld(r[1], x0);
+                let acc = taps3(a, b, c, k1, Some(acc));
+                let (a, b, c) = ld(r[2], x0);
+                let acc = taps3(a, b, c, k2, Some(acc));
+                put::<ACT, RES>(&e, acc, rp, yp, o + x0, ow, room);
+            }
+        }
+    }
+}
