@@ -20,7 +20,9 @@
 )]
 
 use super::gemm::{Isa, isa};
-use super::jit::{Act, DepthwiseSpec};
+#[cfg(target_arch = "x86_64")]
+use super::jit::Act;
+use super::jit::DepthwiseSpec;
 
 /// Whether the host kernel computes `spec` on this machine.
 pub fn applies(spec: &DepthwiseSpec) -> bool {
@@ -85,10 +87,10 @@ pub fn run(
 /// phases of `ps` floats): padded column `pl + c` goes to phase `(pl + c) % 2`, index
 /// `(pl + c) / 2`. Also used by the direct stride-2 kernel (`direct.rs`). Panics unless
 /// the CPU has AVX2+FMA and the row holds every column.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
     assert!(isa() == Isa::Avx2Fma, "deinterleave needs AVX2");
     assert!(row.len() >= 2 * ps && (pl + src.len()).div_ceil(2) <= ps);
-    #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and the row's size are checked above.
     unsafe {
         avx2::deinterleave(src, row, pl, ps);
