@@ -235,6 +235,28 @@ fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usiz
 /// A depthwise convolution (channel multiplier 1) on an input of random size, with batch
 /// norm, an activation and, when its output keeps the input's shape, a residual add of a
 /// 1×1 convolution's output.
+/// What follows a random depthwise conv: batch norm, the residual add of its input layer
+/// `a`, and activation `act` (none, relu, relu6, clip, leaky relu).
+fn depthwise_tail(bn: bool, residual: bool, act: usize) -> String {
+    let mut l = String::new();
+    if bn {
+        l.push_str(" | bn");
+    }
+    if residual {
+        l.push_str(" | add(a)");
+    }
+    l.push_str(
+        [
+            "",
+            " | relu",
+            " | relu6",
+            " | clip(-0.5, 0.5)",
+            " | leaky_relu(0.1)",
+        ][act],
+    );
+    l
+}
+
 fn depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
     (
         (1usize..=7, 1usize..=7),
@@ -270,13 +292,7 @@ fn depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize,
             let mut l = format!(
                 "a: conv({c}, k=1)\n    - b: dwconv(k=[{kh}, {kw}], s=[{sh}, {sw}], p=[{pt}, {pl}, {pb}, {pr}], d=[{dh}, {dw}], bias={bias})"
             );
-            if bn {
-                l.push_str(" | bn");
-            }
-            if same {
-                l.push_str(" | add(a)");
-            }
-            l.push_str(["", " | relu", " | relu6", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+            l.push_str(&depthwise_tail(bn, same, act));
             (c, h, w, l)
         })
 }
@@ -341,13 +357,7 @@ fn host_depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, u
             let mut l = format!(
                 "a: conv({c}, k=1)\n    - b: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})"
             );
-            if bn {
-                l.push_str(" | bn");
-            }
-            if same {
-                l.push_str(" | add(a)");
-            }
-            l.push_str(["", " | relu", " | relu6", " | clip(-0.5, 0.5)", " | leaky_relu(0.1)"][act]);
+            l.push_str(&depthwise_tail(bn, same, act));
             (c, h, w, l)
         })
 }

@@ -880,12 +880,8 @@ impl CompiledKernels {
         if !t.is_standard_layout() {
             t = t.as_standard_layout().into_owned();
         }
-        let mut q = Quantised::zeroed(how, (c, h, w));
-        let mut stats = vec![[0.0; 4]; c];
         let y = t.as_slice_mut().expect("standard layout");
-        self.code
-            .run_quantising(*f, spec, y, &[], None, &mut q.codes, &mut stats);
-        let e = ranges_from(&mut q, &stats);
+        let (q, e) = quantised(&self.code, *f, spec, (c, h, w), y, &[], None);
         recycle(t);
         (WireTile::Quantised(q), e)
     }
@@ -1056,14 +1052,10 @@ impl CompiledKernels {
         }
         let pixels = yh * yw;
         let mut quantised = None;
-        match quant.and_then(|how| Some((how, self.epilogues.get(&(i, pixels, how))?))) {
-            Some((how, (h, spec))) => {
-                let mut q = Quantised::zeroed(how, (cout, yh, yw));
-                let mut stats = vec![[0.0; 4]; cout];
-                self.code
-                    .run_quantising(*h, spec, y, &k.bias, rs, &mut q.codes, &mut stats);
-                let e = ranges_from(&mut q, &stats);
-                quantised = Some((q, e));
+        match quant.and_then(|how| self.epilogues.get(&(i, pixels, how))) {
+            Some((h, spec)) => {
+                let dim = (cout, yh, yw);
+                quantised = Some(self::quantised(&self.code, *h, spec, dim, y, &k.bias, rs));
             }
             None => match self.epilogues.get(&(i, pixels, Compression::None)) {
                 Some((h, spec)) => self.code.run_epilogue(*h, spec, y, &k.bias, rs),
@@ -1078,18 +1070,29 @@ impl CompiledKernels {
 /// A tile output quantised by its last epilogue, and the error that made.
 type Wired = (Quantised, QuantError);
 
-/// Moves the `[lo, step]` of a quantising kernel's per-channel stats into `q` and sums its
-/// errors.
-fn ranges_from(q: &mut Quantised, stats: &[[f32; 4]]) -> QuantError {
+/// Runs the quantising epilogue `h` (compiled from `spec`) on `y`, a `dim` tensor: the
+/// codes, each channel's `[lo, step]` from the kernel's stats, and the summed error.
+fn quantised(
+    code: &JitCode,
+    h: Handle,
+    spec: &EpilogueSpec,
+    dim: (usize, usize, usize),
+    y: &mut [f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+) -> Wired {
+    let mut q = Quantised::zeroed(spec.wire, dim);
+    let mut stats = vec![[0.0; 4]; dim.0];
+    code.run_quantising(h, spec, y, bias, residual, &mut q.codes, &mut stats);
     let mut e = QuantError::default();
-    for (r, s) in q.ranges.iter_mut().zip(stats) {
+    for (r, s) in q.ranges.iter_mut().zip(&stats) {
         *r = [s[0], s[1]];
         e.add(QuantError {
             err: f64::from(s[2]),
             sq: f64::from(s[3]),
         });
     }
-    e
+    (q, e)
 }
 
 // Intermediate tensors of a tile are recycled per thread: large allocations come from mmap in
