@@ -235,9 +235,9 @@ fn conv_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize, usiz
 /// A depthwise convolution (channel multiplier 1) on an input of random size, with batch
 /// norm, an activation and, when its output keeps the input's shape, a residual add of a
 /// 1×1 convolution's output.
-/// What follows a random depthwise conv: batch norm, the residual add of its input layer
+/// What follows a random conv: batch norm, the residual add of its input layer
 /// `a`, and activation `act` (none, relu, relu6, clip, leaky relu).
-fn depthwise_tail(bn: bool, residual: bool, act: usize) -> String {
+fn layer_tail(bn: bool, residual: bool, act: usize) -> String {
     let mut l = String::new();
     if bn {
         l.push_str(" | bn");
@@ -292,7 +292,7 @@ fn depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, usize,
             let mut l = format!(
                 "a: conv({c}, k=1)\n    - b: dwconv(k=[{kh}, {kw}], s=[{sh}, {sw}], p=[{pt}, {pl}, {pb}, {pr}], d=[{dh}, {dw}], bias={bias})"
             );
-            l.push_str(&depthwise_tail(bn, same, act));
+            l.push_str(&layer_tail(bn, same, act));
             (c, h, w, l)
         })
 }
@@ -357,7 +357,7 @@ fn host_depthwise_layer() -> impl proptest::strategy::Strategy<Value = (usize, u
             let mut l = format!(
                 "a: conv({c}, k=1)\n    - b: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})"
             );
-            l.push_str(&depthwise_tail(bn, same, act));
+            l.push_str(&layer_tail(bn, same, act));
             (c, h, w, l)
         })
 }
@@ -421,18 +421,7 @@ fn direct_layer()
                     "c: conv({}, k=[{kh}, {kw}], s=2, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})",
                     8 * co8
                 );
-                if bn {
-                    l.push_str(" | bn");
-                }
-                l.push_str(
-                    [
-                        "",
-                        " | relu",
-                        " | relu6",
-                        " | clip(-0.5, 0.5)",
-                        " | leaky_relu(0.1)",
-                    ][act],
-                );
+                l.push_str(&layer_tail(bn, false, act));
                 ((cin, kh + eh, kw + ew, l), (ew + pl + pr) / 2 + 1)
             },
         )
