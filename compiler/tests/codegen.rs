@@ -84,8 +84,10 @@ fn differential_ran(
         .map_err(|e| e.to_string())?;
     // Kernels with no generated code: every shape takes the host fallbacks (host depthwise
     // loop, host epilogue, reference pools), as a tile shape that was not compiled does.
+    // They also compute inverted-residual blocks one output row per band.
     let host_only = CompileOptions {
         generate: false,
+        band_bytes: 0,
         ..CompileOptions::default()
     };
     let fallback = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &host_only)
@@ -367,31 +369,61 @@ proptest! {
 
     #[test]
     fn random_host_depthwise_layers_match_the_reference((c, h, w, layers) in host_depthwise_layer(), seed in 0u64..1000) {
-        for opts in [
-            Options { strategy: Strategy::Single, ..Options::default() },
-            Options { strategy: Strategy::Halo, grid: Some((2, 3)), ..Options::default() },
-            Options { strategy: Strategy::Halo, grid: Some((3, 2)), ..Options::default() },
-            Options { strategy: Strategy::Fdsp, grid: Some((2, 2)), allow_approx: true, ..Options::default() },
-        ] {
-            match differential_ran(c, h, w, &layers, &opts, seed) {
-                Err(e) => return Err(TestCaseError::fail(e)),
-                Ok((0, _, _)) if opts.strategy == Strategy::Single => {
-                    return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
-                }
-                // The whole map ran on the host kernel where the CPU has AVX2+FMA.
-                Ok((_, stats, ran))
-                    if opts.strategy == Strategy::Single
-                        && isa() == Isa::Avx2Fma
-                        && (stats.depthwise_host != 1
-                            || stats.depthwise != 0
-                            || !ran.contains(HOST_DEPTHWISE)) =>
-                {
-                    return Err(TestCaseError::fail(format!("{layers}: {stats:?} {ran:?}")));
-                }
-                Ok(_) => {}
+        // The whole map ran on the host kernel.
+        differential_on_host_kernels(c, h, w, &layers, seed, |stats, ran| {
+            stats.depthwise_host == 1 && stats.depthwise == 0 && ran.contains(HOST_DEPTHWISE)
+        })?;
+    }
+}
+
+/// [`differential_ran`] on a whole map, two halo grids and FDSP tiles; on the whole map,
+/// where the CPU has AVX2+FMA, `ran_on_host` must also hold for the kernels' stats and
+/// the kinds of work they ran.
+fn differential_on_host_kernels(
+    c: usize,
+    h: usize,
+    w: usize,
+    layers: &str,
+    seed: u64,
+    ran_on_host: impl Fn(&KernelStats, &BTreeSet<&str>) -> bool,
+) -> Result<(), TestCaseError> {
+    for opts in [
+        Options {
+            strategy: Strategy::Single,
+            ..Options::default()
+        },
+        Options {
+            strategy: Strategy::Halo,
+            grid: Some((2, 3)),
+            ..Options::default()
+        },
+        Options {
+            strategy: Strategy::Halo,
+            grid: Some((3, 2)),
+            ..Options::default()
+        },
+        Options {
+            strategy: Strategy::Fdsp,
+            grid: Some((2, 2)),
+            allow_approx: true,
+            ..Options::default()
+        },
+    ] {
+        let single = opts.strategy == Strategy::Single;
+        match differential_ran(c, h, w, layers, &opts, seed) {
+            Err(e) => return Err(TestCaseError::fail(e)),
+            Ok((0, _, _)) if single => {
+                return Err(TestCaseError::fail(format!("{layers}: no tiles compared")));
             }
+            Ok((_, stats, ran))
+                if single && isa() == Isa::Avx2Fma && !ran_on_host(&stats, &ran) =>
+            {
+                return Err(TestCaseError::fail(format!("{layers}: {stats:?} {ran:?}")));
+            }
+            Ok(_) => {}
         }
     }
+    Ok(())
 }
 
 /// A stride-2 convolution with 1–4 input channels and 8–32 output channels (the direct
@@ -458,7 +490,51 @@ proptest! {
     }
 }
 
+/// An inverted-residual block after a 1×1 conv `a`: a 1×1 expansion by 1–6, a 3×3
+/// depthwise conv with stride 1 or 2 and padding 0–2 per side, a 1×1 projection, each with
+/// or without bias, batch norm and any activation; where the shapes allow (stride 1,
+/// padding 1, as many output channels as `a`), the residual add of `a`. Inputs 3–30 high
+/// and wide, 2–12 channels.
+fn inverted_residual_block()
+-> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
+    (
+        (2usize..=12, 1usize..=6, 1usize..=12),
+        1usize..=2,
+        (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
+        (3usize..=30, 3usize..=30),
+        (0usize..5, 0usize..5, 0usize..5),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|((c, t, cout), st, (pt, pl, pb, pr), (h, w), (ae, ad, ap), (bn, bias, res))| {
+            let same = res && st == 1;
+            let [pt, pl, pb, pr] = if same { [1; 4] } else { [pt, pl, pb, pr] };
+            let cout = if same { c } else { cout };
+            let tail = |act| layer_tail(bn, false, act);
+            let mut l = format!(
+                "a: conv({c}, k=1)\n    - e: conv({}, k=1, bias={bias}){}\n    - d: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias}){}\n    - p: conv({cout}, k=1, bias={bias})",
+                c * t,
+                tail(ae),
+                tail(ad),
+            );
+            l.push_str(&layer_tail(bn, same, ap));
+            (c, h, w, l)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_inverted_residual_blocks_match_the_reference((c, h, w, layers) in inverted_residual_block(), seed in 0u64..1000) {
+        // The whole map ran as a block.
+        differential_on_host_kernels(c, h, w, &layers, seed, |stats, ran| {
+            stats.blocks == 1 && ran.contains(BLOCK)
+        })?;
+    }
+}
+
 /// The profile's names for the host kernels' work.
+const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
 const HOST_DEPTHWISE: &str = "conv depthwise 3x3 (host avx2)";
 const DIRECT: &str = "conv direct stride 2, few channels (host avx2)";
 

@@ -50,14 +50,23 @@ pub fn scratch_len(spec: &DepthwiseSpec) -> usize {
     (spec.h + spec.pad[0] + spec.pad[2]) * spec.sw * phase_len(spec)
 }
 
-/// Runs `spec` (which must satisfy [`applies`]) on `x` `[c, h, w]` with weights `[c, 9]`,
-/// bias `[c]` and an optional residual `[c, oh, ow]`, writing `[c, oh, ow]` to `y`;
-/// `scratch` (at least [`scratch_len`] floats) is overwritten. Panics if a slice is short
-/// or the kernel does not apply.
+/// The previous layer's epilogue, applied to the input as it is copied into the scratch
+/// plane: `act(x + bias[channel])` (the padding stays zero).
+#[derive(Clone, Copy, Debug)]
+pub struct Pre<'a> {
+    pub bias: &'a [f32],
+    pub act: Act,
+}
+
+/// Runs `spec` (which must satisfy [`applies`]) on `x` `[c, h, w]` (first transformed by
+/// `pre`, if given) with weights `[c, 9]`, bias `[c]` and an optional residual
+/// `[c, oh, ow]`, writing `[c, oh, ow]` to `y`; `scratch` (at least [`scratch_len`] floats)
+/// is overwritten. Panics if a slice is short or the kernel does not apply.
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
 pub fn run(
     spec: &DepthwiseSpec,
     x: &[f32],
+    pre: Option<Pre>,
     weights: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
@@ -70,6 +79,7 @@ pub fn run(
     );
     let (c, out) = (spec.channels, spec.channels * spec.oh * spec.ow);
     assert!(x.len() >= c * spec.h * spec.w && weights.len() >= c * 9);
+    assert!(pre.is_none_or(|p| p.bias.len() >= c), "pre bias too short");
     assert!(bias.len() >= c && y.len() >= out && scratch.len() >= scratch_len(spec));
     assert_eq!(residual.is_some(), spec.residual);
     if let Some(r) = residual {
@@ -79,7 +89,41 @@ pub fn run(
     // SAFETY: `applies` checked AVX2 and FMA; the slice lengths are checked above and the
     // kernel stays within them (see `avx2::channel`).
     unsafe {
-        avx2::conv(spec, x, weights, bias, residual, y, scratch);
+        avx2::conv(spec, x, pre, weights, bias, residual, y, scratch);
+    }
+}
+
+/// `act(v + bias (+ residual))` of one value: the epilogues' operations, in their order.
+#[inline(always)]
+fn epilogue(v: f32, bias: f32, residual: Option<f32>, act: Act) -> f32 {
+    act.apply(match residual {
+        Some(r) => v + bias + r,
+        None => v + bias,
+    })
+}
+
+/// `row = act(row + bias (+ residual))` (what the generated epilogue computes, bit for bit),
+/// on AVX2 where the CPU has it. Panics if `residual` is shorter than `row`.
+pub fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) {
+    if let Some(r) = residual {
+        assert!(r.len() >= row.len(), "residual too short");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2Fma {
+        let (p, len) = (row.as_mut_ptr(), row.len());
+        let rp = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: AVX2 checked; `p` and `rp` hold `len` floats (checked above).
+        unsafe { avx2::bias_act(p, p, len, bias, rp, act) };
+        return;
+    }
+    match residual {
+        Some(r) => row
+            .iter_mut()
+            .zip(r)
+            .for_each(|(v, x)| *v = epilogue(*v, bias, Some(*x), act)),
+        None => row
+            .iter_mut()
+            .for_each(|v| *v = epilogue(*v, bias, None, act)),
     }
 }
 
@@ -101,7 +145,7 @@ pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{Act, DepthwiseSpec, phase_len, scratch_len};
+    use super::{Act, DepthwiseSpec, Pre, phase_len, scratch_len};
 
     /// Activation codes (const generic parameters).
     const NONE: u8 = 0;
@@ -147,6 +191,76 @@ mod avx2 {
                 _ => v,
             };
             _mm256_storeu_ps(dst, v);
+        }
+    }
+
+    /// `dst[i] = act(src[i] + bias (+ res[i]))` for `i < len`, eight at a time, then one at a
+    /// time; `src` may equal `dst`.
+    ///
+    /// # Safety
+    /// AVX2; `src`, `dst` (and `res` unless null) hold `len` floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_act(
+        src: *const f32,
+        dst: *mut f32,
+        len: usize,
+        bias: f32,
+        res: *const f32,
+        act: Act,
+    ) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match (act, res.is_null()) {
+                (Act::None, true) => row::<NONE, false>(src, dst, len, bias, res, act),
+                (Act::None, false) => row::<NONE, true>(src, dst, len, bias, res, act),
+                (Act::Relu, true) => row::<RELU, false>(src, dst, len, bias, res, act),
+                (Act::Relu, false) => row::<RELU, true>(src, dst, len, bias, res, act),
+                (Act::Clip { .. }, true) => row::<CLIP, false>(src, dst, len, bias, res, act),
+                (Act::Clip { .. }, false) => row::<CLIP, true>(src, dst, len, bias, res, act),
+                (Act::Leaky { .. }, true) => row::<LEAKY, false>(src, dst, len, bias, res, act),
+                (Act::Leaky { .. }, false) => row::<LEAKY, true>(src, dst, len, bias, res, act),
+            }
+        }
+    }
+
+    /// [`bias_act`] for one activation and residual.
+    ///
+    /// # Safety
+    /// As [`bias_act`]; `RES` iff `res` is not null.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn row<const ACT: u8, const RES: bool>(
+        src: *const f32,
+        dst: *mut f32,
+        len: usize,
+        bias: f32,
+        res: *const f32,
+        act: Act,
+    ) {
+        let (lo, hi) = match act {
+            Act::Clip { min, max } => (min, max),
+            Act::Leaky { slope } => (slope, 0.0),
+            Act::None | Act::Relu => (0.0, 0.0),
+        };
+        let e = Epi {
+            bias: _mm256_set1_ps(bias),
+            lo: _mm256_set1_ps(lo),
+            hi: _mm256_set1_ps(hi),
+        };
+        let full = len / 8 * 8;
+        // SAFETY: the caller's guarantee; vectors at i < full read and write i..i + 8 ≤ len.
+        unsafe {
+            for i in (0..full).step_by(8) {
+                store::<ACT, RES>(
+                    &e,
+                    _mm256_loadu_ps(src.add(i)),
+                    res.wrapping_add(i),
+                    dst.add(i),
+                );
+            }
+            for i in full..len {
+                let r = RES.then(|| *res.add(i));
+                *dst.add(i) = super::epilogue(*src.add(i), bias, r, act);
+            }
         }
     }
 
@@ -199,9 +313,11 @@ mod avx2 {
     /// # Safety
     /// AVX2 and FMA; the slices as `super::run` checks them.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
     pub(super) unsafe fn conv(
         s: &DepthwiseSpec,
         x: &[f32],
+        pre: Option<Pre>,
         weights: &[f32],
         bias: &[f32],
         residual: Option<&[f32]>,
@@ -214,7 +330,7 @@ mod avx2 {
             Act::Clip { min, max } => (CLIP, min, max),
             Act::Leaky { slope } => (LEAKY, slope, 0.0),
         };
-        let a = (s, x, weights, bias, residual, y, scratch, lo, hi);
+        let a = (s, x, pre, weights, bias, residual, y, scratch, lo, hi);
         // SAFETY: the caller's guarantee.
         unsafe {
             match (act, residual.is_some()) {
@@ -233,6 +349,7 @@ mod avx2 {
     type Args<'a> = (
         &'a DepthwiseSpec,
         &'a [f32],
+        Option<Pre<'a>>,
         &'a [f32],
         &'a [f32],
         Option<&'a [f32]>,
@@ -250,7 +367,7 @@ mod avx2 {
     /// AVX2 and FMA; the slices as `super::run` checks them (`RES` iff a residual).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn planes<const ACT: u8, const RES: bool>(a: Args) {
-        let (s, x, weights, bias, residual, y, scratch, lo, hi) = a;
+        let (s, x, pre, weights, bias, residual, y, scratch, lo, hi) = a;
         let (h, w, oh, ow, sw) = (s.h, s.w, s.oh, s.ow, s.sw);
         let [pt, pl, _, _] = s.pad;
         let ps = phase_len(s);
@@ -262,16 +379,39 @@ mod avx2 {
         scratch.fill(0.0);
         let end = residual.map_or(y.len(), |r| r.len().min(y.len()));
         let n = oh * ow;
+        // A stride-2 input row after `pre`, before it is split into phases.
+        let mut staged = vec![0.0f32; if pre.is_some() && sw == 2 { w } else { 0 }];
         for ch in 0..s.channels {
             let plane = &x[ch * h * w..(ch + 1) * h * w];
             for (r, src) in plane.chunks_exact(w.max(1)).take(h).enumerate() {
                 let row = &mut scratch[(pt + r) * rs..][..rs];
-                if sw == 1 {
-                    row[pl..pl + w].copy_from_slice(src);
-                } else {
-                    // SAFETY: AVX2 (caller); `row` holds two phases of `ps` floats and
-                    // (pl + w).div_ceil(2) < ps.
-                    unsafe { deinterleave(src, row, pl, ps) };
+                match (pre, sw) {
+                    (None, 1) => row[pl..pl + w].copy_from_slice(src),
+                    // SAFETY: AVX2 (caller); `src` and the row's interior hold `w` floats.
+                    (Some(p), 1) => unsafe {
+                        bias_act(
+                            src.as_ptr(),
+                            row[pl..pl + w].as_mut_ptr(),
+                            w,
+                            p.bias[ch],
+                            std::ptr::null(),
+                            p.act,
+                        );
+                    },
+                    // SAFETY (deinterleave): AVX2 (caller); `row` holds two phases of `ps`
+                    // floats and (pl + w).div_ceil(2) < ps.
+                    (None, _) => unsafe { deinterleave(src, row, pl, ps) },
+                    (Some(p), _) => unsafe {
+                        bias_act(
+                            src.as_ptr(),
+                            staged.as_mut_ptr(),
+                            w,
+                            p.bias[ch],
+                            std::ptr::null(),
+                            p.act,
+                        );
+                        deinterleave(&staged, row, pl, ps);
+                    },
                 }
             }
             let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weights[9 * ch + t]));
@@ -461,6 +601,46 @@ mod avx2 {
                 let (a, b, c) = ld(r[2], x0);
                 let acc = taps3(a, b, c, k2, Some(acc));
                 put::<ACT, RES>(&e, acc, rp, yp, o + x0, ow, room);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector epilogue gives the scalar one's bits for every length (vector bodies and
+    /// scalar tails), activation and residual, NaN inputs included.
+    #[test]
+    fn bias_act_equals_the_scalar_epilogue() {
+        let acts = [
+            Act::None,
+            Act::Relu,
+            Act::Clip { min: 0.0, max: 6.0 },
+            Act::Leaky { slope: 0.1 },
+        ];
+        for len in 0..40 {
+            let x: Vec<f32> = (0..len)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        f32::NAN
+                    } else {
+                        (i as f32 - 17.0) * 0.77
+                    }
+                })
+                .collect();
+            let r: Vec<f32> = (0..len).map(|i| (i as f32) * -0.31 + 2.0).collect();
+            for act in acts {
+                for residual in [None, Some(&r[..])] {
+                    let mut got = x.clone();
+                    bias_act(&mut got, 0.25, residual, act);
+                    let want: Vec<f32> = (0..len)
+                        .map(|i| epilogue(x[i], 0.25, residual.map(|r| r[i]), act))
+                        .collect();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{len} {act:?} {residual:?}");
+                }
             }
         }
     }

@@ -22,7 +22,8 @@ use std::time::Instant;
 
 use ndarray::{Array3, ShapeError, s};
 
-use super::depthwise as host_dw;
+use super::block::{self, Block, Pointwise};
+use super::depthwise::{self as host_dw, bias_act};
 use super::direct;
 use super::gemm::{Isa, NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv, isa};
 use super::jit::{
@@ -70,6 +71,15 @@ impl ConvKernel {
     fn is_depthwise(&self) -> bool {
         self.packed.is_empty() && self.winograd.is_none()
     }
+
+    /// Its GEMM weights, bias and activation, for a block (one group only).
+    fn as_pointwise(&self) -> Option<Pointwise<'_>> {
+        Some(Pointwise {
+            weights: self.packed.first().filter(|_| self.groups == 1)?,
+            bias: &self.bias,
+            act: self.act,
+        })
+    }
 }
 
 /// Choices made when kernels are compiled.
@@ -92,7 +102,19 @@ pub struct CompileOptions {
     /// Stride-2 convolutions with few input channels on the direct AVX2+FMA kernel
     /// (`direct.rs`) where the CPU has it; off, on im2col + GEMM.
     pub direct: bool,
+    /// Inverted-residual blocks (1×1 expansion → 3×3 depthwise on the host kernel → 1×1
+    /// projection) computed over bands of output rows (`block.rs`), so the expanded tensor
+    /// stays in L2; off, layer by layer.
+    pub blocks: bool,
+    /// About how many bytes of expanded rows a band of such a block holds (at least one
+    /// output row per band).
+    pub band_bytes: usize,
 }
+
+/// The default [`CompileOptions::band_bytes`]: half of a 1 MiB L2, leaving room for the
+/// depthwise band, the weights and the band's output columns (`block_bench`: 512 KiB and
+/// 1 MiB measured alike, 128 KiB slower than layer by layer).
+pub const BAND_BYTES: usize = 512 << 10;
 
 impl Default for CompileOptions {
     fn default() -> Self {
@@ -102,6 +124,8 @@ impl Default for CompileOptions {
             wire: Compression::None,
             host_depthwise: true,
             direct: true,
+            blocks: true,
+            band_bytes: BAND_BYTES,
         }
     }
 }
@@ -129,6 +153,9 @@ pub struct KernelStats {
     /// Convolutions prepared for the direct stride-2 kernel (`direct.rs`; on CPUs with
     /// AVX2+FMA, it runs their tiles at least 8 wide).
     pub direct: usize,
+    /// Inverted-residual blocks prepared to run over row bands (`block.rs`; on CPUs with
+    /// AVX2+FMA).
+    pub blocks: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -145,6 +172,10 @@ pub struct CompiledKernels {
     depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
     /// Whether depthwise shapes the host kernel handles run on it (`CompileOptions`).
     host_depthwise: bool,
+    /// Inverted-residual blocks by their expansion conv: (depthwise conv, projection conv).
+    blocks: HashMap<usize, (usize, usize)>,
+    /// [`CompileOptions::band_bytes`].
+    band_bytes: usize,
     code: JitCode,
     pub stats: KernelStats,
     /// Wall time of preparation and compilation.
@@ -302,6 +333,54 @@ fn prepare_conv(
     })
 }
 
+/// Whether conv `i` is a 1×1 stride-1 unpadded convolution on the host GEMM with nothing
+/// but bias, folded batch norm, residual and activation fused.
+fn pointwise(graph: &LayerGraph, i: usize, k: &ConvKernel) -> bool {
+    let Op::Conv2d(c) = &graph.layers()[i].op else {
+        return false;
+    };
+    (c.kernel.h, c.kernel.w, c.stride.h, c.stride.w) == (1, 1, 1, 1)
+        && c.padding.is_zero()
+        && k.groups == 1
+        && k.packed.len() == 1
+        && k.winograd.is_none()
+        && k.direct.is_none()
+        && !k.pool2
+}
+
+/// The depthwise and projection convs of the inverted-residual block whose expansion is conv
+/// `i`, if one starts there in the segment ending before `end`: a 1×1 expansion (no
+/// residual), a 3×3 stride-1/2 depthwise conv (no residual) reading only it, a 1×1
+/// projection reading only that. Whether a tile's shapes fit the host depthwise kernel is
+/// checked when it runs.
+fn inverted_residual(
+    graph: &LayerGraph,
+    convs: &HashMap<usize, ConvKernel>,
+    i: usize,
+    end: usize,
+) -> Option<(usize, usize)> {
+    let e = convs
+        .get(&i)
+        .filter(|k| pointwise(graph, i, k) && k.residual.is_none())?;
+    let d = e.last + 1;
+    let dk = convs.get(&d).filter(|k| {
+        k.is_depthwise() && k.residual.is_none() && d < end && single_input(graph, d, e.last)
+    })?;
+    let Op::Conv2d(c) = &graph.layers()[d].op else {
+        return None;
+    };
+    let strides = [(1, 1), (2, 2)];
+    let three = (c.kernel.h, c.kernel.w, c.dilation.h, c.dilation.w) == (3, 3, 1, 1);
+    if !three || !strides.contains(&(c.stride.h, c.stride.w)) {
+        return None;
+    }
+    let p = dk.last + 1;
+    convs
+        .get(&p)
+        .filter(|k| p < end && pointwise(graph, p, k) && single_input(graph, p, dk.last))?;
+    Some((d, p))
+}
+
 fn shape_of(graph: &LayerGraph, s: &Source) -> Shape {
     match s {
         Source::Input => graph.input.shape,
@@ -454,6 +533,7 @@ impl CompiledKernels {
         let t0 = Instant::now();
         let mut convs = HashMap::new();
         let mut fused_into = HashMap::new();
+        let mut blocks = HashMap::new();
         let mut stats = KernelStats::default();
         // Only segments where this node computes a tile: a node without tiles in a segment
         // needs none of its weights (a `single` plan's idle nodes prepare nothing).
@@ -490,7 +570,15 @@ impl CompiledKernels {
                     i += 1;
                 }
             }
+            if opts.blocks && opts.host_depthwise && isa() == Isa::Avx2Fma {
+                for i in first..end {
+                    if let Some((dw, project)) = inverted_residual(graph, &convs, i, end) {
+                        blocks.insert(i, (dw, project));
+                    }
+                }
+            }
         }
+        stats.blocks = blocks.len();
         let mut session = JitSession::new()?;
         let mut epilogues = HashMap::new();
         let mut pools = HashMap::new();
@@ -600,6 +688,8 @@ impl CompiledKernels {
             pools,
             depthwise,
             host_depthwise: opts.host_depthwise,
+            blocks,
+            band_bytes: opts.band_bytes,
             code,
             stats,
             compile_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -692,6 +782,8 @@ impl CompiledKernels {
         // segment has run, so the next layers reuse buffers that are still in cache (and
         // need no zeroing) instead of allocating while every value of a long segment lives.
         let mut live: Vec<usize> = Vec::new();
+        // Inside a block computed over row bands: its last layer, whose value is `carry`.
+        let mut block_until: Option<usize> = None;
         for (n, id) in seg.layers().enumerate() {
             let i = id.index();
             let layer = graph.layer(id);
@@ -707,6 +799,20 @@ impl CompiledKernels {
             });
             live.push(n);
             let region = tile.regions[n];
+            if let Some(until) = block_until.filter(|&u| i <= u) {
+                let value = if i == until {
+                    block_until = None;
+                    let (_, have, t) = carry.take().ok_or_else(|| missing(&layer.name))?;
+                    Some(match seg.mode {
+                        Mode::Halo if have != region => crop(&t, &have, &region),
+                        _ => t,
+                    })
+                } else {
+                    None
+                };
+                values.push(value);
+                continue;
+            }
             if self.fused_into.contains_key(&i) {
                 let value = match carry.take() {
                     Some((last, have, t)) if last == i => Some(match seg.mode {
@@ -754,8 +860,34 @@ impl CompiledKernels {
                 Mode::Halo => Some(input_region(&layer.op, &region, shape_of(graph, src))),
                 Mode::Fdsp => None,
             };
+            // A fused residual add's other operand, where this tile's add needs it.
+            let residual_of = |k: &ConvKernel| match k.residual {
+                Some((add, other)) => {
+                    let src = &graph.layers()[add].inputs[other];
+                    let need = match seg.mode {
+                        Mode::Halo => Some(tile.regions[add - first]),
+                        Mode::Fdsp => None,
+                    };
+                    operand(src, need).map(Some)
+                }
+                None => Ok(None),
+            };
             let t0 = Instant::now();
             let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
+            if let Some(&(d, p)) = self.blocks.get(&i)
+                && let Some(block) = self.block_at(graph, seg, tile, (i, d, p), x.dim())
+            {
+                let kp = &self.convs[&p];
+                let residual = residual_of(kp)?;
+                let y = run_block(&block, &x, residual.as_deref())?;
+                if let Some(p) = profile.as_deref_mut() {
+                    *p.entry(BLOCK).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+                }
+                carry = Some((kp.last, tile.regions[p - first], y));
+                block_until = Some(kp.last);
+                values.push(None);
+                continue;
+            }
             let kind = match (self.convs.get(&i), &op) {
                 (Some(k), _) if k.winograd.is_some() => {
                     "conv winograd F(4x4,3x3) + gemm (host), epilogue fused or jit"
@@ -786,17 +918,7 @@ impl CompiledKernels {
                 (None, other) => other.kind(),
             };
             let out = if let (Some(k), Op::Conv2d(c)) = (self.convs.get(&i), &op) {
-                let residual = match k.residual {
-                    Some((add, other)) => {
-                        let src = &graph.layers()[add].inputs[other];
-                        let need = match seg.mode {
-                            Mode::Halo => Some(tile.regions[add - first]),
-                            Mode::Fdsp => None,
-                        };
-                        Some(operand(src, need)?)
-                    }
-                    None => None,
-                };
+                let residual = residual_of(k)?;
                 // A fused pool's output holds the pool's region; otherwise the conv's.
                 let have = tile.regions[if k.pool2 { k.last - first } else { n }];
                 let quant = (how != Compression::None
@@ -863,6 +985,56 @@ impl CompiledKernels {
             return Ok((WireTile::Quantised(q), e));
         }
         Ok(self.quantise(out, how))
+    }
+
+    /// Block `(expand, dw, project)` as this tile runs it on an expansion input of `dim`, if
+    /// the host kernels compute it: in halo tiles, the expansion's region must be exactly
+    /// what the depthwise conv reads, and the projection's output the depthwise region.
+    fn block_at(
+        &self,
+        graph: &LayerGraph,
+        seg: &Segment,
+        tile: &Tile,
+        (e, d, p): (usize, usize, usize),
+        (cin, h, w): (usize, usize, usize),
+    ) -> Option<Block<'_>> {
+        let first = seg.first.index();
+        let (ke, kd, kp) = (
+            self.convs.get(&e)?,
+            self.convs.get(&d)?,
+            self.convs.get(&p)?,
+        );
+        if cin != ke.cin_g || !self.host_depthwise {
+            return None;
+        }
+        if seg.mode == Mode::Halo {
+            let dl = &graph.layers()[d];
+            let need = input_region(
+                &dl.op,
+                &tile.regions[d - first],
+                shape_of(graph, &dl.inputs[0]),
+            );
+            let expanded = tile.regions[e - first];
+            if need != expanded || tile.regions[ke.last - first] != expanded {
+                return None;
+            }
+        }
+        let (op, dh, dw) = tile_geometry(graph, seg, tile, d).ok()?;
+        let Op::Conv2d(c) = &op else { return None };
+        let spec = depthwise_spec(c, ke.cout_g, h, w, kd)?;
+        let out = tile.regions[p - first];
+        if (dh, dw) != (h, w) || (out.rows(), out.cols()) != (spec.oh, spec.ow) {
+            return None;
+        }
+        let b = Block {
+            expand: ke.as_pointwise()?,
+            dw: spec,
+            dw_weights: &kd.depthwise,
+            dw_bias: &kd.bias,
+            project: kp.as_pointwise()?,
+            rows: block::band_rows(&spec, self.band_bytes),
+        };
+        block::applies(&b).then_some(b)
     }
 
     /// `t` for the wire: on the generated quantising pass when one was compiled for its
@@ -1004,7 +1176,7 @@ impl CompiledKernels {
         } else if let Some(spec) = host {
             // The kernel zeroes its scratch itself.
             let mut scratch = overwritten(host_dw::scratch_len(&spec));
-            host_dw::run(&spec, xs, &k.depthwise, &k.bias, rs, y, &mut scratch);
+            host_dw::run(&spec, xs, None, &k.depthwise, &k.bias, rs, y, &mut scratch);
             recycle_vec(scratch);
             let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
             return Ok((t, None));
@@ -1065,6 +1237,37 @@ impl CompiledKernels {
         let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
         Ok((t, quantised))
     }
+}
+
+/// The profile's name for blocks computed over row bands.
+const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
+
+/// Runs block `b` on `x` (`[cin, h, w]`) with an optional residual for the projection.
+fn run_block(
+    b: &Block,
+    x: &Array3<f32>,
+    residual: Option<&Array3<f32>>,
+) -> Result<Array3<f32>, EvalError> {
+    let bad = |reason: &str| EvalError::Parameter {
+        op: "block",
+        reason: reason.into(),
+    };
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().ok_or_else(|| bad("layout"))?;
+    let dim = (b.project.weights.m, b.dw.oh, b.dw.ow);
+    let res = match residual {
+        Some(r) if r.dim() != dim => return Err(bad("residual operand has the wrong shape")),
+        Some(r) => Some(r.as_standard_layout()),
+        None => None,
+    };
+    let rs = res.as_ref().and_then(|r| r.as_slice());
+    let len = dim.0 * dim.1 * dim.2;
+    let mut y = overwritten(len);
+    let mut scratch = block::scratch_lens(b).map(overwritten);
+    let [s0, s1, s2, s3] = &mut scratch;
+    block::run(b, xs, rs, &mut y[..len], [s0, s1, s2, s3]);
+    scratch.into_iter().for_each(recycle_vec);
+    tensor(y, dim).map_err(|e| bad(&e.to_string()))
 }
 
 /// A tile output quantised by its last epilogue, and the error that made.
@@ -1352,19 +1555,6 @@ fn linear(
             )
         }
         _ => reference::eval_op(&op, name, &[x], weights),
-    }
-}
-
-/// `v = act(v + bias (+ residual))` along one row: the generated epilogue's operations, in
-/// its order (for shapes without a generated epilogue).
-fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) {
-    let f = |t: f32| act.apply(t);
-    match residual {
-        Some(r) => row
-            .iter_mut()
-            .zip(r)
-            .for_each(|(v, x)| *v = f(*v + bias + x)),
-        None => row.iter_mut().for_each(|v| *v = f(*v + bias)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! and the compiled kernels of a plan (`kernel`). See ARCHITECTURE.md for the split between
 //! generated and host code and the measurements behind it.
 
+pub mod block;
 pub mod depthwise;
 pub mod direct;
 pub mod gemm;
@@ -9,7 +10,7 @@ pub mod jit;
 pub mod kernel;
 pub mod winograd;
 
-pub use kernel::{CompileError, CompileOptions, CompiledKernels, KernelStats, Profile};
+pub use kernel::{BAND_BYTES, CompileError, CompileOptions, CompiledKernels, KernelStats, Profile};
 
 /// Relative L2 distance `‖a − b‖ / ‖b‖` (0 when both are zero).
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
