@@ -1,4 +1,5 @@
-//! Network stems with few input channels (MobileNetV2's 3×3/2 on RGB, ResNet's 7×7/2), as
+//! Network stems with few input channels (MobileNetV2's 3×3/2 on RGB, ResNet's 7×7/2,
+//! YOLOv2-tiny's and VGG16's 3×3/1), as
 //! one-layer plans on one thread: the direct kernel (`codegen::direct`) against im2col +
 //! GEMM + epilogue (`CompileOptions::direct` off), interleaved, best and median of 40 runs.
 //!
@@ -34,6 +35,12 @@ fn main() {
             224,
             "conv(64, k=7, s=2, p=3, bias=false) | bn | relu",
         ),
+        (
+            "YOLOv2-tiny 3x3/1 3->16 416",
+            416,
+            "conv(16, k=3, p=1, bias=false) | bn | leaky_relu(0.1)",
+        ),
+        ("VGG16 3x3/1 3->64 224", 224, "conv(64, k=3, p=1) | relu"),
     ];
     for (name, hw, layer) in stems {
         let text = format!(

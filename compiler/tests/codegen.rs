@@ -426,23 +426,24 @@ fn differential_on_host_kernels(
     Ok(())
 }
 
-/// A stride-2 convolution with 1–4 input channels and 8–32 output channels (the direct
-/// kernel's shapes: network stems), kernel 1–7 per axis, asymmetric padding below the
+/// A stride-1 or stride-2 convolution with 1–4 input channels and 8–32 output channels (the
+/// direct kernel's shapes: network stems; 1×1 kernels at stride 2 only), kernel 1–7 per
+/// axis, asymmetric padding below the
 /// kernel, inputs from the kernel's size to 40 (output rows under 8 wide take the GEMM),
 /// batch norm and every activation incl. relu6.
 /// Also returns the output width.
 fn direct_layer()
 -> impl proptest::strategy::Strategy<Value = ((usize, usize, usize, String), usize)> {
     (
-        1usize..=4,
-        1usize..=4,
+        (1usize..=4, 1usize..=4, 1usize..=2),
         (1usize..=7, 1usize..=7),
         (0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
         (0usize..=33, 0usize..=33),
         (0usize..5, any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(cin, co8, (kh, kw), (pt, pl, pb, pr), (eh, ew), (act, bn, bias))| {
+            |((cin, co8, st), (kh, kw), (pt, pl, pb, pr), (eh, ew), (act, bn, bias))| {
+                let st = if (kh, kw) == (1, 1) { 2 } else { st };
                 let (pt, pl, pb, pr) = (
                     pt.min(kh - 1),
                     pl.min(kw - 1),
@@ -450,11 +451,11 @@ fn direct_layer()
                     pr.min(kw - 1),
                 );
                 let mut l = format!(
-                    "c: conv({}, k=[{kh}, {kw}], s=2, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})",
+                    "c: conv({}, k=[{kh}, {kw}], s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias})",
                     8 * co8
                 );
                 l.push_str(&layer_tail(bn, false, act));
-                ((cin, kh + eh, kw + ew, l), (ew + pl + pr) / 2 + 1)
+                ((cin, kh + eh, kw + ew, l), (ew + pl + pr) / st + 1)
             },
         )
 }
@@ -536,7 +537,7 @@ proptest! {
 /// The profile's names for the host kernels' work.
 const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
 const HOST_DEPTHWISE: &str = "conv depthwise 3x3 (host avx2)";
-const DIRECT: &str = "conv direct stride 2, few channels (host avx2)";
+const DIRECT: &str = "conv direct, few input channels (host avx2)";
 
 /// A MobileNetV2-like stem (3×3/2 on 3 channels, batch norm, relu6) on a whole map and on
 /// halo tiles: the direct kernel's output is compared, and it ran (wide enough tiles).

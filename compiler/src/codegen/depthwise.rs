@@ -129,7 +129,7 @@ pub fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) 
 
 /// Splits one input row into the two column phases of a stride-2 scratch row (`row`: two
 /// phases of `ps` floats): padded column `pl + c` goes to phase `(pl + c) % 2`, index
-/// `(pl + c) / 2`. Also used by the direct stride-2 kernel (`direct.rs`). Panics unless
+/// `(pl + c) / 2`. Also used by the direct kernel at stride 2 (`direct.rs`). Panics unless
 /// the CPU has AVX2+FMA and the row holds every column.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {

@@ -1,13 +1,13 @@
-//! Direct stride-2 convolutions with few input channels (network stems: MobileNetV2's
-//! 3×3/2 on RGB, K = 27) in AVX2+FMA, chosen at run time where the CPU has it. With K this
-//! small, im2col + GEMM spends most of its time gathering the B panel (a stride-2 gather of
-//! 27 rows per output pixel) and loading and storing C once per 27-deep product; here each
-//! input vector is loaded once per 8 output channels and the accumulators stay in
-//! registers for the whole window.
+//! Direct stride-1 and stride-2 convolutions with few input channels (network stems:
+//! MobileNetV2's 3×3/2 and ResNet's 7×7/2 on RGB, YOLOv2-tiny's and VGG16's 3×3/1, K = 27)
+//! in AVX2+FMA, chosen at run time where the CPU has it. With K this small, im2col + GEMM
+//! spends most of its time gathering the B panel (27 rows per output pixel) and loading
+//! and storing C once per 27-deep product; here each input vector is loaded once per 4
+//! output channels and the accumulators stay in registers for the whole window.
 //!
-//! Per call the input is copied into a zeroed scratch of padded rows split into even and
-//! odd columns (as the depthwise kernel does), so each tap of 8 output columns is one
-//! contiguous load. Per output row, two 8-column vectors at a time (the last overlapping
+//! Per call the input is copied into a zeroed scratch of padded rows — at stride 2 split
+//! into even and odd columns (as the depthwise kernel does) — so each tap of 8 output
+//! columns is one contiguous load. Per output row, two 8-column vectors at a time (the last overlapping
 //! the one before; rows under 8 wide take the GEMM), per block of 4 output channels: eight
 //! ymm accumulators, two loads and four broadcast weights per eight FMAs per tap, then
 //! bias and activation in registers before the stores.
@@ -24,10 +24,12 @@ use crate::ops::Conv2d;
 pub const MAX_CIN: usize = 4;
 
 /// Whether conv `c` with `cin` input channels has the shape the kernel handles: stride
-/// 2×2, one group, no dilation, kernel at most 7×7, at most [`MAX_CIN`] input channels, a
+/// 1×1 (not 1×1 kernels: the GEMM reads their input in place, there is no gather to save)
+/// or 2×2, one group, no dilation, kernel at most 7×7, at most [`MAX_CIN`] input channels, a
 /// multiple of 8 output channels.
 pub fn shape_fits(c: &Conv2d, cin: usize) -> bool {
-    (c.stride.h, c.stride.w) == (2, 2)
+    let pointwise = (c.kernel.h, c.kernel.w) == (1, 1);
+    (((c.stride.h, c.stride.w) == (1, 1) && !pointwise) || (c.stride.h, c.stride.w) == (2, 2))
         && c.groups == 1
         && (c.dilation.h, c.dilation.w) == (1, 1)
         && (1..=7).contains(&c.kernel.h)
@@ -55,15 +57,16 @@ pub struct Shape {
     pub pad: [usize; 4],
 }
 
-/// Floats per column phase of a scratch row: the padded width over 2, plus slack for the
-/// last vector.
+/// Floats per column phase of a scratch row (one phase per stride step): the padded width
+/// over the stride, plus slack for the last vector.
 fn phase_len(c: &Conv2d, s: &Shape) -> usize {
-    (s.w + s.pad[1] + s.pad[3]).div_ceil(2) + c.kernel.w / 2 + 8
+    (s.w + s.pad[1] + s.pad[3]).div_ceil(c.stride.w) + c.kernel.w / 2 + 8
 }
 
-/// Floats of scratch [`run`] needs: every input channel's padded rows, two phases each.
+/// Floats of scratch [`run`] needs: every input channel's padded rows, one phase per
+/// stride step each.
 pub fn scratch_len(c: &Conv2d, s: &Shape) -> usize {
-    s.cin * (s.h + s.pad[0] + s.pad[2]) * 2 * phase_len(c, s)
+    s.cin * (s.h + s.pad[0] + s.pad[2]) * c.stride.w * phase_len(c, s)
 }
 
 /// Runs conv `c` (which must satisfy [`applies`]) on `x` `[cin, h, w]` with weights
@@ -88,7 +91,8 @@ pub fn run(
     );
     let (kh, kw, cout) = (c.kernel.h, c.kernel.w, c.out_channels);
     let [pt, pl, pb, pr] = s.pad;
-    let out = |len: usize, p: usize, k: usize| (len + p >= k).then(|| (len + p - k) / 2 + 1);
+    let st = c.stride.h;
+    let out = |len: usize, p: usize, k: usize| (len + p >= k).then(|| (len + p - k) / st + 1);
     assert_eq!(out(s.h, pt + pb, kh), Some(s.oh), "output height");
     assert_eq!(out(s.w, pl + pr, kw), Some(s.ow), "output width");
     assert!(x.len() >= s.cin * s.h * s.w && weights.len() >= cout * s.cin * kh * kw);
@@ -131,24 +135,30 @@ mod avx2 {
         let (kh, kw, cout) = (c.kernel.h, c.kernel.w, c.out_channels);
         let (h, w, oh, ow) = (s.h, s.w, s.oh, s.ow);
         let [pt, pl, pb, _] = s.pad;
+        // The stride (1 or 2, the same on both axes).
+        let st = c.stride.w;
         let ps = phase_len(c, s);
         let rows = h + pt + pb;
-        let rs = 2 * ps;
+        let rs = st * ps;
         let scratch = &mut scratch[..scratch_len(c, s)];
         scratch.fill(0.0);
         for ci in 0..s.cin {
             for r in 0..h {
                 let src = &x[(ci * h + r) * w..][..w];
                 let row = &mut scratch[(ci * rows + pt + r) * rs..][..rs];
-                super::super::depthwise::deinterleave(src, row, pl, ps);
+                if st == 1 {
+                    row[pl..pl + w].copy_from_slice(src);
+                } else {
+                    super::super::depthwise::deinterleave(src, row, pl, ps);
+                }
             }
         }
         // Float offsets of each tap (ci, ky, kx) from the window's top-left in the
-        // scratch: row ci·rows + ky, phase kx % 2, index kx / 2.
+        // scratch: row ci·rows + ky, phase kx % st, index kx / st.
         let taps: Vec<usize> = (0..s.cin)
             .flat_map(|ci| {
                 (0..kh).flat_map(move |ky| {
-                    (0..kw).map(move |kx| (ci * rows + ky) * rs + (kx % 2) * ps + kx / 2)
+                    (0..kw).map(move |kx| (ci * rows + ky) * rs + (kx % st) * ps + kx / st)
                 })
             })
             .collect();
@@ -184,11 +194,12 @@ mod avx2 {
             for pair in starts.chunks(2) {
                 let (xa, xb) = (pair[0], pair[pair.len() - 1]);
                 // SAFETY: tap (ci, ky, kx) of output (oy, x0..x0+8), x0 ∈ {xa, xb}, reads
-                // scratch row ci·rows + 2·oy + ky < cin·rows (the output size follows from
-                // the padded size), phase index x0 + kx/2 + 7 < ow + kw/2 + 8 ≤ ps; weights
-                // co·k + t < cout·k; stores y[co][oy][x0..x0 + 8] with x0 + 8 ≤ ow.
+                // scratch row ci·rows + st·oy + ky < cin·rows (the output size follows from
+                // the padded size), phase index x0 + kx/st + 7 < ow + kw/st + 8 ≤ ps (at
+                // stride 1, ow + kw − 1 is the padded width); weights co·k + t < cout·k;
+                // stores y[co][oy][x0..x0 + 8] with x0 + 8 ≤ ow.
                 unsafe {
-                    let (ba, bb) = (sp.add(2 * oy * rs + xa), sp.add(2 * oy * rs + xb));
+                    let (ba, bb) = (sp.add(st * oy * rs + xa), sp.add(st * oy * rs + xb));
                     // Four output channels × two vectors: two input loads and four
                     // broadcasts per eight FMAs.
                     for cb in (0..cout).step_by(4) {

@@ -7,7 +7,7 @@
 //! 1×1 stride-1 convolutions) + the host GEMM, or Winograd F(4×4, 3×3) for 3×3 stride-1
 //! layers (`winograd.rs`, which applies bias and activation in its output transform and can
 //! take a following 2×2 max pool there too), + a JIT epilogue (bias, folded batch norm,
-//! residual add, activation), or for stride-2 stems with 1–4 input channels the direct
+//! residual add, activation), or for stride-1/2 stems with 1–4 input channels the direct
 //! kernel (`direct.rs`, bias and activation fused); depthwise convolutions are JIT loop
 //! nests with the epilogue fused — 3×3 stride-1/2 ones the host AVX2+FMA kernel
 //! (`depthwise.rs`, epilogue fused too) where the CPU has it — and a direct host loop +
@@ -49,7 +49,7 @@ struct ConvKernel {
     packed: Vec<PackedA>,
     /// Depthwise only: `[c, kh·kw]`.
     depthwise: Vec<f32>,
-    /// Stride-2 convolutions with few input channels (`direct.rs`): `[cout, cin·kh·kw]`,
+    /// Stride-1/2 convolutions with few input channels (`direct.rs`): `[cout, cin·kh·kw]`,
     /// for tiles the direct kernel takes (`packed` serves the others).
     direct: Option<Vec<f32>>,
     /// 3×3 stride-1 convolutions: Winograd F(4×4, 3×3) weights (then `packed` is empty).
@@ -99,7 +99,7 @@ pub struct CompileOptions {
     /// (`depthwise.rs`) where the CPU has it, instead of generated code; off, they take the
     /// generated kernel (or, with `generate` off too, the host loop).
     pub host_depthwise: bool,
-    /// Stride-2 convolutions with few input channels on the direct AVX2+FMA kernel
+    /// Stride-1/2 convolutions with few input channels on the direct AVX2+FMA kernel
     /// (`direct.rs`) where the CPU has it; off, on im2col + GEMM.
     pub direct: bool,
     /// Inverted-residual blocks (1×1 expansion → 3×3 depthwise on the host kernel → 1×1
@@ -150,7 +150,7 @@ pub struct KernelStats {
     pub quantisers: usize,
     /// Depthwise layer and tile shapes that run the host AVX2+FMA kernel instead.
     pub depthwise_host: usize,
-    /// Convolutions prepared for the direct stride-2 kernel (`direct.rs`; on CPUs with
+    /// Convolutions prepared for the direct kernel (`direct.rs`; on CPUs with
     /// AVX2+FMA, it runs their tiles at least 8 wide).
     pub direct: usize,
     /// Inverted-residual blocks prepared to run over row bands (`block.rs`; on CPUs with
@@ -906,7 +906,7 @@ impl CompiledKernels {
                         && tile_ow(c, x.dim().2)
                             .is_some_and(|ow| direct::applies(c, x.dim().0, ow)) =>
                 {
-                    "conv direct stride 2, few channels (host avx2)"
+                    "conv direct, few input channels (host avx2)"
                 }
                 (Some(_), _) => "conv im2col + gemm (host) + epilogue (jit)",
                 (None, Op::MaxPool(_))
