@@ -194,8 +194,10 @@ mod avx2 {
         }
     }
 
-    /// `dst[i] = act(src[i] + bias (+ res[i]))` for `i < len`, eight at a time, then one at a
-    /// time; `src` may equal `dst`.
+    /// `dst[i] = act(src[i] + bias (+ res[i]))` for `i < len`, eight at a time, then the
+    /// rest: one vector ending at `len` (overlapping the one before) when `src` is not
+    /// `dst` and `len ≥ 8`, else one at a time; `src` may equal `dst`, else they must not
+    /// overlap.
     ///
     /// # Safety
     /// AVX2; `src`, `dst` (and `res` unless null) hold `len` floats.
@@ -247,16 +249,23 @@ mod avx2 {
             hi: _mm256_set1_ps(hi),
         };
         let full = len / 8 * 8;
-        // SAFETY: the caller's guarantee; vectors at i < full read and write i..i + 8 ≤ len.
-        unsafe {
-            for i in (0..full).step_by(8) {
-                store::<ACT, RES>(
-                    &e,
-                    _mm256_loadu_ps(src.add(i)),
-                    res.wrapping_add(i),
-                    dst.add(i),
-                );
+        let vector = |i: usize| {
+            // SAFETY: called for i + 8 ≤ len (the caller's guarantee covers it).
+            unsafe {
+                let v = _mm256_loadu_ps(src.add(i));
+                store::<ACT, RES>(&e, v, res.wrapping_add(i), dst.add(i));
             }
+        };
+        for i in (0..full).step_by(8) {
+            vector(i);
+        }
+        // Out of place, recomputing a value stores the same bits again.
+        if full < len && len >= 8 && !std::ptr::eq(src, dst) {
+            vector(len - 8);
+            return;
+        }
+        // SAFETY: the caller's guarantee; i < len.
+        unsafe {
             for i in full..len {
                 let r = RES.then(|| *res.add(i));
                 *dst.add(i) = super::epilogue(*src.add(i), bias, r, act);
@@ -379,39 +388,27 @@ mod avx2 {
         scratch.fill(0.0);
         let end = residual.map_or(y.len(), |r| r.len().min(y.len()));
         let n = oh * ow;
-        // A stride-2 input row after `pre`, before it is split into phases.
-        let mut staged = vec![0.0f32; if pre.is_some() && sw == 2 { w } else { 0 }];
+        // With `pre`: the plane after it, made in one pass over the whole plane (one short
+        // tail per plane, not one per row: rows 7 or 14 wide were mostly tail).
+        let mut staged = vec![0.0f32; if pre.is_some() { h * w } else { 0 }];
         for ch in 0..s.channels {
-            let plane = &x[ch * h * w..(ch + 1) * h * w];
+            let mut plane = &x[ch * h * w..(ch + 1) * h * w];
+            if let Some(p) = pre {
+                // SAFETY: AVX2 (caller); `plane` and `staged` hold h·w floats.
+                unsafe {
+                    let (src, dst) = (plane.as_ptr(), staged.as_mut_ptr());
+                    bias_act(src, dst, h * w, p.bias[ch], std::ptr::null(), p.act);
+                }
+                plane = &staged;
+            }
             for (r, src) in plane.chunks_exact(w.max(1)).take(h).enumerate() {
                 let row = &mut scratch[(pt + r) * rs..][..rs];
-                match (pre, sw) {
-                    (None, 1) => row[pl..pl + w].copy_from_slice(src),
-                    // SAFETY: AVX2 (caller); `src` and the row's interior hold `w` floats.
-                    (Some(p), 1) => unsafe {
-                        bias_act(
-                            src.as_ptr(),
-                            row[pl..pl + w].as_mut_ptr(),
-                            w,
-                            p.bias[ch],
-                            std::ptr::null(),
-                            p.act,
-                        );
-                    },
-                    // SAFETY (deinterleave): AVX2 (caller); `row` holds two phases of `ps`
-                    // floats and (pl + w).div_ceil(2) < ps.
-                    (None, _) => unsafe { deinterleave(src, row, pl, ps) },
-                    (Some(p), _) => unsafe {
-                        bias_act(
-                            src.as_ptr(),
-                            staged.as_mut_ptr(),
-                            w,
-                            p.bias[ch],
-                            std::ptr::null(),
-                            p.act,
-                        );
-                        deinterleave(&staged, row, pl, ps);
-                    },
+                if sw == 1 {
+                    row[pl..pl + w].copy_from_slice(src);
+                } else {
+                    // SAFETY: AVX2 (caller); `row` holds two phases of `ps` floats and
+                    // (pl + w).div_ceil(2) < ps.
+                    unsafe { deinterleave(src, row, pl, ps) };
                 }
             }
             let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weights[9 * ch + t]));
