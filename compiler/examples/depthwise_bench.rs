@@ -67,7 +67,7 @@ fn main() {
             bj = bj.min(t.elapsed().as_secs_f64() / 5.0);
             let t = Instant::now();
             for _ in 0..5 {
-                depthwise::run(&spec, &x, None, &wt, &b, None, &mut y2, &mut s2);
+                depthwise::run(&spec, &x, h * w, None, &wt, &b, None, &mut y2, &mut s2);
             }
             bh = bh.min(t.elapsed().as_secs_f64() / 5.0);
         }

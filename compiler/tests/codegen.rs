@@ -491,7 +491,8 @@ proptest! {
     }
 }
 
-/// An inverted-residual block after a 1×1 conv `a`: a 1×1 expansion by 1–6, a 3×3
+/// An inverted-residual block after a conv `a`: a 1×1 expansion by 1–6 (or, expansion
+/// 0, none: then `a` is a 3×3 conv, so the depthwise conv starts the block), a 3×3
 /// depthwise conv with stride 1 or 2 and padding 0–2 per side, a 1×1 projection, each with
 /// or without bias, batch norm and any activation; where the shapes allow (stride 1,
 /// padding 1, as many output channels as `a`), the residual add of `a`. Inputs 3–30 high
@@ -499,7 +500,7 @@ proptest! {
 fn inverted_residual_block()
 -> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
     (
-        (2usize..=12, 1usize..=6, 1usize..=12),
+        (2usize..=12, 0usize..=6, 1usize..=12),
         1usize..=2,
         (0usize..=2, 0usize..=2, 0usize..=2, 0usize..=2),
         (3usize..=30, 3usize..=30),
@@ -511,10 +512,12 @@ fn inverted_residual_block()
             let [pt, pl, pb, pr] = if same { [1; 4] } else { [pt, pl, pb, pr] };
             let cout = if same { c } else { cout };
             let tail = |act| layer_tail(bn, false, act);
+            let first = match t {
+                0 => format!("a: conv({c}, k=3, p=1)"),
+                _ => format!("a: conv({c}, k=1)\n    - e: conv({}, k=1, bias={bias}){}", c * t, tail(ae)),
+            };
             let mut l = format!(
-                "a: conv({c}, k=1)\n    - e: conv({}, k=1, bias={bias}){}\n    - d: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias}){}\n    - p: conv({cout}, k=1, bias={bias})",
-                c * t,
-                tail(ae),
+                "{first}\n    - d: dwconv(k=3, s={st}, p=[{pt}, {pl}, {pb}, {pr}], bias={bias}){}\n    - p: conv({cout}, k=1, bias={bias})",
                 tail(ad),
             );
             l.push_str(&layer_tail(bn, same, ap));

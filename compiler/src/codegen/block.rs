@@ -12,6 +12,10 @@
 //! copies them from the previous band's buffer (two buffers alternate), so the block does
 //! no more arithmetic than the three layers one after another.
 //!
+//! Without an expansion (MobileNetV2's first block: depthwise → projection), the depthwise
+//! kernel reads the band's rows straight from the input, and the band's depthwise output
+//! stays in L2 for the projection.
+//!
 //! Every operation is the one the layer-by-layer path does (the same packed GEMM, the same
 //! host depthwise kernel, the epilogues' `act(v + bias (+ residual))`), only on fewer
 //! columns at a time, so the results are the same up to the GEMM's blocking.
@@ -28,12 +32,13 @@ pub struct Pointwise<'a> {
     pub act: Act,
 }
 
-/// One block: `expand` on the input `[cin, h, w]`, then the depthwise `dw` (over the whole
-/// expanded tensor `[hidden, h, w]`; no residual) with weights `[hidden, 9]` and bias, then
-/// `project` with an optional residual `[cout, oh, ow]`.
+/// One block: `expand` (if any) on the input `[cin, h, w]`, then the depthwise `dw` (over
+/// the whole expanded tensor `[hidden, h, w]`, or the input itself; no residual) with
+/// weights `[hidden, 9]` and bias, then `project` with an optional residual
+/// `[cout, oh, ow]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Block<'a> {
-    pub expand: Pointwise<'a>,
+    pub expand: Option<Pointwise<'a>>,
     pub dw: DepthwiseSpec,
     pub dw_weights: &'a [f32],
     pub dw_bias: &'a [f32],
@@ -103,9 +108,9 @@ pub fn bands(spec: &DepthwiseSpec, rows: usize) -> Vec<Band> {
 pub fn applies(b: &Block) -> bool {
     let s = &b.dw;
     !s.residual
-        && b.expand.weights.m == s.channels
+        && b.expand
+            .is_none_or(|e| e.weights.m == s.channels && e.bias.len() >= s.channels)
         && b.project.weights.k == s.channels
-        && b.expand.bias.len() >= s.channels
         && b.dw_bias.len() >= s.channels
         && b.dw_weights.len() >= s.channels * 9
         && b.project.bias.len() >= b.project.weights.m
@@ -117,8 +122,8 @@ pub fn applies(b: &Block) -> bool {
             .all(|band| band.spec.h > 0 && host_dw::applies(&band.spec))
 }
 
-/// Floats of the four scratch buffers [`run`] takes: two for expanded rows, one for the
-/// depthwise band, one for the depthwise kernel.
+/// Floats of the four scratch buffers [`run`] takes: two for expanded rows (none without
+/// an expansion), one for the depthwise band, one for the depthwise kernel.
 pub fn scratch_lens(b: &Block) -> [usize; 4] {
     let bands = bands(&b.dw, b.rows);
     let rows = bands
@@ -126,7 +131,11 @@ pub fn scratch_lens(b: &Block) -> [usize; 4] {
         .map(|band| band.hi - band.lo)
         .max()
         .unwrap_or(0);
-    let e = b.dw.channels * rows * b.dw.w;
+    let e = if b.expand.is_some() {
+        b.dw.channels * rows * b.dw.w
+    } else {
+        0
+    };
     let d = b.dw.channels * b.rows.min(b.dw.oh) * b.dw.ow;
     let dw = bands
         .iter()
@@ -150,7 +159,8 @@ pub fn run(
     let s = &b.dw;
     let (hidden, w, cout) = (s.channels, s.w, b.project.weights.m);
     let (plane, n) = (s.h * s.w, s.oh * s.ow);
-    assert!(x.len() >= b.expand.weights.k * plane && y.len() >= cout * n);
+    let cin = b.expand.map_or(hidden, |e| e.weights.k);
+    assert!(x.len() >= cin * plane && y.len() >= cout * n);
     if let Some(r) = residual {
         assert!(r.len() >= cout * n, "residual too short");
     }
@@ -159,6 +169,23 @@ pub fn run(
     let (mut plo, mut phi) = (0, 0);
     for band in bands(s, b.rows) {
         let rows = band.hi - band.lo;
+        let Some(expand) = b.expand else {
+            // The depthwise kernel reads the band's rows of the input in place.
+            let rows_x = &x[band.lo * w..];
+            host_dw::run(
+                &band.spec,
+                rows_x,
+                plane,
+                None,
+                b.dw_weights,
+                b.dw_bias,
+                None,
+                d,
+                dw_scratch,
+            );
+            project(b, d, band, residual, y);
+            continue;
+        };
         // Rows shared with the previous band are copied; the rest are computed.
         let kept = phi.clamp(band.lo, band.hi) - band.lo;
         if kept > 0 {
@@ -175,7 +202,7 @@ pub fn run(
             // its input (`Pre`), so rows kept for the next band are copied raw.
             let c = &mut cur[kept * w..];
             gemm_packed(
-                b.expand.weights,
+                expand.weights,
                 &x[fresh * w..],
                 plane,
                 new * w,
@@ -184,13 +211,13 @@ pub fn run(
                 false,
             );
         }
-        let nb = (band.o1 - band.o0) * s.ow;
         host_dw::run(
             &band.spec,
             &cur[..hidden * rows * w],
+            rows * w,
             Some(Pre {
-                bias: b.expand.bias,
-                act: b.expand.act,
+                bias: expand.bias,
+                act: expand.act,
             }),
             b.dw_weights,
             b.dw_bias,
@@ -198,16 +225,22 @@ pub fn run(
             d,
             dw_scratch,
         );
-        let c0 = band.o0 * s.ow;
-        let p = b.project;
-        gemm_packed(p.weights, d, nb, nb, &mut y[c0..], n, false);
-        for co in 0..cout {
-            let at = co * n + c0;
-            let r = residual.map(|r| &r[at..at + nb]);
-            bias_act(&mut y[at..at + nb], p.bias[co], r, p.act);
-        }
+        project(b, d, band, residual, y);
         std::mem::swap(&mut prev, &mut cur);
         (plo, phi) = (band.lo, band.hi);
+    }
+}
+
+/// The projection of `band`'s depthwise output `d` into its columns of `y`, with bias,
+/// residual and activation.
+fn project(b: &Block, d: &[f32], band: Band, residual: Option<&[f32]>, y: &mut [f32]) {
+    let (p, n) = (b.project, b.dw.oh * b.dw.ow);
+    let (nb, c0) = ((band.o1 - band.o0) * b.dw.ow, band.o0 * b.dw.ow);
+    gemm_packed(p.weights, d, nb, nb, &mut y[c0..], n, false);
+    for co in 0..p.weights.m {
+        let at = co * n + c0;
+        let r = residual.map(|r| &r[at..at + nb]);
+        bias_act(&mut y[at..at + nb], p.bias[co], r, p.act);
     }
 }
 

@@ -58,14 +58,17 @@ pub struct Pre<'a> {
     pub act: Act,
 }
 
-/// Runs `spec` (which must satisfy [`applies`]) on `x` `[c, h, w]` (first transformed by
-/// `pre`, if given) with weights `[c, 9]`, bias `[c]` and an optional residual
-/// `[c, oh, ow]`, writing `[c, oh, ow]` to `y`; `scratch` (at least [`scratch_len`] floats)
-/// is overwritten. Panics if a slice is short or the kernel does not apply.
+/// Runs `spec` (which must satisfy [`applies`]) on `x` `[c, h, w]` whose channel planes
+/// start `plane` floats apart (`h·w` when packed; more for rows of a larger map), first
+/// transformed by `pre` if given, with weights `[c, 9]`, bias `[c]` and an optional
+/// residual `[c, oh, ow]`, writing `[c, oh, ow]` to `y`; `scratch` (at least
+/// [`scratch_len`] floats) is overwritten. Panics if a slice is short or the kernel does
+/// not apply.
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
 pub fn run(
     spec: &DepthwiseSpec,
     x: &[f32],
+    plane: usize,
     pre: Option<Pre>,
     weights: &[f32],
     bias: &[f32],
@@ -78,7 +81,9 @@ pub fn run(
         "host depthwise kernel does not apply: {spec:?}"
     );
     let (c, out) = (spec.channels, spec.channels * spec.oh * spec.ow);
-    assert!(x.len() >= c * spec.h * spec.w && weights.len() >= c * 9);
+    let hw = spec.h * spec.w;
+    assert!(plane >= hw && (c == 0 || x.len() >= (c - 1) * plane + hw));
+    assert!(weights.len() >= c * 9);
     assert!(pre.is_none_or(|p| p.bias.len() >= c), "pre bias too short");
     assert!(bias.len() >= c && y.len() >= out && scratch.len() >= scratch_len(spec));
     assert_eq!(residual.is_some(), spec.residual);
@@ -89,7 +94,7 @@ pub fn run(
     // SAFETY: `applies` checked AVX2 and FMA; the slice lengths are checked above and the
     // kernel stays within them (see `avx2::channel`).
     unsafe {
-        avx2::conv(spec, x, pre, weights, bias, residual, y, scratch);
+        avx2::conv(spec, (x, plane), pre, weights, bias, residual, y, scratch);
     }
 }
 
@@ -137,7 +142,7 @@ pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
     assert!(row.len() >= 2 * ps && (pl + src.len()).div_ceil(2) <= ps);
     // SAFETY: AVX2 and the row's size are checked above.
     unsafe {
-        avx2::deinterleave(src, row, pl, ps);
+        avx2::deinterleave(src, row, pl, ps, |v| v, |v| v);
     }
 }
 
@@ -194,6 +199,36 @@ mod avx2 {
         }
     }
 
+    /// The epilogue's constants for `bias` and `act`'s bound(s) or slope.
+    #[target_feature(enable = "avx2,fma")]
+    fn epi(bias: f32, act: Act) -> Epi {
+        let (lo, hi) = match act {
+            Act::Clip { min, max } => (min, max),
+            Act::Leaky { slope } => (slope, 0.0),
+            Act::None | Act::Relu => (0.0, 0.0),
+        };
+        Epi {
+            bias: _mm256_set1_ps(bias),
+            lo: _mm256_set1_ps(lo),
+            hi: _mm256_set1_ps(hi),
+        }
+    }
+
+    /// `act(v)` with `e`'s bound(s) or slope, as [`store`] applies it.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn activate(v: __m256, e: &Epi, act: Act) -> __m256 {
+        match act {
+            Act::None => v,
+            Act::Relu => _mm256_max_ps(v, e.lo),
+            Act::Clip { .. } => _mm256_min_ps(_mm256_max_ps(v, e.lo), e.hi),
+            Act::Leaky { .. } => {
+                let pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+                _mm256_blendv_ps(_mm256_mul_ps(v, e.lo), v, pos)
+            }
+        }
+    }
+
     /// `dst[i] = act(src[i] + bias (+ res[i]))` for `i < len`, eight at a time, then the
     /// rest: one vector ending at `len` (overlapping the one before) when `src` is not
     /// `dst` and `len ≥ 8`, else one at a time; `src` may equal `dst`, else they must not
@@ -238,16 +273,7 @@ mod avx2 {
         res: *const f32,
         act: Act,
     ) {
-        let (lo, hi) = match act {
-            Act::Clip { min, max } => (min, max),
-            Act::Leaky { slope } => (slope, 0.0),
-            Act::None | Act::Relu => (0.0, 0.0),
-        };
-        let e = Epi {
-            bias: _mm256_set1_ps(bias),
-            lo: _mm256_set1_ps(lo),
-            hi: _mm256_set1_ps(hi),
-        };
+        let e = epi(bias, act);
         let full = len / 8 * 8;
         let vector = |i: usize| {
             // SAFETY: called for i + 8 ≤ len (the caller's guarantee covers it).
@@ -325,7 +351,7 @@ mod avx2 {
     #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
     pub(super) unsafe fn conv(
         s: &DepthwiseSpec,
-        x: &[f32],
+        x: (&[f32], usize),
         pre: Option<Pre>,
         weights: &[f32],
         bias: &[f32],
@@ -357,7 +383,7 @@ mod avx2 {
 
     type Args<'a> = (
         &'a DepthwiseSpec,
-        &'a [f32],
+        (&'a [f32], usize),
         Option<Pre<'a>>,
         &'a [f32],
         &'a [f32],
@@ -376,7 +402,7 @@ mod avx2 {
     /// AVX2 and FMA; the slices as `super::run` checks them (`RES` iff a residual).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn planes<const ACT: u8, const RES: bool>(a: Args) {
-        let (s, x, pre, weights, bias, residual, y, scratch, lo, hi) = a;
+        let (s, (x, xp), pre, weights, bias, residual, y, scratch, lo, hi) = a;
         let (h, w, oh, ow, sw) = (s.h, s.w, s.oh, s.ow, s.sw);
         let [pt, pl, _, _] = s.pad;
         let ps = phase_len(s);
@@ -388,12 +414,13 @@ mod avx2 {
         scratch.fill(0.0);
         let end = residual.map_or(y.len(), |r| r.len().min(y.len()));
         let n = oh * ow;
-        // With `pre`: the plane after it, made in one pass over the whole plane (one short
-        // tail per plane, not one per row: rows 7 or 14 wide were mostly tail).
-        let mut staged = vec![0.0f32; if pre.is_some() { h * w } else { 0 }];
+        // With `pre` at stride 1: the plane after it, made in one pass over the whole plane
+        // (one short tail per plane, not one per row: rows 7 or 14 wide were mostly tail).
+        // At stride 2 the deinterleaving copy applies it on the way.
+        let mut staged = vec![0.0f32; if pre.is_some() && sw == 1 { h * w } else { 0 }];
         for ch in 0..s.channels {
-            let mut plane = &x[ch * h * w..(ch + 1) * h * w];
-            if let Some(p) = pre {
+            let mut plane = &x[ch * xp..ch * xp + h * w];
+            if let Some(p) = pre.filter(|_| sw == 1) {
                 // SAFETY: AVX2 (caller); `plane` and `staged` hold h·w floats.
                 unsafe {
                     let (src, dst) = (plane.as_ptr(), staged.as_mut_ptr());
@@ -401,14 +428,24 @@ mod avx2 {
                 }
                 plane = &staged;
             }
+            // The stride-2 copy's `pre`: its vectors, and the scalar epilogue.
+            let (pe, pb, pa) = match pre {
+                Some(p) => (Some(epi(p.bias[ch], p.act)), p.bias[ch], p.act),
+                None => (None, 0.0, Act::None),
+            };
             for (r, src) in plane.chunks_exact(w.max(1)).take(h).enumerate() {
                 let row = &mut scratch[(pt + r) * rs..][..rs];
                 if sw == 1 {
                     row[pl..pl + w].copy_from_slice(src);
-                } else {
+                } else if let Some(e) = pe {
+                    let f = |v: __m256| activate(_mm256_add_ps(v, e.bias), &e, pa);
+                    let g = |v: f32| super::epilogue(v, pb, None, pa);
                     // SAFETY: AVX2 (caller); `row` holds two phases of `ps` floats and
                     // (pl + w).div_ceil(2) < ps.
-                    unsafe { deinterleave(src, row, pl, ps) };
+                    unsafe { deinterleave(src, row, pl, ps, f, g) };
+                } else {
+                    // SAFETY: as above.
+                    unsafe { deinterleave(src, row, pl, ps, |v| v, |v| v) };
                 }
             }
             let wv: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weights[9 * ch + t]));
@@ -451,19 +488,29 @@ mod avx2 {
         }
     }
 
-    /// One input row into its two column phases: padded column `pl + c` goes to phase
-    /// `(pl + c) % 2`, index `(pl + c) / 2`. Eight columns at a time (the last eight
-    /// overlapping the ones before when `w` is not a multiple of 8), one `vpermps` each.
+    /// One input row into its two column phases, through `f` (eight values at a time) or
+    /// `g` (one at a time, rows under 8 wide), which must compute the same function:
+    /// padded column `pl + c` goes to phase `(pl + c) % 2`, index `(pl + c) / 2`. Eight
+    /// columns at a time (the last eight overlapping the ones before when `w` is not a
+    /// multiple of 8), one `vpermps` each.
     ///
     /// # Safety
     /// AVX2; `row` holds `2·ps` floats and `(pl + src.len()).div_ceil(2) ≤ ps`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
+    #[inline]
+    pub(super) unsafe fn deinterleave(
+        src: &[f32],
+        row: &mut [f32],
+        pl: usize,
+        ps: usize,
+        f: impl Fn(__m256) -> __m256,
+        g: impl Fn(f32) -> f32,
+    ) {
         let w = src.len();
         let at = |c: usize| ((pl + c) % 2) * ps + (pl + c) / 2;
         if w < 8 {
             for (c, &v) in src.iter().enumerate() {
-                row[at(c)] = v;
+                row[at(c)] = g(v);
             }
             return;
         }
@@ -474,7 +521,7 @@ mod avx2 {
             let (s, d) = (src.as_ptr(), row.as_mut_ptr());
             let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
             for c0 in starts(w) {
-                let v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(s.add(c0)), idx);
+                let v = _mm256_permutevar8x32_ps(f(_mm256_loadu_ps(s.add(c0))), idx);
                 _mm_storeu_ps(d.add(at(c0)), _mm256_castps256_ps128(v));
                 _mm_storeu_ps(d.add(at(c0 + 1)), _mm256_extractf128_ps(v, 1));
             }

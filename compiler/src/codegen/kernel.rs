@@ -172,8 +172,9 @@ pub struct CompiledKernels {
     depthwise: HashMap<(usize, DepthwiseSpec), Handle>,
     /// Whether depthwise shapes the host kernel handles run on it (`CompileOptions`).
     host_depthwise: bool,
-    /// Inverted-residual blocks by their expansion conv: (depthwise conv, projection conv).
-    blocks: HashMap<usize, (usize, usize)>,
+    /// Inverted-residual blocks by their first conv: (expansion conv if any, depthwise
+    /// conv, projection conv).
+    blocks: HashMap<usize, (Option<usize>, usize, usize)>,
     /// [`CompileOptions::band_bytes`].
     band_bytes: usize,
     code: JitCode,
@@ -348,23 +349,28 @@ fn pointwise(graph: &LayerGraph, i: usize, k: &ConvKernel) -> bool {
         && !k.pool2
 }
 
-/// The depthwise and projection convs of the inverted-residual block whose expansion is conv
-/// `i`, if one starts there in the segment ending before `end`: a 1×1 expansion (no
-/// residual), a 3×3 stride-1/2 depthwise conv (no residual) reading only it, a 1×1
-/// projection reading only that. Whether a tile's shapes fit the host depthwise kernel is
-/// checked when it runs.
+/// The (expansion, depthwise, projection) convs of the inverted-residual block that starts
+/// at conv `i` in the segment ending before `end`, if one does: a 1×1 expansion (no
+/// residual; or none, when `i` is the depthwise conv), a 3×3 stride-1/2 depthwise conv (no
+/// residual) reading only it, a 1×1 projection reading only that. Whether a tile's shapes
+/// fit the host depthwise kernel is checked when it runs.
 fn inverted_residual(
     graph: &LayerGraph,
     convs: &HashMap<usize, ConvKernel>,
     i: usize,
     end: usize,
-) -> Option<(usize, usize)> {
-    let e = convs
-        .get(&i)
-        .filter(|k| pointwise(graph, i, k) && k.residual.is_none())?;
-    let d = e.last + 1;
+) -> Option<(Option<usize>, usize, usize)> {
+    let first = convs.get(&i)?;
+    let (expand, d) = if pointwise(graph, i, first) && first.residual.is_none() {
+        (Some(i), first.last + 1)
+    } else {
+        (None, i)
+    };
     let dk = convs.get(&d).filter(|k| {
-        k.is_depthwise() && k.residual.is_none() && d < end && single_input(graph, d, e.last)
+        k.is_depthwise()
+            && k.residual.is_none()
+            && d < end
+            && (expand.is_none() || single_input(graph, d, d - 1))
     })?;
     let Op::Conv2d(c) = &graph.layers()[d].op else {
         return None;
@@ -378,7 +384,7 @@ fn inverted_residual(
     convs
         .get(&p)
         .filter(|k| p < end && pointwise(graph, p, k) && single_input(graph, p, dk.last))?;
-    Some((d, p))
+    Some((expand, d, p))
 }
 
 fn shape_of(graph: &LayerGraph, s: &Source) -> Shape {
@@ -571,9 +577,19 @@ impl CompiledKernels {
                 }
             }
             if opts.blocks && opts.host_depthwise && isa() == Isa::Avx2Fma {
+                // A depthwise conv that ends a block with an expansion starts no block of
+                // its own.
+                let mut taken = std::collections::HashSet::new();
                 for i in first..end {
-                    if let Some((dw, project)) = inverted_residual(graph, &convs, i, end) {
-                        blocks.insert(i, (dw, project));
+                    match inverted_residual(graph, &convs, i, end) {
+                        Some((Some(e), d, p)) => {
+                            taken.insert(d);
+                            blocks.insert(e, (Some(e), d, p));
+                        }
+                        Some((None, d, p)) if !taken.contains(&d) => {
+                            blocks.insert(d, (None, d, p));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -874,8 +890,8 @@ impl CompiledKernels {
             };
             let t0 = Instant::now();
             let x = operand(&layer.inputs[0], need_of(&layer.inputs[0]))?;
-            if let Some(&(d, p)) = self.blocks.get(&i)
-                && let Some(block) = self.block_at(graph, seg, tile, (i, d, p), x.dim())
+            if let Some(&(e, d, p)) = self.blocks.get(&i)
+                && let Some(block) = self.block_at(graph, seg, tile, (e, d, p), x.dim())
             {
                 let kp = &self.convs[&p];
                 let residual = residual_of(kp)?;
@@ -987,27 +1003,31 @@ impl CompiledKernels {
         Ok(self.quantise(out, how))
     }
 
-    /// Block `(expand, dw, project)` as this tile runs it on an expansion input of `dim`, if
-    /// the host kernels compute it: in halo tiles, the expansion's region must be exactly
-    /// what the depthwise conv reads, and the projection's output the depthwise region.
+    /// Block `(expand, dw, project)` as this tile runs it on an input of `dim` (the
+    /// expansion's, or the depthwise conv's, cropped to what it reads), if the host kernels
+    /// compute it: in halo tiles, the expansion's region must be exactly what the
+    /// depthwise conv reads, and the projection's output the depthwise region.
     fn block_at(
         &self,
         graph: &LayerGraph,
         seg: &Segment,
         tile: &Tile,
-        (e, d, p): (usize, usize, usize),
+        (e, d, p): (Option<usize>, usize, usize),
         (cin, h, w): (usize, usize, usize),
     ) -> Option<Block<'_>> {
         let first = seg.first.index();
-        let (ke, kd, kp) = (
-            self.convs.get(&e)?,
-            self.convs.get(&d)?,
-            self.convs.get(&p)?,
-        );
-        if cin != ke.cin_g || !self.host_depthwise {
+        let (kd, kp) = (self.convs.get(&d)?, self.convs.get(&p)?);
+        let ke = match e {
+            Some(e) => Some((e, self.convs.get(&e)?)),
+            None => None,
+        };
+        let hidden = kd.groups;
+        if cin != ke.map_or(hidden, |(_, k)| k.cin_g) || !self.host_depthwise {
             return None;
         }
-        if seg.mode == Mode::Halo {
+        if let Some((e, ke)) = ke
+            && seg.mode == Mode::Halo
+        {
             let dl = &graph.layers()[d];
             let need = input_region(
                 &dl.op,
@@ -1021,13 +1041,17 @@ impl CompiledKernels {
         }
         let (op, dh, dw) = tile_geometry(graph, seg, tile, d).ok()?;
         let Op::Conv2d(c) = &op else { return None };
-        let spec = depthwise_spec(c, ke.cout_g, h, w, kd)?;
+        let spec = depthwise_spec(c, hidden, h, w, kd)?;
         let out = tile.regions[p - first];
         if (dh, dw) != (h, w) || (out.rows(), out.cols()) != (spec.oh, spec.ow) {
             return None;
         }
+        let expand = match ke {
+            Some((_, k)) => Some(k.as_pointwise()?),
+            None => None,
+        };
         let b = Block {
-            expand: ke.as_pointwise()?,
+            expand,
             dw: spec,
             dw_weights: &kd.depthwise,
             dw_bias: &kd.bias,
@@ -1176,7 +1200,18 @@ impl CompiledKernels {
         } else if let Some(spec) = host {
             // The kernel zeroes its scratch itself.
             let mut scratch = overwritten(host_dw::scratch_len(&spec));
-            host_dw::run(&spec, xs, None, &k.depthwise, &k.bias, rs, y, &mut scratch);
+            let plane = spec.h * spec.w;
+            host_dw::run(
+                &spec,
+                xs,
+                plane,
+                None,
+                &k.depthwise,
+                &k.bias,
+                rs,
+                y,
+                &mut scratch,
+            );
             recycle_vec(scratch);
             let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
             return Ok((t, None));
