@@ -20,9 +20,7 @@
 )]
 
 use super::gemm::{Isa, isa};
-#[cfg(target_arch = "x86_64")]
-use super::jit::Act;
-use super::jit::DepthwiseSpec;
+use super::jit::{Act, DepthwiseSpec};
 
 /// Whether the host kernel computes `spec` on this machine.
 pub fn applies(spec: &DepthwiseSpec) -> bool {
