@@ -13,8 +13,10 @@
 //! (`depthwise.rs`, epilogue fused too) where the CPU has it — and a direct host loop +
 //! epilogue only for a tile shape that was not compiled; max pools are JIT loop nests
 //! (padding: the input is copied into a −∞ border first); the
-//! tail's fully connected layers run on the host GEMV. Every other layer kind runs on the
-//! reference interpreter (`eval_op`).
+//! tail's fully connected layers run on the host GEMV. Inverted-residual blocks (1×1
+//! expansion or none → 3×3 depthwise on the host kernel → 1×1 projection) run over bands of
+//! output rows (`block.rs`) when a tile's regions line up. Every other layer kind runs on
+//! the reference interpreter (`eval_op`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
