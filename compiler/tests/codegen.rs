@@ -427,8 +427,8 @@ fn differential_on_host_kernels(
 }
 
 /// A stride-1 or stride-2 convolution with 1–4 input channels and 8–32 output channels (the
-/// direct kernel's shapes: network stems; 1×1 kernels at stride 2 only), kernel 1–7 per
-/// axis, asymmetric padding below the
+/// direct kernel's shapes: network stems; 1×1 kernels at stride 2 only), with or without a
+/// fused 2×2/2 max pool after it (YOLOv2-tiny's first layer), kernel 1–7 per axis, asymmetric padding below the
 /// kernel, inputs from the kernel's size to 40 (output rows under 8 wide take the GEMM),
 /// batch norm and every activation incl. relu6.
 /// Also returns the output width.
@@ -439,10 +439,10 @@ fn direct_layer()
         (1usize..=7, 1usize..=7),
         (0usize..=3, 0usize..=3, 0usize..=3, 0usize..=3),
         (0usize..=33, 0usize..=33),
-        (0usize..5, any::<bool>(), any::<bool>()),
+        (0usize..5, any::<bool>(), any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |((cin, co8, st), (kh, kw), (pt, pl, pb, pr), (eh, ew), (act, bn, bias))| {
+            |((cin, co8, st), (kh, kw), (pt, pl, pb, pr), (eh, ew), (act, bn, bias, pool))| {
                 let st = if (kh, kw) == (1, 1) { 2 } else { st };
                 let (pt, pl, pb, pr) = (
                     pt.min(kh - 1),
@@ -455,7 +455,11 @@ fn direct_layer()
                     8 * co8
                 );
                 l.push_str(&layer_tail(bn, false, act));
-                ((cin, kh + eh, kw + ew, l), (ew + pl + pr) / st + 1)
+                let (oh, ow) = ((eh + pt + pb) / st + 1, (ew + pl + pr) / st + 1);
+                if pool && oh >= 2 && ow >= 2 {
+                    l.push_str(" | maxpool(2)");
+                }
+                ((cin, kh + eh, kw + ew, l), ow)
             },
         )
 }

@@ -55,6 +55,9 @@ pub struct Shape {
     pub ow: usize,
     /// Top, left, bottom, right.
     pub pad: [usize; 4],
+    /// Write the 2×2 stride-2 max pool of the output instead (`[cout, oh/2, ow/2]`, floor
+    /// mode), taken in registers: the full-resolution output is never stored.
+    pub pool: bool,
 }
 
 /// Floats per column phase of a scratch row (one phase per stride step): the padded width
@@ -71,7 +74,8 @@ pub fn scratch_len(c: &Conv2d, s: &Shape) -> usize {
 
 /// Runs conv `c` (which must satisfy [`applies`]) on `x` `[cin, h, w]` with weights
 /// `[cout, cin·kh·kw]` (batch norm folded), bias `[cout]` and activation `act`, writing
-/// `[cout, oh, ow]` to `y`; `scratch` (at least [`scratch_len`] floats) is overwritten.
+/// `[cout, oh, ow]` (pooled with `s.pool`) to `y`; `scratch` (at least [`scratch_len`]
+/// floats) is overwritten.
 /// Panics if a slice is short, the output size does not follow from the input, or the
 /// kernel does not apply.
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
@@ -96,7 +100,12 @@ pub fn run(
     assert_eq!(out(s.h, pt + pb, kh), Some(s.oh), "output height");
     assert_eq!(out(s.w, pl + pr, kw), Some(s.ow), "output width");
     assert!(x.len() >= s.cin * s.h * s.w && weights.len() >= cout * s.cin * kh * kw);
-    assert!(bias.len() >= cout && y.len() >= cout * s.oh * s.ow);
+    let out_len = if s.pool {
+        (s.oh / 2) * (s.ow / 2)
+    } else {
+        s.oh * s.ow
+    };
+    assert!(bias.len() >= cout && y.len() >= cout * out_len);
     assert!(scratch.len() >= scratch_len(c, s));
     #[cfg(not(target_arch = "x86_64"))]
     let _ = act;
@@ -113,6 +122,31 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Act, Conv2d, Shape, phase_len, scratch_len};
+
+    /// Four output channels (weights from `wp`, `taps.len()` apart) × two vectors of 8
+    /// columns (windows from `ba` and `bb`), summed over the whole window in registers:
+    /// two input loads and four broadcasts per eight FMAs per tap. A macro, not a function:
+    /// as a `#[target_feature]` function returning the accumulators it was not inlined, and
+    /// the kernel ran ~10× slower. Expands to unsafe code: every tap offset from `ba` and
+    /// `bb` must have 8 readable floats, and `wp` 4 rows of `taps.len()` weights.
+    macro_rules! window {
+        ($ba:expr, $bb:expr, $taps:expr, $wp:expr) => {{
+            let (ba, bb, taps, wp): (*const f32, *const f32, &[usize], *const f32) =
+                ($ba, $bb, $taps, $wp);
+            let k = taps.len();
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            for (t, &off) in taps.iter().enumerate() {
+                let va = _mm256_loadu_ps(ba.add(off));
+                let vb = _mm256_loadu_ps(bb.add(off));
+                for j in 0..4 {
+                    let wv = _mm256_broadcast_ss(&*wp.add(j * k + t));
+                    acc[0][j] = _mm256_fmadd_ps(va, wv, acc[0][j]);
+                    acc[1][j] = _mm256_fmadd_ps(vb, wv, acc[1][j]);
+                }
+            }
+            acc
+        }};
+    }
 
     /// # Safety
     /// AVX2 and FMA; the slices and shapes as `super::run` checks them.
@@ -190,6 +224,11 @@ mod avx2 {
                 _mm256_min_ps(_mm256_max_ps(v, vlo), vhi)
             }
         };
+        if s.pool {
+            // SAFETY: the caller's guarantee (as below).
+            unsafe { pooled(c, s, &taps, weights, bias, &fin, sp, rs, y) };
+            return;
+        }
         for oy in 0..oh {
             for pair in starts.chunks(2) {
                 let (xa, xb) = (pair[0], pair[pair.len() - 1]);
@@ -203,21 +242,89 @@ mod avx2 {
                     // Four output channels × two vectors: two input loads and four
                     // broadcasts per eight FMAs.
                     for cb in (0..cout).step_by(4) {
-                        let wp = weights.as_ptr().add(cb * k);
-                        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-                        for (t, &off) in taps.iter().enumerate() {
-                            let va = _mm256_loadu_ps(ba.add(off));
-                            let vb = _mm256_loadu_ps(bb.add(off));
-                            for j in 0..4 {
-                                let wv = _mm256_broadcast_ss(&*wp.add(j * k + t));
-                                acc[0][j] = _mm256_fmadd_ps(va, wv, acc[0][j]);
-                                acc[1][j] = _mm256_fmadd_ps(vb, wv, acc[1][j]);
-                            }
-                        }
+                        let acc = window!(ba, bb, &taps, weights.as_ptr().add(cb * k));
                         for j in 0..4 {
                             let at = yp.add((cb + j) * n + oy * ow);
                             _mm256_storeu_ps(at.add(xa), fin(acc[0][j], bias[cb + j]));
                             _mm256_storeu_ps(at.add(xb), fin(acc[1][j], bias[cb + j]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The output rows in pairs, each pair max-pooled 2×2 in registers: per block of 4
+    /// output channels and two vectors of 8 columns, the first row's activated values wait
+    /// while the second row is computed, then the two rows' maximum, then the maximum of
+    /// neighbouring columns (two shuffles and a permute), 4 pooled values per vector.
+    /// Vectors start at even columns, the last one ending at column 2·⌊ow/2⌋.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `sp` is the filled scratch and the slices are as `super::run` checks
+    /// them.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, reason = "the kernel's state")]
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "j indexes accumulators, weight rows and biases together"
+    )]
+    unsafe fn pooled(
+        c: &Conv2d,
+        s: &Shape,
+        taps: &[usize],
+        weights: &[f32],
+        bias: &[f32],
+        fin: &impl Fn(__m256, f32) -> __m256,
+        sp: *const f32,
+        rs: usize,
+        y: &mut [f32],
+    ) {
+        let (ph, pw) = (s.oh / 2, s.ow / 2);
+        let (k, cout, st) = (taps.len(), c.out_channels, c.stride.h);
+        let pn = ph * pw;
+        let yp = y.as_mut_ptr();
+        let starts: Vec<usize> = (0..(2 * pw).div_ceil(8))
+            .map(|i| (8 * i).min(2 * pw - 8))
+            .collect();
+        // Neighbouring columns' maximum: lanes 0–3 of the result are the 4 pooled values.
+        let halve = |v: __m256| {
+            let even = _mm256_shuffle_ps(v, v, 0b10_00_10_00);
+            let odd = _mm256_shuffle_ps(v, v, 0b11_01_11_01);
+            let m = _mm256_castps_pd(_mm256_max_ps(even, odd));
+            _mm256_castps256_ps128(_mm256_castpd_ps(_mm256_permute4x64_pd(m, 0b00_00_10_00)))
+        };
+        for py in 0..ph {
+            for pair in starts.chunks(2) {
+                let (xa, xb) = (pair[0], pair[pair.len() - 1]);
+                // SAFETY: as in `conv`, for output rows 2·py and 2·py + 1 < oh; stores
+                // y[co][py][x/2..x/2 + 4] with x ≤ 2·pw − 8.
+                unsafe {
+                    for cb in (0..cout).step_by(4) {
+                        let wp = weights.as_ptr().add(cb * k);
+                        let mut top = [[_mm256_setzero_ps(); 4]; 2];
+                        for r in 0..2 {
+                            let oy = 2 * py + r;
+                            let (ba, bb) = (sp.add(st * oy * rs + xa), sp.add(st * oy * rs + xb));
+                            let acc = window!(ba, bb, taps, wp);
+                            for j in 0..4 {
+                                let (va, vb) =
+                                    (fin(acc[0][j], bias[cb + j]), fin(acc[1][j], bias[cb + j]));
+                                if r == 0 {
+                                    top[0][j] = va;
+                                    top[1][j] = vb;
+                                } else {
+                                    let at = yp.add((cb + j) * pn + py * pw);
+                                    _mm_storeu_ps(
+                                        at.add(xa / 2),
+                                        halve(_mm256_max_ps(top[0][j], va)),
+                                    );
+                                    _mm_storeu_ps(
+                                        at.add(xb / 2),
+                                        halve(_mm256_max_ps(top[1][j], vb)),
+                                    );
+                                }
+                            }
                         }
                     }
                 }

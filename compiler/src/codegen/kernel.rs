@@ -293,8 +293,17 @@ fn prepare_conv(
     let winograd = winograd_tile
         .is_some_and(|(oh, ow)| winograd::applies(c, cin, oh, ow))
         .then(|| Winograd::new(&w, cout, cin));
+    let direct = (direct
+        && !depthwise
+        && winograd.is_none()
+        && residual.is_none()
+        && direct::shape_fits(c, cin)
+        && isa() == Isa::Avx2Fma)
+        .then(|| w.clone());
+    // A following 2×2/2 max pool is taken inside the Winograd output tiles or the direct
+    // kernel's registers.
     let mut pool2 = false;
-    if winograd.is_some()
+    if (winograd.is_some() || direct.is_some())
         && residual.is_none()
         && let Some(next) = graph.layers().get(last + 1).filter(|_| last + 1 < end)
         && let Op::MaxPool(p) = &next.op
@@ -306,13 +315,6 @@ fn prepare_conv(
         pool2 = true;
         last += 1;
     }
-    let direct = (direct
-        && !depthwise
-        && winograd.is_none()
-        && residual.is_none()
-        && direct::shape_fits(c, cin)
-        && isa() == Isa::Avx2Fma)
-        .then(|| w.clone());
     let packed = if depthwise || winograd.is_some() {
         Vec::new()
     } else {
@@ -649,6 +651,11 @@ impl CompiledKernels {
                         // Winograd applies bias and activation itself unless a residual is
                         // added.
                         if k.winograd.is_some() && k.residual.is_none() {
+                            continue;
+                        }
+                        // The direct kernel applies them too, and its fallback with a fused
+                        // pool runs the host epilogue before pooling.
+                        if k.direct.is_some() && k.pool2 {
                             continue;
                         }
                         // The epilogue runs on the chain's output: the pool's, when fused.
@@ -1235,11 +1242,24 @@ impl CompiledKernels {
                 oh,
                 ow,
                 pad: [p.top, p.left, p.bottom, p.right],
+                pool: k.pool2,
             };
             let mut scratch = overwritten(direct::scratch_len(c, &shape));
             direct::run(c, &shape, xs, wd, &k.bias, k.act, y, &mut scratch);
             recycle_vec(scratch);
-            let t = tensor(buf, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
+            let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
+            return Ok((t, None));
+        } else if k.pool2 {
+            // A direct conv's tile too narrow for the kernel: the GEMM at full resolution,
+            // bias and activation, then the fused pool.
+            let mut full = overwritten(cout * n);
+            let pa = k.packed.first().ok_or_else(|| bad("no packed weights"))?;
+            let im2col = Im2col { g: &geo, x: xs };
+            gemm_packed_with(pa, &im2col, n, &mut full[..cout * n], n, false);
+            epilogue_host(&mut full[..cout * n], n, &k.bias, None, k.act);
+            max_pool2(&full[..cout * n], (cout, oh, ow), y);
+            recycle_vec(full);
+            let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
             return Ok((t, None));
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
@@ -1273,6 +1293,19 @@ impl CompiledKernels {
         }
         let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
         Ok((t, quantised))
+    }
+}
+
+/// The 2×2 stride-2 max pool (floor mode) of `x` (`dim`) into `y` (`[c, h/2, w/2]`).
+fn max_pool2(x: &[f32], (c, h, w): (usize, usize, usize), y: &mut [f32]) {
+    let (ph, pw) = (h / 2, w / 2);
+    for ch in 0..c {
+        for py in 0..ph {
+            for px in 0..pw {
+                let at = |dy: usize, dx: usize| x[(ch * h + 2 * py + dy) * w + 2 * px + dx];
+                y[(ch * ph + py) * pw + px] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+            }
+        }
     }
 }
 
