@@ -33,7 +33,7 @@ use super::jit::{
 };
 use super::winograd::{self, Winograd};
 use crate::graph::{LayerGraph, LayerId, Source};
-use crate::ops::{Conv2d, Op, Pad2, Shape, WeightRole};
+use crate::ops::{Conv2d, Hw, Op, Pad2, Pool2d, Shape, WeightRole};
 use crate::plan::geometry::{input_region, tile_op};
 use crate::plan::{Compression, Mode, Plan, Region, Segment, Tile};
 use crate::reference::tile::{crop, empty, run_segments, run_tail_with};
@@ -1257,10 +1257,18 @@ impl CompiledKernels {
             let im2col = Im2col { g: &geo, x: xs };
             gemm_packed_with(pa, &im2col, n, &mut full[..cout * n], n, false);
             epilogue_host(&mut full[..cout * n], n, &k.bias, None, k.act);
-            max_pool2(&full[..cout * n], (cout, oh, ow), y);
-            recycle_vec(full);
-            let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
-            return Ok((t, None));
+            let full = tensor(full, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
+            let pool = Pool2d {
+                kernel: Hw { h: 2, w: 2 },
+                stride: Hw { h: 2, w: 2 },
+                padding: Pad2::uniform(0),
+                ceil_mode: false,
+                count_include_pad: false,
+            };
+            let pooled = reference::max_pool(&pool, &full)?;
+            recycle(full);
+            recycle_vec(buf);
+            return Ok((pooled, None));
         } else {
             let kdim = k.cin_g * c.kernel.h * c.kernel.w;
             let direct = c.kernel.h == 1
@@ -1293,19 +1301,6 @@ impl CompiledKernels {
         }
         let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
         Ok((t, quantised))
-    }
-}
-
-/// The 2×2 stride-2 max pool (floor mode) of `x` (`dim`) into `y` (`[c, h/2, w/2]`).
-fn max_pool2(x: &[f32], (c, h, w): (usize, usize, usize), y: &mut [f32]) {
-    let (ph, pw) = (h / 2, w / 2);
-    for ch in 0..c {
-        for py in 0..ph {
-            for px in 0..pw {
-                let at = |dy: usize, dx: usize| x[(ch * h + 2 * py + dy) * w + 2 * px + dx];
-                y[(ch * ph + py) * pw + px] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
-            }
-        }
     }
 }
 

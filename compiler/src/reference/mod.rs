@@ -10,6 +10,7 @@
 
 mod conv;
 mod pool;
+pub(crate) use pool::max_pool;
 #[cfg(test)]
 mod tests;
 pub mod tile;

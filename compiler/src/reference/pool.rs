@@ -78,7 +78,7 @@ fn out_dims(op: &'static str, p: &Pool2d, x: &Array3<f32>) -> Result<(usize, usi
 
 /// Max pooling; padding counts as −∞ (a window made only of padding gives −∞). NaN propagates,
 /// as in PyTorch.
-pub(super) fn max_pool(p: &Pool2d, x: &Array3<f32>) -> Result<Array3<f32>, EvalError> {
+pub(crate) fn max_pool(p: &Pool2d, x: &Array3<f32>) -> Result<Array3<f32>, EvalError> {
     let (c, h, w) = x.dim();
     let (oh, ow) = out_dims("maxpool", p, x)?;
     let pad = p.padding;
