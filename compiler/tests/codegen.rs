@@ -109,6 +109,14 @@ fn differential_ran(
     let generated =
         CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &generated_only)
             .map_err(|e| e.to_string())?;
+    // Inverted-residual blocks planar inside, as the layers one by one: the interleaved
+    // path must give their bits.
+    let planar_only = CompileOptions {
+        interleave: false,
+        ..CompileOptions::default()
+    };
+    let planar = CompiledKernels::compile_with(graph, weights, &p.segments, |_| true, &planar_only)
+        .map_err(|e| e.to_string())?;
     let mut rng = SplitMix64::new(seed ^ 7);
     let s0 = graph.input.shape;
     let mut current = Array3::from_shape_simple_fn((s0.c, s0.h, s0.w), || rng.uniform(-2.0, 2.0));
@@ -126,10 +134,12 @@ fn differential_ran(
         for tile in &seg.tiles {
             let x = crop(&current, &full, &tile.input);
             let want = run_tile(graph, weights, seg, tile, &x).map_err(|e| e.to_string())?;
+            let mut outputs = Vec::new();
             for (how, k) in [
                 ("compiled", &kernels),
                 ("fallback", &fallback),
                 ("generated", &generated),
+                ("planar", &planar),
             ] {
                 let prof = (how == "compiled").then_some(&mut profile);
                 let got = k
@@ -152,6 +162,14 @@ fn differential_ran(
                         seg.mode, tile.row, tile.col
                     ));
                 }
+                outputs.push(got);
+            }
+            let bits = |a: &Array3<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            if bits(&outputs[0]) != bits(&outputs[3]) {
+                return Err(format!(
+                    "{layers} ({c}×{h}×{w}) {:?}: tile {},{} differs from the planar blocks' bits",
+                    seg.mode, tile.row, tile.col
+                ));
             }
             let exact = kernels
                 .run_tile(graph, weights, seg, tile, &x)
@@ -502,7 +520,7 @@ proptest! {
 /// padding 1, as many output channels as `a`), the residual add of `a`. Inputs 3–30 high
 /// and wide, 2–12 channels.
 fn inverted_residual_block()
--> impl proptest::strategy::Strategy<Value = (usize, usize, usize, String)> {
+-> impl proptest::strategy::Strategy<Value = ((usize, usize, usize, String), Option<usize>)> {
     (
         (2usize..=12, 0usize..=6, 1usize..=12),
         1usize..=2,
@@ -525,7 +543,7 @@ fn inverted_residual_block()
                 tail(ad),
             );
             l.push_str(&layer_tail(bn, same, ap));
-            (c, h, w, l)
+            ((c, h, w, l), (t > 0).then_some(c * t))
         })
 }
 
@@ -533,16 +551,23 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_inverted_residual_blocks_match_the_reference((c, h, w, layers) in inverted_residual_block(), seed in 0u64..1000) {
-        // The whole map ran as a block.
+    fn random_inverted_residual_blocks_match_the_reference(((c, h, w, layers), hidden) in inverted_residual_block(), seed in 0u64..1000) {
+        // The whole map ran as a block: channel-interleaved where it has an expansion and
+        // whole groups of 8 hidden channels.
+        let interleaved = hidden.is_some_and(|n| n % 8 == 0);
         differential_on_host_kernels(c, h, w, &layers, seed, |stats, ran| {
-            stats.blocks == 1 && ran.contains(BLOCK)
+            let kind = if interleaved { BLOCK_INTERLEAVED } else { BLOCK };
+            stats.blocks == 1
+                && stats.interleaved_blocks == usize::from(interleaved)
+                && ran.contains(kind)
         })?;
     }
 }
 
 /// The profile's names for the host kernels' work.
 const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
+const BLOCK_INTERLEAVED: &str =
+    "inverted residual block over row bands, channel-interleaved (host gemm + depthwise avx2)";
 const HOST_DEPTHWISE: &str = "conv depthwise 3x3 (host avx2)";
 const DIRECT: &str = "conv direct, few input channels (host avx2)";
 

@@ -16,18 +16,30 @@
 //! kernel reads the band's rows straight from the input, and the band's depthwise output
 //! stays in L2 for the projection.
 //!
-//! Every operation is the one the layer-by-layer path does (the same packed GEMM, the same
-//! host depthwise kernel, the epilogues' `act(v + bias (+ residual))`), only on fewer
-//! columns at a time, so the results are the same up to the GEMM's blocking.
+//! Blocks with an expansion and whole groups of 8 hidden channels run channel-interleaved
+//! inside (`[pixel, channel]`, see [`interleaves`]): the expansion's GEMM reads the input's
+//! channel planes in place as A (pixels by channels) against its weights packed as B, and
+//! stores the expanded rows interleaved with their bias and activation; the depthwise
+//! kernel then reads eight channels of a pixel per vector (no padded copy, no
+//! deinterleaving at stride 2: `depthwise::run_nhwc`), and the projection's GEMM reads its
+//! output rows in place, writing `[pixel, cout]`, which is transposed into the output's
+//! planes with bias, residual and activation. The block's input and output stay planar.
+//!
+//! Every operation is the one the layer-by-layer path does (the same GEMM sums in the same
+//! order, the same depthwise taps, the epilogues' `act(v + bias (+ residual))`), only on
+//! fewer columns at a time, so the results are the same up to the GEMM's blocking — and
+//! the interleaved path's bits are the planar path's.
 
 use super::depthwise::{self as host_dw, Pre, bias_act};
-use super::gemm::{PackedA, gemm_packed};
+use super::gemm::{ColumnEpilogue, PackedA, PackedB, Strided, gemm_packed, gemm_strided};
 use super::jit::{Act, DepthwiseSpec};
 
 /// A 1×1 convolution of a block: packed weights `[cout, cin]`, bias, activation.
 #[derive(Clone, Copy, Debug)]
 pub struct Pointwise<'a> {
     pub weights: &'a PackedA,
+    /// The same weights transposed, as the B of the interleaved path's GEMM.
+    pub transposed: Option<&'a PackedB>,
     pub bias: &'a [f32],
     pub act: Act,
 }
@@ -41,6 +53,9 @@ pub struct Block<'a> {
     pub expand: Option<Pointwise<'a>>,
     pub dw: DepthwiseSpec,
     pub dw_weights: &'a [f32],
+    /// The depthwise weights tap by tap, `[9, hidden]` (`depthwise::taps_by_channel`), for
+    /// the interleaved path.
+    pub dw_taps: Option<&'a [f32]>,
     pub dw_bias: &'a [f32],
     pub project: Pointwise<'a>,
     /// Output rows per band (at least 1).
@@ -122,8 +137,20 @@ pub fn applies(b: &Block) -> bool {
             .all(|band| band.spec.h > 0 && host_dw::applies(&band.spec))
 }
 
+/// Whether [`run`] computes `b` channel-interleaved inside: an expansion, the transposed
+/// weights, and the depthwise kernel's interleaved form for every band.
+pub fn interleaves(b: &Block) -> bool {
+    b.expand.is_some_and(|e| e.transposed.is_some())
+        && b.project.transposed.is_some()
+        && b.dw_taps.is_some_and(|t| t.len() >= 9 * b.dw.channels)
+        && bands(&b.dw, b.rows)
+            .iter()
+            .all(|band| host_dw::nhwc_applies(&band.spec))
+}
+
 /// Floats of the four scratch buffers [`run`] takes: two for expanded rows (none without
-/// an expansion), one for the depthwise band, one for the depthwise kernel.
+/// an expansion), one for the depthwise band, one for the depthwise kernel (interleaved:
+/// for the projection's `[pixel, cout]` band).
 pub fn scratch_lens(b: &Block) -> [usize; 4] {
     let bands = bands(&b.dw, b.rows);
     let rows = bands
@@ -137,11 +164,15 @@ pub fn scratch_lens(b: &Block) -> [usize; 4] {
         0
     };
     let d = b.dw.channels * b.rows.min(b.dw.oh) * b.dw.ow;
-    let dw = bands
-        .iter()
-        .map(|band| host_dw::scratch_len(&band.spec))
-        .max()
-        .unwrap_or(0);
+    let dw = if interleaves(b) {
+        b.rows.min(b.dw.oh) * b.dw.ow * b.project.weights.m
+    } else {
+        bands
+            .iter()
+            .map(|band| host_dw::scratch_len(&band.spec))
+            .max()
+            .unwrap_or(0)
+    };
     [e, e, d, dw]
 }
 
@@ -163,6 +194,10 @@ pub fn run(
     assert!(x.len() >= cin * plane && y.len() >= cout * n);
     if let Some(r) = residual {
         assert!(r.len() >= cout * n, "residual too short");
+    }
+    if interleaves(b) {
+        interleaved(b, x, residual, y, scratch);
+        return;
     }
     let [mut prev, mut cur, d, dw_scratch] = scratch;
     // The expanded rows `prev` holds.
@@ -226,6 +261,72 @@ pub fn run(
             dw_scratch,
         );
         project(b, d, band, residual, y);
+        std::mem::swap(&mut prev, &mut cur);
+        (plo, phi) = (band.lo, band.hi);
+    }
+}
+
+/// [`run`] channel-interleaved inside (see the module's documentation); `b` satisfies
+/// [`interleaves`].
+fn interleaved(
+    b: &Block,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: [&mut [f32]; 4],
+) {
+    let s = &b.dw;
+    let (hidden, w, plane, n) = (s.channels, s.w, s.h * s.w, s.oh * s.ow);
+    let (Some(expand), Some(et), Some(pt), Some(taps)) = (
+        b.expand,
+        b.expand.and_then(|e| e.transposed),
+        b.project.transposed,
+        b.dw_taps,
+    ) else {
+        unreachable!("checked by `interleaves`");
+    };
+    let (p, cout) = (b.project, b.project.weights.m);
+    let [mut prev, mut cur, d, t] = scratch;
+    let (mut plo, mut phi) = (0, 0);
+    for band in bands(s, b.rows) {
+        let rows = band.hi - band.lo;
+        // Rows shared with the previous band are copied (one run: rows are contiguous).
+        let kept = phi.clamp(band.lo, band.hi) - band.lo;
+        let row = w * hidden;
+        if kept > 0 {
+            let from = (band.lo - plo) * row;
+            cur[..kept * row].copy_from_slice(&prev[from..from + kept * row]);
+        }
+        let fresh = band.lo + kept;
+        let new = band.hi - fresh;
+        if new > 0 {
+            let a = Strided {
+                a: &x[fresh * w..],
+                rs: 1,
+                ks: plane,
+            };
+            let epi = ColumnEpilogue {
+                bias: expand.bias,
+                act: expand.act,
+            };
+            gemm_strided(a, new * w, et, &mut cur[kept * row..], hidden, Some(epi));
+        }
+        host_dw::run_nhwc(&band.spec, &cur[..rows * row], taps, b.dw_bias, d);
+        let (nb, c0) = ((band.o1 - band.o0) * s.ow, band.o0 * s.ow);
+        let a = Strided {
+            a: &d[..nb * hidden],
+            rs: hidden,
+            ks: 1,
+        };
+        gemm_strided(a, nb, pt, t, cout, None);
+        for co in 0..cout {
+            let at = co * n + c0;
+            let dst = &mut y[at..at + nb];
+            for (v, px) in dst.iter_mut().zip(t.chunks_exact(cout)) {
+                *v = px[co];
+            }
+            bias_act(dst, p.bias[co], residual.map(|r| &r[at..at + nb]), p.act);
+        }
         std::mem::swap(&mut prev, &mut cur);
         (plo, phi) = (band.lo, band.hi);
     }

@@ -96,6 +96,38 @@ pub fn run(
     }
 }
 
+/// Whether [`run_nhwc`] computes `spec` on this machine: the shapes of [`applies`], whole
+/// groups of 8 channels, no residual.
+pub fn nhwc_applies(spec: &DepthwiseSpec) -> bool {
+    applies(spec) && spec.channels.is_multiple_of(8) && !spec.residual
+}
+
+/// Weights `[c, 9]` as `[9, c]`: each tap's weights for eight channels side by side.
+pub fn taps_by_channel(weights: &[f32], c: usize) -> Vec<f32> {
+    (0..9 * c).map(|i| weights[(i % c) * 9 + i / c]).collect()
+}
+
+/// `spec` (which must satisfy [`nhwc_applies`]) on channel-interleaved tensors: `x` `[h,
+/// w, c]`, weights `[9, c]` ([`taps_by_channel`]), bias `[c]`, writing `y` `[oh, ow, c]`.
+/// Each output is eight channels of one pixel, nine loads and FMAs (no padded copy, no
+/// deinterleaving at stride 2), the taps summed in the same order as [`run`], whose bits
+/// it gives. Panics if a slice is short or the kernel does not apply.
+pub fn run_nhwc(spec: &DepthwiseSpec, x: &[f32], weights: &[f32], bias: &[f32], y: &mut [f32]) {
+    assert!(
+        nhwc_applies(spec),
+        "channel-interleaved kernel does not apply: {spec:?}"
+    );
+    let c = spec.channels;
+    assert!(x.len() >= spec.h * spec.w * c && weights.len() >= 9 * c && bias.len() >= c);
+    assert!(y.len() >= spec.oh * spec.ow * c, "output too short");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `nhwc_applies` checked AVX2 and FMA; the lengths are checked above and the
+    // kernel reads and writes within them (see `avx2::nhwc`).
+    unsafe {
+        avx2::nhwc_conv(spec, x, weights, bias, y);
+    }
+}
+
 /// `act(v + bias (+ residual))` of one value: the epilogues' operations, in their order.
 #[inline(always)]
 fn epilogue(v: f32, bias: f32, residual: Option<f32>, act: Act) -> f32 {
@@ -486,6 +518,124 @@ mod avx2 {
         }
     }
 
+    /// [`super::run_nhwc`]: dispatches on the activation once.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the slices as `super::run_nhwc` checks them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn nhwc_conv(
+        s: &DepthwiseSpec,
+        x: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+    ) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match s.act {
+                Act::None => nhwc::<NONE>(s, x, weights, bias, y, 0.0, 0.0),
+                Act::Relu => nhwc::<RELU>(s, x, weights, bias, y, 0.0, 0.0),
+                Act::Clip { min, max } => nhwc::<CLIP>(s, x, weights, bias, y, min, max),
+                Act::Leaky { slope } => nhwc::<LEAKY>(s, x, weights, bias, y, slope, 0.0),
+            }
+        }
+    }
+
+    /// For each output row, each group of eight channels (its nine weight vectors and bias
+    /// in registers; the row's three input rows stay in L1 across the groups), every
+    /// output pixel: inner pixels (all nine taps inside the map) two at a time from fixed
+    /// offsets, border pixels with zero vectors for the taps in the padding.
+    ///
+    /// # Safety
+    /// As [`nhwc_conv`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+    unsafe fn nhwc<const ACT: u8>(
+        s: &DepthwiseSpec,
+        x: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        lo: f32,
+        hi: f32,
+    ) {
+        let (h, w, c, oh, ow) = (s.h as isize, s.w as isize, s.channels, s.oh, s.ow as isize);
+        let (sh, sw) = (s.sh as isize, s.sw as isize);
+        let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
+        // Output columns whose three tap columns lie inside the map: ox·sw − pl ≥ 0 and
+        // ox·sw − pl + 2 < w, i.e. ox in first..last.
+        let first = (pl + sw - 1) / sw;
+        let last = if w + pl >= 3 {
+            ((w + pl - 3) / sw + 1).min(ow)
+        } else {
+            0
+        }
+        .max(first);
+        let (xp, yp, ci) = (x.as_ptr(), y.as_mut_ptr(), c as isize);
+        // Tap t's offset from a window's first input pixel, in floats.
+        let offs: [isize; 9] =
+            std::array::from_fn(|t| ((t as isize / 3) * w + t as isize % 3) * ci);
+        for oy in 0..oh as isize {
+            let iy0 = oy * sh - pt;
+            let rows_in = iy0 >= 0 && iy0 + 2 < h;
+            for c0 in (0..c).step_by(8) {
+                // SAFETY (whole body): weights hold 9·c floats and bias c (checked by the
+                // caller), c0 + 8 ≤ c; input pixels read are inside the map (checked per
+                // tap, or by `rows_in` and first..last), each 8 floats at c0 within the
+                // pixel's c; outputs are pixels of the oh × ow map.
+                unsafe {
+                    let wv: [__m256; 9] =
+                        std::array::from_fn(|t| _mm256_loadu_ps(weights.as_ptr().add(t * c + c0)));
+                    let e = Epi {
+                        bias: _mm256_loadu_ps(bias.as_ptr().add(c0)),
+                        lo: _mm256_set1_ps(lo),
+                        hi: _mm256_set1_ps(hi),
+                    };
+                    let at = |iy: isize, ix: isize| xp.offset((iy * w + ix) * ci + c0 as isize);
+                    let out = |ox: isize| yp.offset((oy * ow + ox) * ci + c0 as isize);
+                    // One output pixel with every tap checked.
+                    let border = |ox: isize| {
+                        let ix0 = ox * sw - pl;
+                        let tap = |t: usize| {
+                            let (iy, ix) = (iy0 + t as isize / 3, ix0 + t as isize % 3);
+                            if (0..h).contains(&iy) && (0..w).contains(&ix) {
+                                _mm256_loadu_ps(at(iy, ix))
+                            } else {
+                                _mm256_setzero_ps()
+                            }
+                        };
+                        let mut acc = _mm256_mul_ps(tap(0), wv[0]);
+                        for (t, wt) in wv.iter().enumerate().skip(1) {
+                            acc = _mm256_fmadd_ps(tap(t), *wt, acc);
+                        }
+                        store::<ACT, false>(&e, acc, std::ptr::null(), out(ox));
+                    };
+                    if !rows_in {
+                        (0..ow).for_each(border);
+                        continue;
+                    }
+                    (0..first).for_each(border);
+                    let mut ox = first;
+                    // Two pixels at a time: two independent chains of nine FMAs.
+                    while ox + 2 <= last {
+                        let p = at(iy0, ox * sw - pl);
+                        let q = p.offset(sw * ci);
+                        let mut a0 = _mm256_mul_ps(_mm256_loadu_ps(p), wv[0]);
+                        let mut a1 = _mm256_mul_ps(_mm256_loadu_ps(q), wv[0]);
+                        for t in 1..9 {
+                            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.offset(offs[t])), wv[t], a0);
+                            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.offset(offs[t])), wv[t], a1);
+                        }
+                        store::<ACT, false>(&e, a0, std::ptr::null(), out(ox));
+                        store::<ACT, false>(&e, a1, std::ptr::null(), out(ox + 1));
+                        ox += 2;
+                    }
+                    (ox..ow).for_each(border);
+                }
+            }
+        }
+    }
+
     /// One input row into its two column phases, through `f` (eight values at a time) or
     /// `g` (one at a time, rows under 8 wide), which must compute the same function:
     /// padded column `pl + c` goes to phase `(pl + c) % 2`, index `(pl + c) / 2`. Eight
@@ -684,6 +834,95 @@ mod tests {
                     assert_eq!(bits(&got), bits(&want), "{len} {act:?} {residual:?}");
                 }
             }
+        }
+    }
+
+    /// The channel-interleaved kernel gives the planar kernel's bits, transposed: strides
+    /// 1 and 2, every padding from 0 to 2 on each side, maps from 1 pixel up, every
+    /// activation.
+    #[test]
+    fn nhwc_kernel_has_the_planar_kernels_bits() {
+        if !applies(&spec_for(8, 5, 5, 1, [1; 4], Act::None)) {
+            return; // no AVX2+FMA: neither host kernel runs here
+        }
+        let acts = [
+            Act::None,
+            Act::Relu,
+            Act::Clip { min: 0.0, max: 6.0 },
+            Act::Leaky { slope: 0.1 },
+        ];
+        let mut rng = crate::weights::SplitMix64::new(9);
+        let mut cases = 0;
+        for (h, w) in [(1, 1), (3, 3), (4, 9), (7, 7), (14, 13), (9, 20)] {
+            for stride in 1..=2 {
+                for pad in [[1, 1, 1, 1], [0, 0, 0, 0], [2, 1, 0, 2], [0, 2, 1, 0]] {
+                    for (k, act) in acts.into_iter().enumerate() {
+                        let c = 8 * (1 + k % 2);
+                        let spec = spec_for(c, h, w, stride, pad, act);
+                        if !spec.is_compilable() || !nhwc_applies(&spec) {
+                            continue;
+                        }
+                        cases += 1;
+                        let mut draw = |n: usize| -> Vec<f32> {
+                            (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect()
+                        };
+                        let (x, wt, b) = (draw(c * h * w), draw(9 * c), draw(c));
+                        let (oh, ow) = (spec.oh, spec.ow);
+                        let mut want = vec![0.0f32; c * oh * ow];
+                        let mut scratch = vec![0.0f32; scratch_len(&spec)];
+                        run(
+                            &spec,
+                            &x,
+                            h * w,
+                            None,
+                            &wt,
+                            &b,
+                            None,
+                            &mut want,
+                            &mut scratch,
+                        );
+                        // [c, h, w] → [h, w, c]
+                        let xt: Vec<f32> =
+                            (0..c * h * w).map(|i| x[(i % c) * h * w + i / c]).collect();
+                        let mut got = vec![f32::NAN; c * oh * ow];
+                        run_nhwc(&spec, &xt, &taps_by_channel(&wt, c), &b, &mut got);
+                        for (i, v) in got.iter().enumerate() {
+                            let (ch, px) = (i % c, i / c);
+                            let want = want[ch * oh * ow + px];
+                            assert_eq!(v.to_bits(), want.to_bits(), "{spec:?} at {ch}, {px}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 60, "{cases} cases");
+    }
+
+    fn spec_for(
+        c: usize,
+        h: usize,
+        w: usize,
+        s: usize,
+        pad: [usize; 4],
+        act: Act,
+    ) -> DepthwiseSpec {
+        let oh = (h + pad[0] + pad[2]).saturating_sub(3) / s + 1;
+        let ow = (w + pad[1] + pad[3]).saturating_sub(3) / s + 1;
+        DepthwiseSpec {
+            channels: c,
+            h,
+            w,
+            kh: 3,
+            kw: 3,
+            sh: s,
+            sw: s,
+            dh: 1,
+            dw: 1,
+            pad,
+            oh,
+            ow,
+            act,
+            residual: false,
         }
     }
 }

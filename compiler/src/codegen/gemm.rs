@@ -18,6 +18,8 @@
 
 use std::sync::OnceLock;
 
+use super::jit::Act;
+
 /// Rows of A per micro-tile.
 pub const MR: usize = 6;
 /// Columns of B per micro-tile.
@@ -94,11 +96,256 @@ impl PackedA {
         self.data.len() * size_of::<f32>()
     }
 
+    /// Element `A[row, col]`. Panics if it is outside the matrix.
+    pub fn at(&self, row: usize, col: usize) -> f32 {
+        assert!(row < self.m && col < self.k, "outside A");
+        let k0 = col / KC * KC;
+        self.strip(k0, KC.min(self.k - k0), row / MR)[(col - k0) * MR + row % MR]
+    }
+
     /// The packed strip `s` of the k block starting at `k0` (depth `kc`).
     fn strip(&self, k0: usize, kc: usize, s: usize) -> &[f32] {
         let strips = self.m.div_ceil(MR);
         let start = k0 * strips * MR + s * kc * MR;
         &self.data[start..start + kc * MR]
+    }
+}
+
+/// B (`k × n`, the weights of a 1×1 convolution transposed: input by output channels)
+/// packed once for [`gemm_strided`]: per KC block, NR-column panels of `kc` rows each
+/// (columns past `n` are zero).
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    pub k: usize,
+    pub n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// `B[kk, j] = b(kk, j)`.
+    pub fn new(b: impl Fn(usize, usize) -> f32, k: usize, n: usize) -> PackedB {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0.0f32; panels * NR * k];
+        let mut off = 0;
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for t in 0..panels {
+                for kk in 0..kc {
+                    for j in (t * NR..n).take(NR) {
+                        data[off + kk * NR + j - t * NR] = b(k0 + kk, j);
+                    }
+                }
+                off += kc * NR;
+            }
+        }
+        PackedB { k, n, data }
+    }
+
+    /// `Aᵀ` of packed weights `A` (`m × k`: output by input channels).
+    pub fn transposed(a: &PackedA) -> PackedB {
+        PackedB::new(|kk, j| a.at(j, kk), a.k, a.m)
+    }
+
+    /// Bytes of packed data held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * size_of::<f32>()
+    }
+
+    /// Panel `t` of the k block starting at `k0` (depth `kc`).
+    fn panel(&self, k0: usize, kc: usize, t: usize) -> &[f32] {
+        self.panels(k0, kc, t, t + 1)
+    }
+
+    /// Panels `t0..t1` of the k block starting at `k0` (depth `kc`), one after another.
+    fn panels(&self, k0: usize, kc: usize, t0: usize, t1: usize) -> &[f32] {
+        let start = k0 * self.n.div_ceil(NR) * NR + t0 * kc * NR;
+        &self.data[start..start + (t1 - t0) * kc * NR]
+    }
+}
+
+/// A matrix read in place: element `(i, kk)` at `a[i·rs + kk·ks]`. Channel-interleaved
+/// pixels as A are `rs` = channels, `ks` = 1; channel planes as A (pixels by channels) are
+/// `rs` = 1, `ks` = the plane's size.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub a: &'a [f32],
+    pub rs: usize,
+    pub ks: usize,
+}
+
+/// `act(v + bias[column])`, applied to C as it is stored.
+#[derive(Clone, Copy, Debug)]
+pub struct ColumnEpilogue<'a> {
+    pub bias: &'a [f32],
+    pub act: Act,
+}
+
+/// `C = A · B`, then `epi` if given, for `m` rows of A read in place (full MR-row strips
+/// straight from `a`, a last partial strip copied) and B packed once; C is `m × b.n` with
+/// leading dimension `ldc`. The sums run over k in the same order and KC blocks as
+/// [`gemm_packed`]'s, so `Aᵀ`'s product there has the same bits. Panics if a slice is
+/// short.
+pub fn gemm_strided(
+    a: Strided,
+    m: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Option<ColumnEpilogue>,
+) {
+    gemm_strided_on(isa(), a, m, b, c, ldc, epi);
+}
+
+/// [`gemm_strided`] on `isa`, which must be [`isa()`] or [`Isa::Portable`].
+fn gemm_strided_on(
+    isa: Isa,
+    a: Strided,
+    m: usize,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Option<ColumnEpilogue>,
+) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
+    assert!(epi.is_none_or(|e| e.bias.len() >= n), "bias too short");
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                *v = epi.map_or(0.0, |e| e.act.apply(0.0 + e.bias[j]));
+            }
+        }
+        return;
+    }
+    assert!(a.a.len() > (m - 1) * a.rs + (k - 1) * a.ks, "A too short");
+    let panels = n.div_ceil(NR);
+    let mut strip = [0.0f32; KC * MR];
+    for p0 in (0..panels).step_by(NC / NR) {
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            let e = epi.filter(|_| k0 + kc == k);
+            for r0 in (0..m).step_by(MR) {
+                let mr = MR.min(m - r0);
+                let first = r0 * a.rs + k0 * a.ks;
+                // A full strip is read in place; a partial one from zero-padded rows.
+                let (ap, rs, ks) = if mr == MR {
+                    (&a.a[first..], a.rs, a.ks)
+                } else {
+                    strip.fill(0.0);
+                    for kk in 0..kc {
+                        for r in 0..mr {
+                            strip[kk * MR + r] = a.a[first + r * a.rs + kk * a.ks];
+                        }
+                    }
+                    (&strip[..], 1, MR)
+                };
+                let p1 = (p0 + NC / NR).min(panels);
+                let mut t = p0;
+                #[cfg(target_arch = "x86_64")]
+                if isa == Isa::Avx2Fma && mr == MR {
+                    // The full panels in one call; then a last panel of exactly 8 columns
+                    // on the 8-wide kernel. Other last panels take `micro_strided` below.
+                    let full = (n / NR).clamp(p0, p1);
+                    let eight = full < p1 && n - full * NR == NR / 2;
+                    for (t0, t1, w) in [(p0, full, 2), (full, full + usize::from(eight), 1)] {
+                        if t1 == t0 {
+                            continue;
+                        }
+                        let cols = if w == 2 { (t1 - t0) * NR } else { NR / 2 };
+                        let c0 = t0 * NR;
+                        let bias = e.map(|e| (&e.bias[c0..c0 + cols], e.act));
+                        let cblk = &mut c[r0 * ldc + c0..];
+                        assert!(cblk.len() >= (MR - 1) * ldc + cols);
+                        let bp = b.panels(k0, kc, t0, t1);
+                        // SAFETY: AVX2 and FMA were detected; A holds MR rows of kc at
+                        // (rs, ks) (asserted by gemm_strided_on), `bp` the panels, C
+                        // MR rows of `cols` at ldc (asserted above), the bias `cols`.
+                        unsafe {
+                            avx2::strip(w, kc, (ap, rs, ks), bp, cblk, ldc, k0 > 0, bias);
+                        }
+                        t = t1;
+                    }
+                }
+                for t in t..p1 {
+                    let c0 = t * NR;
+                    let nr = NR.min(n - c0);
+                    let bias = e.map(|e| (&e.bias[c0..c0 + nr], e.act));
+                    let cblk = &mut c[r0 * ldc + c0..];
+                    let bp = b.panel(k0, kc, t);
+                    micro_strided(isa, kc, (ap, rs, ks), bp, cblk, ldc, (mr, nr), k0 > 0, bias);
+                }
+            }
+        }
+    }
+}
+
+/// One `mr × nr` block of C from an A strip read at strides `(rs, ks)` (MR rows of `kc`)
+/// and a packed B panel: `C (+)= A·B`, then `act(v + bias)` when `epi` is given.
+#[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
+#[inline]
+fn micro_strided(
+    isa: Isa,
+    kc: usize,
+    (a, rs, ks): (&[f32], usize, usize),
+    b: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    (mr, nr): (usize, usize),
+    acc: bool,
+    epi: Option<(&[f32], Act)>,
+) {
+    assert!(a.len() > (MR - 1) * rs + (kc - 1) * ks && b.len() >= kc * NR);
+    assert!(epi.is_none_or(|(bias, _)| bias.len() >= nr));
+    debug_assert!(c.len() >= (mr - 1) * ldc + nr);
+    let mut tmp = [[0.0f32; NR]; MR];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma {
+        // SAFETY: AVX2 and FMA were detected; A holds MR rows of kc at (rs, ks) and B kc
+        // rows of NR (asserted above); the kernel writes the local MR × NR block.
+        unsafe {
+            avx2::strip(
+                2,
+                kc,
+                (a, rs, ks),
+                b,
+                tmp.as_flattened_mut(),
+                NR,
+                false,
+                None,
+            );
+        }
+    } else {
+        strided_portable(kc, (a, rs, ks), b, &mut tmp);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    strided_portable(kc, (a, rs, ks), b, &mut tmp);
+    for (r, row) in tmp.iter().enumerate().take(mr) {
+        let dst = &mut c[r * ldc..r * ldc + nr];
+        for (j, (d, &v)) in dst.iter_mut().zip(row).enumerate() {
+            let v = if acc { v + *d } else { v };
+            *d = epi.map_or(v, |(bias, act)| act.apply(v + bias[j]));
+        }
+    }
+}
+
+/// The portable strided micro-kernel: `out = A·B` for an MR-row A strip at `(rs, ks)`.
+fn strided_portable(
+    kc: usize,
+    (a, rs, ks): (&[f32], usize, usize),
+    b: &[f32],
+    out: &mut [[f32; NR]; MR],
+) {
+    for kk in 0..kc {
+        let bk = &b[kk * NR..kk * NR + NR];
+        for (r, row) in out.iter_mut().enumerate() {
+            let av = a[r * rs + kk * ks];
+            for (o, bv) in row.iter_mut().zip(bk) {
+                *o += av * bv;
+            }
+        }
     }
 }
 
@@ -460,7 +707,7 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], ldb: usize, out: &mut [[f32;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::MR;
+    use super::{Act, MR, NR};
 
     /// Horizontal sum of a ymm register.
     #[target_feature(enable = "avx2,fma")]
@@ -589,6 +836,136 @@ mod avx2 {
             }
             for (i, ri) in r.iter().enumerate() {
                 _mm256_storeu_ps(c.add(i * ldc), *ri);
+            }
+        }
+    }
+    /// `C (+)= A · B` for an MR-row A strip read at strides (row `i`, depth `kk` at
+    /// `a[i·rs + kk·ks]`) and consecutive packed B panels (`kc·NR` floats each): `w` = 2,
+    /// every panel's 16 columns; `w` = 1, the first 8 columns of one panel. Then `act(v +
+    /// bias)` per column when `epi` is given. One call per strip, so A's row pointers and
+    /// the activation's dispatch are set up once.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` covers MR rows of `kc` at those strides, `b`
+    /// whole panels, `c` MR rows of the columns written `ldc` apart, the bias those
+    /// columns.
+    #[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
+    pub(super) unsafe fn strip(
+        w: usize,
+        kc: usize,
+        (a, rs, ks): (&[f32], usize, usize),
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        acc: bool,
+        epi: Option<(&[f32], Act)>,
+    ) {
+        let panels = b.len() / (kc * NR);
+        let (bias, act) = match epi {
+            Some((bias, act)) => (bias.as_ptr(), act),
+            None => (std::ptr::null(), Act::None),
+        };
+        let (lo, hi) = match act {
+            Act::Clip { min, max } => (min, max),
+            Act::Leaky { slope } => (slope, 0.0),
+            Act::None | Act::Relu => (0.0, 0.0),
+        };
+        let args = (
+            kc,
+            (a.as_ptr(), rs, ks),
+            b.as_ptr(),
+            panels,
+            c.as_mut_ptr(),
+            ldc,
+            acc,
+            bias,
+            lo,
+            hi,
+        );
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match (w, act) {
+                (1, Act::None) => strip_k::<1, NONE>(args),
+                (1, Act::Relu) => strip_k::<1, RELU>(args),
+                (1, Act::Clip { .. }) => strip_k::<1, CLIP>(args),
+                (1, Act::Leaky { .. }) => strip_k::<1, LEAKY>(args),
+                (_, Act::None) => strip_k::<2, NONE>(args),
+                (_, Act::Relu) => strip_k::<2, RELU>(args),
+                (_, Act::Clip { .. }) => strip_k::<2, CLIP>(args),
+                (_, Act::Leaky { .. }) => strip_k::<2, LEAKY>(args),
+            }
+        }
+    }
+
+    /// Activation codes (const generic parameters).
+    const NONE: u8 = 0;
+    const RELU: u8 = 1;
+    const CLIP: u8 = 2;
+    const LEAKY: u8 = 3;
+
+    type StripArgs = (
+        usize,
+        (*const f32, usize, usize),
+        *const f32,
+        usize,
+        *mut f32,
+        usize,
+        bool,
+        *const f32,
+        f32,
+        f32,
+    );
+
+    /// [`strip`] for `W` ymm per row and one activation (the bias null: no epilogue).
+    ///
+    /// # Safety
+    /// As [`strip`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn strip_k<const W: usize, const ACT: u8>(args: StripArgs) {
+        let (kc, (a, rs, ks), b, panels, c, ldc, acc, bias, lo, hi) = args;
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * rs));
+            for t in 0..panels {
+                let mut r = [[_mm256_setzero_ps(); W]; MR];
+                let mut bp = b.add(t * kc * NR);
+                for kk in 0..kc {
+                    let bv: [__m256; W] = std::array::from_fn(|h| _mm256_loadu_ps(bp.add(8 * h)));
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        let av = _mm256_broadcast_ss(&*rows[i].add(kk * ks));
+                        for h in 0..W {
+                            ri[h] = _mm256_fmadd_ps(av, bv[h], ri[h]);
+                        }
+                    }
+                    bp = bp.add(NR);
+                }
+                let cp = c.add(t * NR);
+                for (i, ri) in r.iter().enumerate() {
+                    for (h, &v) in ri.iter().enumerate() {
+                        let dst = cp.add(i * ldc + 8 * h);
+                        let mut v = if acc {
+                            _mm256_add_ps(v, _mm256_loadu_ps(dst))
+                        } else {
+                            v
+                        };
+                        if !bias.is_null() {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(bias.add(t * NR + 8 * h)));
+                            // max/min return their second operand when either is NaN, as
+                            // f32::max / f32::min (`Act::apply`) ignore a NaN.
+                            v = match ACT {
+                                RELU => _mm256_max_ps(v, _mm256_setzero_ps()),
+                                CLIP => _mm256_min_ps(_mm256_max_ps(v, lo), hi),
+                                LEAKY => {
+                                    let pos = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ);
+                                    _mm256_blendv_ps(_mm256_mul_ps(v, lo), v, pos)
+                                }
+                                _ => v,
+                            };
+                        }
+                        _mm256_storeu_ps(dst, v);
+                    }
+                }
             }
         }
     }
@@ -871,6 +1248,82 @@ mod tests {
                 crate::codegen::rel_l2(&y, &naive(m, 1, k, &a, &x)) < 1e-6,
                 "{isa:?} gemv {m}×{k}"
             );
+        }
+    }
+
+    /// `gemm_strided` computes what `gemm_packed` computes for the transposed product, bit
+    /// for bit: `Cᵀ = Bᵀ·Aᵀ` with the weights as B, A read in place both ways (rows of
+    /// interleaved channels, and channel planes), partial strips and panels, several K
+    /// blocks and column blocks, then the column epilogue of every activation.
+    #[test]
+    fn strided_gemm_has_the_packed_gemms_bits() {
+        let acts = [
+            Act::None,
+            Act::Relu,
+            Act::Clip { min: 0.0, max: 6.0 },
+            Act::Leaky { slope: 0.1 },
+        ];
+        for isa in isas() {
+            for &(pixels, cout, cin) in &[
+                (1, 1, 1),
+                (6, 16, 8),
+                (49, 24, 96),
+                (13, 33, 300),
+                (100, 200, 40),
+                (7, 400, 17),
+            ] {
+                // The weights (cout × cin) as `gemm_packed`'s A; the activations, channel
+                // planes (cin × pixels), as its B.
+                let (w, x) = (data(cout * cin, 5), data(cin * pixels, 6));
+                let pa = PackedA::new(&w, cout, cin, cin);
+                let mut want = vec![0.0f32; cout * pixels];
+                gemm_packed_on(
+                    isa,
+                    &pa,
+                    &Dense { b: &x, ldb: pixels },
+                    pixels,
+                    &mut want,
+                    pixels,
+                    false,
+                );
+                let pb = PackedB::transposed(&pa);
+                // A as channel planes (rs 1, ks pixels) and as interleaved rows (rs cin).
+                let xt: Vec<f32> = (0..pixels * cin)
+                    .map(|i| x[(i % cin) * pixels + i / cin])
+                    .collect();
+                let planes = Strided {
+                    a: &x,
+                    rs: 1,
+                    ks: pixels,
+                };
+                let rows = Strided {
+                    a: &xt,
+                    rs: cin,
+                    ks: 1,
+                };
+                for a in [planes, rows] {
+                    let bias = data(cout, 7);
+                    for epi in [None]
+                        .into_iter()
+                        .chain(acts.map(|act| Some(ColumnEpilogue { bias: &bias, act })))
+                    {
+                        let mut got = vec![f32::NAN; pixels * cout];
+                        gemm_strided_on(isa, a, pixels, &pb, &mut got, cout, epi);
+                        for (p, row) in got.chunks(cout).enumerate() {
+                            for (j, &v) in row.iter().enumerate() {
+                                let w = want[j * pixels + p];
+                                let w = epi.map_or(w, |e| e.act.apply(w + e.bias[j]));
+                                assert_eq!(
+                                    v.to_bits(),
+                                    w.to_bits(),
+                                    "{isa:?} {pixels}x{cout}x{cin} rs {} ({p}, {j}) {epi:?}",
+                                    a.rs
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

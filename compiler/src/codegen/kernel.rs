@@ -27,7 +27,7 @@ use ndarray::{Array3, ShapeError, s};
 use super::block::{self, Block, Pointwise};
 use super::depthwise::{self as host_dw, bias_act};
 use super::direct;
-use super::gemm::{Isa, NR, PackB, PackedA, gemm_packed, gemm_packed_with, gemv, isa};
+use super::gemm::{Isa, NR, PackB, PackedA, PackedB, gemm_packed, gemm_packed_with, gemv, isa};
 use super::jit::{
     Act, DepthwiseSpec, EpilogueSpec, Handle, JitCode, JitError, JitSession, MaxPoolSpec,
 };
@@ -51,6 +51,9 @@ struct ConvKernel {
     packed: Vec<PackedA>,
     /// Depthwise only: `[c, kh·kw]`.
     depthwise: Vec<f32>,
+    /// In an inverted-residual block run channel-interleaved (`block.rs`): a 1×1 conv's
+    /// weights transposed, or a depthwise conv's tap by tap (`[9, c]`).
+    interleaved: Interleaved,
     /// Stride-1/2 convolutions with few input channels (`direct.rs`): `[cout, cin·kh·kw]`,
     /// for tiles the direct kernel takes (`packed` serves the others).
     direct: Option<Vec<f32>>,
@@ -68,6 +71,15 @@ struct ConvKernel {
     last: usize,
 }
 
+/// A block conv's weights for the channel-interleaved path.
+#[derive(Debug, Default)]
+enum Interleaved {
+    #[default]
+    None,
+    Pointwise(PackedB),
+    Taps(Vec<f32>),
+}
+
 impl ConvKernel {
     /// One input and one output channel per group (no packed GEMM weights, no Winograd).
     fn is_depthwise(&self) -> bool {
@@ -78,6 +90,10 @@ impl ConvKernel {
     fn as_pointwise(&self) -> Option<Pointwise<'_>> {
         Some(Pointwise {
             weights: self.packed.first().filter(|_| self.groups == 1)?,
+            transposed: match &self.interleaved {
+                Interleaved::Pointwise(b) => Some(b),
+                _ => None,
+            },
             bias: &self.bias,
             act: self.act,
         })
@@ -111,6 +127,10 @@ pub struct CompileOptions {
     /// About how many bytes of expanded rows a band of such a block holds (at least one
     /// output row per band).
     pub band_bytes: usize,
+    /// Blocks with an expansion and whole groups of 8 hidden channels run
+    /// channel-interleaved inside (`block.rs`), with their 1×1 weights also prepared
+    /// transposed; off, planar like the layers one by one.
+    pub interleave: bool,
 }
 
 /// The default [`CompileOptions::band_bytes`]: half of a 1 MiB L2, leaving room for the
@@ -128,6 +148,7 @@ impl Default for CompileOptions {
             direct: true,
             blocks: true,
             band_bytes: BAND_BYTES,
+            interleave: true,
         }
     }
 }
@@ -158,6 +179,8 @@ pub struct KernelStats {
     /// Inverted-residual blocks prepared to run over row bands (`block.rs`; on CPUs with
     /// AVX2+FMA).
     pub blocks: usize,
+    /// Of those, blocks prepared to run channel-interleaved inside.
+    pub interleaved_blocks: usize,
 }
 
 /// A plan's compiled kernels. Shared read-only by worker threads.
@@ -328,6 +351,7 @@ fn prepare_conv(
         groups: g,
         packed,
         depthwise: if depthwise { w } else { Vec::new() },
+        interleaved: Interleaved::None,
         direct,
         winograd,
         pool2,
@@ -389,6 +413,26 @@ fn inverted_residual(
         .get(&p)
         .filter(|k| p < end && pointwise(graph, p, k) && single_input(graph, p, dk.last))?;
     Some((expand, d, p))
+}
+
+/// Prepares the weights of block `(e, d, p)` for the channel-interleaved path, when its
+/// hidden channels come in whole groups of 8 (returns whether it did).
+fn interleave(convs: &mut HashMap<usize, ConvKernel>, e: usize, d: usize, p: usize) -> bool {
+    let hidden = convs[&d].groups;
+    if !hidden.is_multiple_of(8) {
+        return false;
+    }
+    for i in [e, p] {
+        if let Some(k) = convs.get_mut(&i)
+            && let Some(a) = k.packed.first()
+        {
+            k.interleaved = Interleaved::Pointwise(PackedB::transposed(a));
+        }
+    }
+    if let Some(k) = convs.get_mut(&d) {
+        k.interleaved = Interleaved::Taps(host_dw::taps_by_channel(&k.depthwise, hidden));
+    }
+    true
 }
 
 fn shape_of(graph: &LayerGraph, s: &Source) -> Shape {
@@ -589,6 +633,9 @@ impl CompiledKernels {
                         Some((Some(e), d, p)) => {
                             taken.insert(d);
                             blocks.insert(e, (Some(e), d, p));
+                            if opts.interleave && interleave(&mut convs, e, d, p) {
+                                stats.interleaved_blocks += 1;
+                            }
                         }
                         Some((None, d, p)) if !taken.contains(&d) => {
                             blocks.insert(d, (None, d, p));
@@ -729,6 +776,11 @@ impl CompiledKernels {
             .map(|k| {
                 k.packed.iter().map(PackedA::bytes).sum::<usize>()
                     + k.winograd.as_ref().map_or(0, Winograd::bytes)
+                    + match &k.interleaved {
+                        Interleaved::None => 0,
+                        Interleaved::Pointwise(b) => b.bytes(),
+                        Interleaved::Taps(t) => t.len() * size_of::<f32>(),
+                    }
                     + (k.depthwise.len() + k.bias.len()) * size_of::<f32>()
             })
             .sum()
@@ -906,7 +958,12 @@ impl CompiledKernels {
                 let residual = residual_of(kp)?;
                 let y = run_block(&block, &x, residual.as_deref())?;
                 if let Some(p) = profile.as_deref_mut() {
-                    *p.entry(BLOCK).or_default() += t0.elapsed().as_secs_f64() * 1e3;
+                    let kind = if block::interleaves(&block) {
+                        BLOCK_INTERLEAVED
+                    } else {
+                        BLOCK
+                    };
+                    *p.entry(kind).or_default() += t0.elapsed().as_secs_f64() * 1e3;
                 }
                 carry = Some((kp.last, tile.regions[p - first], y));
                 block_until = Some(kp.last);
@@ -1063,6 +1120,10 @@ impl CompiledKernels {
             expand,
             dw: spec,
             dw_weights: &kd.depthwise,
+            dw_taps: match &kd.interleaved {
+                Interleaved::Taps(t) => Some(t),
+                _ => None,
+            },
             dw_bias: &kd.bias,
             project: kp.as_pointwise()?,
             rows: block::band_rows(&spec, self.band_bytes),
@@ -1306,6 +1367,9 @@ impl CompiledKernels {
 
 /// The profile's name for blocks computed over row bands.
 const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
+/// The same, channel-interleaved inside.
+const BLOCK_INTERLEAVED: &str =
+    "inverted residual block over row bands, channel-interleaved (host gemm + depthwise avx2)";
 
 /// Runs block `b` on `x` (`[cin, h, w]`) with an optional residual for the projection.
 fn run_block(
