@@ -319,14 +319,8 @@ fn interleaved(
             ks: 1,
         };
         gemm_strided(a, nb, pt, t, cout, None);
-        for co in 0..cout {
-            let at = co * n + c0;
-            let dst = &mut y[at..at + nb];
-            for (v, px) in dst.iter_mut().zip(t.chunks_exact(cout)) {
-                *v = px[co];
-            }
-            bias_act(dst, p.bias[co], residual.map(|r| &r[at..at + nb]), p.act);
-        }
+        let r = residual.map(|r| &r[c0..]);
+        host_dw::planes_bias_act(t, (nb, cout), &mut y[c0..], n, p.bias, r, p.act);
         std::mem::swap(&mut prev, &mut cur);
         (plo, phi) = (band.lo, band.hi);
     }

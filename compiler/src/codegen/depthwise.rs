@@ -162,6 +162,51 @@ pub fn bias_act(row: &mut [f32], bias: f32, residual: Option<&[f32]>, act: Act) 
     }
 }
 
+/// `y[co·ldy + p] = act(t[p·cout + co] + bias[co] (+ residual[co·ldy + p]))` for `p <
+/// pixels`, `co < cout`: a `[pixel, channel]` band written into channel planes (rows `ldy`
+/// apart) with the epilogue — by 8×8 transposes in AVX2 registers where the CPU has them.
+/// Panics if a slice is short.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the band, its planes and the epilogue"
+)]
+pub fn planes_bias_act(
+    t: &[f32],
+    (pixels, cout): (usize, usize),
+    y: &mut [f32],
+    ldy: usize,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Act,
+) {
+    if pixels == 0 || cout == 0 {
+        return;
+    }
+    assert!(t.len() >= pixels * cout && bias.len() >= cout && ldy >= pixels);
+    let need = (cout - 1) * ldy + pixels;
+    assert!(y.len() >= need && residual.is_none_or(|r| r.len() >= need));
+    let vector = cfg!(target_arch = "x86_64") && isa() == Isa::Avx2Fma;
+    let (p8, c8) = if vector {
+        (pixels / 8 * 8, cout / 8 * 8)
+    } else {
+        (0, 0)
+    };
+    #[cfg(target_arch = "x86_64")]
+    if p8 > 0 && c8 > 0 {
+        // SAFETY: AVX2 checked; the blocks read pixels < p8 ≤ pixels and channels < c8 ≤
+        // cout of `t`, and write (and read the residual at) planes < c8, columns < p8.
+        unsafe { avx2::to_planes(t, (p8, c8, cout), y, ldy, bias, residual, act) };
+    }
+    // What the 8×8 blocks left: the last columns of their planes, then the last planes.
+    for co in 0..cout {
+        let from = if co < c8 { p8 } else { 0 };
+        for p in from..pixels {
+            let r = residual.map(|r| r[co * ldy + p]);
+            y[co * ldy + p] = epilogue(t[p * cout + co], bias[co], r, act);
+        }
+    }
+}
+
 /// Splits one input row into the two column phases of a stride-2 scratch row (`row`: two
 /// phases of `ps` floats): padded column `pl + c` goes to phase `(pl + c) % 2`, index
 /// `(pl + c) / 2`. Also used by the direct kernel at stride 2 (`direct.rs`). Panics unless
@@ -516,6 +561,116 @@ mod avx2 {
                 }
             }
         }
+    }
+
+    /// [`super::planes_bias_act`]'s 8×8 blocks: pixels `..p8` and channels `..c8` of a
+    /// band `cout` channels wide.
+    ///
+    /// # Safety
+    /// AVX2; the slices as `super::planes_bias_act` checks them, `p8` and `c8` multiples
+    /// of 8 within them.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn to_planes(
+        t: &[f32],
+        (p8, c8, cout): (usize, usize, usize),
+        y: &mut [f32],
+        ldy: usize,
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        act: Act,
+    ) {
+        let (lo, hi) = match act {
+            Act::Clip { min, max } => (min, max),
+            Act::Leaky { slope } => (slope, 0.0),
+            Act::None | Act::Relu => (0.0, 0.0),
+        };
+        let a = (t, (p8, c8, cout), y, ldy, bias, residual, lo, hi);
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            match (act, residual.is_some()) {
+                (Act::None, false) => to_planes_k::<NONE, false>(a),
+                (Act::None, true) => to_planes_k::<NONE, true>(a),
+                (Act::Relu, false) => to_planes_k::<RELU, false>(a),
+                (Act::Relu, true) => to_planes_k::<RELU, true>(a),
+                (Act::Clip { .. }, false) => to_planes_k::<CLIP, false>(a),
+                (Act::Clip { .. }, true) => to_planes_k::<CLIP, true>(a),
+                (Act::Leaky { .. }, false) => to_planes_k::<LEAKY, false>(a),
+                (Act::Leaky { .. }, true) => to_planes_k::<LEAKY, true>(a),
+            }
+        }
+    }
+
+    type PlanesArgs<'a> = (
+        &'a [f32],
+        (usize, usize, usize),
+        &'a mut [f32],
+        usize,
+        &'a [f32],
+        Option<&'a [f32]>,
+        f32,
+        f32,
+    );
+
+    /// [`to_planes`] for one activation and residual.
+    ///
+    /// # Safety
+    /// As [`to_planes`]; `RES` iff a residual.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn to_planes_k<const ACT: u8, const RES: bool>(a: PlanesArgs) {
+        let (t, (p8, c8, cout), y, ldy, bias, residual, lo, hi) = a;
+        let (tp, yp) = (t.as_ptr(), y.as_mut_ptr());
+        let rp = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY (whole loop): reads t[p·cout + co] and writes y[co·ldy + p] (and reads
+        // the residual there) for p < p8, co < c8 only (the caller's guarantee).
+        unsafe {
+            for c0 in (0..c8).step_by(8) {
+                let epis: [Epi; 8] = std::array::from_fn(|j| Epi {
+                    bias: _mm256_set1_ps(bias[c0 + j]),
+                    lo: _mm256_set1_ps(lo),
+                    hi: _mm256_set1_ps(hi),
+                });
+                for p0 in (0..p8).step_by(8) {
+                    let rows: [__m256; 8] =
+                        std::array::from_fn(|i| _mm256_loadu_ps(tp.add((p0 + i) * cout + c0)));
+                    for (j, v) in transpose8(rows).into_iter().enumerate() {
+                        let at = (c0 + j) * ldy + p0;
+                        store::<ACT, RES>(&epis[j], v, rp.wrapping_add(at), yp.add(at));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 8×8 transpose: lane `j` of row `i` becomes lane `i` of row `j`.
+    #[target_feature(enable = "avx2,fma")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved, then groups of four, then the 128-bit halves.
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 
     /// [`super::run_nhwc`]: dispatches on the activation once.
@@ -923,6 +1078,49 @@ mod tests {
             ow,
             act,
             residual: false,
+        }
+    }
+
+    /// The band-to-planes epilogue equals the scalar one bit for bit: 8×8 blocks, the
+    /// pixels and channels they leave, every activation, with and without a residual.
+    #[test]
+    fn planes_bias_act_equals_the_scalar_epilogue() {
+        let acts = [
+            Act::None,
+            Act::Relu,
+            Act::Clip { min: 0.0, max: 6.0 },
+            Act::Leaky { slope: 0.1 },
+        ];
+        let mut rng = crate::weights::SplitMix64::new(3);
+        for (pixels, cout) in [(1, 1), (8, 8), (17, 24), (49, 20), (64, 16), (7, 9)] {
+            let ldy = pixels + 3;
+            let mut draw =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-8.0, 8.0)).collect() };
+            let (t, bias, res) = (draw(pixels * cout), draw(cout), draw(cout * ldy));
+            for act in acts {
+                for residual in [None, Some(&res[..])] {
+                    let mut got = vec![f32::NAN; cout * ldy];
+                    planes_bias_act(&t, (pixels, cout), &mut got, ldy, &bias, residual, act);
+                    for co in 0..cout {
+                        for p in 0..pixels {
+                            let r = residual.map(|r| r[co * ldy + p]);
+                            let want = epilogue(t[p * cout + co], bias[co], r, act);
+                            let v = got[co * ldy + p];
+                            assert_eq!(
+                                v.to_bits(),
+                                want.to_bits(),
+                                "{pixels}x{cout} {act:?} ({co}, {p})"
+                            );
+                        }
+                        // Between the planes: untouched.
+                        assert!(
+                            got[co * ldy + pixels..co * ldy + ldy]
+                                .iter()
+                                .all(|v| v.is_nan())
+                        );
+                    }
+                }
+            }
         }
     }
 }
