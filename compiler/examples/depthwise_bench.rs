@@ -20,7 +20,7 @@ fn main() {
     ];
     // How often each shape occurs in MobileNetV2.
     let mult = [1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 4.0, 2.0, 1.0, 3.0];
-    let (mut tj, mut th, mut tn) = (0.0, 0.0, 0.0);
+    let (mut tj, mut th, mut tn, mut t16) = (0.0, 0.0, 0.0, 0.0);
     for (si, &(c, h, w, s)) in shapes.iter().enumerate() {
         let oh = (h + 2 - 3) / s + 1;
         let ow = (w + 2 - 3) / s + 1;
@@ -61,7 +61,8 @@ fn main() {
         let xt: Vec<f32> = (0..c * h * w).map(|i| x[(i % c) * h * w + i / c]).collect();
         let wtt = depthwise::taps_by_channel(&wt, c);
         let mut y3 = vec![0.0f32; c * oh * ow];
-        let (mut bj, mut bh, mut bn) = (f64::MAX, f64::MAX, f64::MAX);
+        let (mut bj, mut bh, mut bn, mut b16) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+        let lanes16 = depthwise::nhwc_lanes(&spec) == 16;
         for _ in 0..30 {
             let t = Instant::now();
             for _ in 0..5 {
@@ -75,9 +76,16 @@ fn main() {
             bh = bh.min(t.elapsed().as_secs_f64() / 5.0);
             let t = Instant::now();
             for _ in 0..5 {
-                depthwise::run_nhwc(&spec, &xt, &wtt, &b, &mut y3);
+                depthwise::run_nhwc_lanes(8, &spec, &xt, &wtt, &b, &mut y3);
             }
             bn = bn.min(t.elapsed().as_secs_f64() / 5.0);
+            if lanes16 {
+                let t = Instant::now();
+                for _ in 0..5 {
+                    depthwise::run_nhwc_lanes(16, &spec, &xt, &wtt, &b, &mut y3);
+                }
+                b16 = b16.min(t.elapsed().as_secs_f64() / 5.0);
+            }
         }
         // The interleaved output is the planar one transposed, bit for bit.
         let planar =
@@ -86,22 +94,27 @@ fn main() {
         assert_eq!(y1, y2, "generated and host kernels differ");
         let n = (c * oh * ow) as f64;
         println!(
-            "{c}x{h}x{w} s{s}: jit {:.1} us ({:.2} ns/out)  host {:.1} us ({:.2} ns/out)  interleaved {:.1} us ({:.2} ns/out)",
+            "{c}x{h}x{w} s{s}: jit {:.1} us ({:.2} ns/out)  host {:.1} us ({:.2} ns/out)  interleaved {:.1} us ({:.2} ns/out)  16 lanes {:.1} us ({:.2} ns/out)",
             bj * 1e6,
             bj * 1e9 / n,
             bh * 1e6,
             bh * 1e9 / n,
             bn * 1e6,
-            bn * 1e9 / n
+            bn * 1e9 / n,
+            b16 * 1e6,
+            b16 * 1e9 / n
         );
         tn += bn * mult[si];
+        t16 += if lanes16 { b16 } else { bn } * mult[si];
         tj += bj * mult[si];
         th += bh * mult[si];
     }
     println!(
-        "mobilenetv2 total: jit {:.3} ms host {:.3} ms interleaved {:.3} ms",
+        "mobilenetv2 total: jit {:.3} ms host {:.3} ms interleaved {:.3} ms (16 lanes where it \
+         runs: {:.3} ms)",
         tj * 1e3,
         th * 1e3,
-        tn * 1e3
+        tn * 1e3,
+        t16 * 1e3
     );
 }

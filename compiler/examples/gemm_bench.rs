@@ -71,7 +71,16 @@ fn main() {
         ("Winograd VGG conv1_2 block", 64, 168, 64),
         ("Winograd VGG conv3 block", 256, 96, 256),
     ];
-    bench(shapes);
+    let packed = bench(shapes);
+    println!(
+        "{:<28} {:>10} {:>10}",
+        "strided (pixels × out)", "p50", "packed p50"
+    );
+    for (&(name, m, n, k), t) in shapes.iter().zip(packed) {
+        if name.starts_with("ResNet") {
+            strided(name, (m, n, k), t);
+        }
+    }
     // MobileNetV2's 1×1 convolutions (M = out channels, N = pixels, K = in channels), with
     // how often each runs per frame: small K and N = 49–196 stress packing and edges.
     let mobilenet: &[(&str, usize, usize, usize, usize)] = &[
@@ -122,38 +131,7 @@ fn main() {
     let strided: Vec<f64> = mobilenet
         .iter()
         .zip(&times)
-        .map(|(&(name, m, n, k, _), &packed)| {
-            let (w, x) = (data(m * k, 1), data(k * n, 2));
-            let pb = PackedB::transposed(&PackedA::new(&w, m, k, k));
-            let bias = data(m, 3);
-            let mut c = vec![0.0f32; m * n];
-            let expand = name.contains("expand");
-            let a = if expand {
-                Strided {
-                    a: &x,
-                    rs: 1,
-                    ks: n,
-                }
-            } else {
-                Strided {
-                    a: &x,
-                    rs: k,
-                    ks: 1,
-                }
-            };
-            let epi = expand.then_some(ColumnEpilogue {
-                bias: &bias,
-                act: Act::Clip { min: 0.0, max: 6.0 },
-            });
-            let med = time(|| gemm_strided(a, n, &pb, &mut c, m, epi)).1;
-            let gf = 2.0 * (m * n * k) as f64 / 1e9;
-            println!(
-                "{name:<28} {:>10.1} {:>10.1}   GFLOP/s ({m}×{n}×{k})",
-                gf / med,
-                gf / packed
-            );
-            med
-        })
+        .map(|(&(name, m, n, k, _), &packed)| strided(name, (m, n, k), packed))
         .collect();
     println!(
         "MobileNetV2 1×1 GEMMs per frame, interleaved: {:.2} ms (packed: {:.2} ms)",
@@ -181,6 +159,43 @@ fn main() {
         "the same from memory (caches evicted before each run): {:.2} ms",
         per_frame(&cold)
     );
+}
+
+/// Times `C = A·B` as the interleaved blocks compute it (`gemm_strided`, pixels × out
+/// channels, the weights packed as B; expansions read channel planes and apply bias and
+/// relu6, other shapes read interleaved rows), prints it against `packed` seconds and
+/// returns the median seconds.
+fn strided(name: &str, (m, n, k): (usize, usize, usize), packed: f64) -> f64 {
+    let (w, x) = (data(m * k, 1), data(k * n, 2));
+    let pb = PackedB::transposed(&PackedA::new(&w, m, k, k));
+    let bias = data(m, 3);
+    let mut c = vec![0.0f32; m * n];
+    let expand = name.contains("expand");
+    let a = if expand {
+        Strided {
+            a: &x,
+            rs: 1,
+            ks: n,
+        }
+    } else {
+        Strided {
+            a: &x,
+            rs: k,
+            ks: 1,
+        }
+    };
+    let epi = expand.then_some(ColumnEpilogue {
+        bias: &bias,
+        act: Act::Clip { min: 0.0, max: 6.0 },
+    });
+    let med = time(|| gemm_strided(a, n, &pb, &mut c, m, epi)).1;
+    let gf = 2.0 * (m * n * k) as f64 / 1e9;
+    println!(
+        "{name:<28} {:>10.1} {:>10.1}   GFLOP/s ({m}×{n}×{k})",
+        gf / med,
+        gf / packed
+    );
+    med
 }
 
 /// Prints each shape's figures; returns the median seconds of adcnn's GEMM per shape.

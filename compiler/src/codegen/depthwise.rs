@@ -113,18 +113,50 @@ pub fn taps_by_channel(weights: &[f32], c: usize) -> Vec<f32> {
 /// deinterleaving at stride 2), the taps summed in the same order as [`run`], whose bits
 /// it gives. Panics if a slice is short or the kernel does not apply.
 pub fn run_nhwc(spec: &DepthwiseSpec, x: &[f32], weights: &[f32], bias: &[f32], y: &mut [f32]) {
+    run_nhwc_lanes(nhwc_lanes(spec), spec, x, weights, bias, y);
+}
+
+/// Channels per vector [`run_nhwc`] takes for `spec` on this machine: 16 (AVX-512F) where
+/// the CPU has it and the channels come in groups of 16, else 8 (AVX2+FMA).
+pub fn nhwc_lanes(spec: &DepthwiseSpec) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if spec.channels.is_multiple_of(16) && avx512::available() {
+        return 16;
+    }
+    8
+}
+
+/// [`run_nhwc`] with `lanes` channels per vector: 8, or 16 where [`nhwc_lanes`] gives 16
+/// (both give the same bits). Panics otherwise, or if a slice is short.
+pub fn run_nhwc_lanes(
+    lanes: usize,
+    spec: &DepthwiseSpec,
+    x: &[f32],
+    weights: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+) {
     assert!(
         nhwc_applies(spec),
         "channel-interleaved kernel does not apply: {spec:?}"
+    );
+    assert!(
+        lanes == 8 || lanes == nhwc_lanes(spec),
+        "no {lanes}-lane kernel here"
     );
     let c = spec.channels;
     assert!(x.len() >= spec.h * spec.w * c && weights.len() >= 9 * c && bias.len() >= c);
     assert!(y.len() >= spec.oh * spec.ow * c, "output too short");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `nhwc_applies` checked AVX2 and FMA; the lengths are checked above and the
-    // kernel reads and writes within them (see `avx2::nhwc`).
+    // SAFETY: `nhwc_applies` checked AVX2 and FMA, `nhwc_lanes` AVX-512F for 16 lanes and
+    // channels in groups of 16; the lengths are checked above and the kernels read and
+    // write within them (see `avx2::nhwc`).
     unsafe {
-        avx2::nhwc_conv(spec, x, weights, bias, y);
+        if lanes == 16 {
+            avx512::nhwc_conv(spec, x, weights, bias, y);
+        } else {
+            avx2::nhwc_conv(spec, x, weights, bias, y);
+        }
     }
 }
 
@@ -219,6 +251,132 @@ pub(crate) fn deinterleave(src: &[f32], row: &mut [f32], pl: usize, ps: usize) {
     unsafe {
         avx2::deinterleave(src, row, pl, ps, |v| v, |v| v);
     }
+}
+
+/// The channel-interleaved depthwise kernel for one vector width: `$lanes` channels of a
+/// pixel per `$v` (AVX2: 8, AVX-512: 16), with that width's `Epi` and `store` in scope.
+#[cfg(target_arch = "x86_64")]
+macro_rules! nhwc_kernel {
+    ($name:ident, $features:literal, $v:ty, $lanes:literal, $load:ident, $zero:ident, $mul:ident, $fma:ident, $set1:ident) => {
+        /// [`super::run_nhwc_lanes`] with `$lanes` lanes: dispatches on the activation once.
+        ///
+        /// # Safety
+        /// The target features; channels in groups of `$lanes`; the slices as
+        /// `super::run_nhwc_lanes` checks them.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn nhwc_conv(
+            s: &DepthwiseSpec,
+            x: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            y: &mut [f32],
+        ) {
+            // SAFETY: the caller's guarantee.
+            unsafe {
+                match s.act {
+                    Act::None => $name::<NONE>(s, x, weights, bias, y, 0.0, 0.0),
+                    Act::Relu => $name::<RELU>(s, x, weights, bias, y, 0.0, 0.0),
+                    Act::Clip { min, max } => $name::<CLIP>(s, x, weights, bias, y, min, max),
+                    Act::Leaky { slope } => $name::<LEAKY>(s, x, weights, bias, y, slope, 0.0),
+                }
+            }
+        }
+
+        /// For each output row, each group of `$lanes` channels (its nine weight vectors and bias
+        /// in registers; the row's three input rows stay in L1 across the groups), every
+        /// output pixel: inner pixels (all nine taps inside the map) two at a time from fixed
+        /// offsets, border pixels with zero vectors for the taps in the padding.
+        ///
+        /// # Safety
+        /// As [`nhwc_conv`].
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
+        unsafe fn $name<const ACT: u8>(
+            s: &DepthwiseSpec,
+            x: &[f32],
+            weights: &[f32],
+            bias: &[f32],
+            y: &mut [f32],
+            lo: f32,
+            hi: f32,
+        ) {
+            let (h, w, c, oh, ow) = (s.h as isize, s.w as isize, s.channels, s.oh, s.ow as isize);
+            let (sh, sw) = (s.sh as isize, s.sw as isize);
+            let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
+            // Output columns whose three tap columns lie inside the map: ox·sw − pl ≥ 0 and
+            // ox·sw − pl + 2 < w, i.e. ox in first..last.
+            let first = (pl + sw - 1) / sw;
+            let last = if w + pl >= 3 {
+                ((w + pl - 3) / sw + 1).min(ow)
+            } else {
+                0
+            }
+            .max(first);
+            let (xp, yp, ci) = (x.as_ptr(), y.as_mut_ptr(), c as isize);
+            // Tap t's offset from a window's first input pixel, in floats.
+            let offs: [isize; 9] =
+                std::array::from_fn(|t| ((t as isize / 3) * w + t as isize % 3) * ci);
+            for oy in 0..oh as isize {
+                let iy0 = oy * sh - pt;
+                let rows_in = iy0 >= 0 && iy0 + 2 < h;
+                for c0 in (0..c).step_by($lanes) {
+                    // SAFETY (whole body): weights hold 9·c floats and bias c (checked by the
+                    // caller), c0 + $lanes ≤ c; input pixels read are inside the map (checked per
+                    // tap, or by `rows_in` and first..last), each `$lanes` floats at c0 within the
+                    // pixel's c; outputs are pixels of the oh × ow map.
+                    unsafe {
+                        let wv: [$v; 9] =
+                            std::array::from_fn(|t| $load(weights.as_ptr().add(t * c + c0)));
+                        let e = Epi {
+                            bias: $load(bias.as_ptr().add(c0)),
+                            lo: $set1(lo),
+                            hi: $set1(hi),
+                        };
+                        let at = |iy: isize, ix: isize| xp.offset((iy * w + ix) * ci + c0 as isize);
+                        let out = |ox: isize| yp.offset((oy * ow + ox) * ci + c0 as isize);
+                        // One output pixel with every tap checked.
+                        let border = |ox: isize| {
+                            let ix0 = ox * sw - pl;
+                            let tap = |t: usize| {
+                                let (iy, ix) = (iy0 + t as isize / 3, ix0 + t as isize % 3);
+                                if (0..h).contains(&iy) && (0..w).contains(&ix) {
+                                    $load(at(iy, ix))
+                                } else {
+                                    $zero()
+                                }
+                            };
+                            let mut acc = $mul(tap(0), wv[0]);
+                            for (t, wt) in wv.iter().enumerate().skip(1) {
+                                acc = $fma(tap(t), *wt, acc);
+                            }
+                            store::<ACT, false>(&e, acc, std::ptr::null(), out(ox));
+                        };
+                        if !rows_in {
+                            (0..ow).for_each(border);
+                            continue;
+                        }
+                        (0..first).for_each(border);
+                        let mut ox = first;
+                        // Two pixels at a time: two independent chains of nine FMAs.
+                        while ox + 2 <= last {
+                            let p = at(iy0, ox * sw - pl);
+                            let q = p.offset(sw * ci);
+                            let mut a0 = $mul($load(p), wv[0]);
+                            let mut a1 = $mul($load(q), wv[0]);
+                            for t in 1..9 {
+                                a0 = $fma($load(p.offset(offs[t])), wv[t], a0);
+                                a1 = $fma($load(q.offset(offs[t])), wv[t], a1);
+                            }
+                            store::<ACT, false>(&e, a0, std::ptr::null(), out(ox));
+                            store::<ACT, false>(&e, a1, std::ptr::null(), out(ox + 1));
+                            ox += 2;
+                        }
+                        (ox..ow).for_each(border);
+                    }
+                }
+            }
+        }
+    };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -673,123 +831,17 @@ mod avx2 {
         ]
     }
 
-    /// [`super::run_nhwc`]: dispatches on the activation once.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; the slices as `super::run_nhwc` checks them.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn nhwc_conv(
-        s: &DepthwiseSpec,
-        x: &[f32],
-        weights: &[f32],
-        bias: &[f32],
-        y: &mut [f32],
-    ) {
-        // SAFETY: the caller's guarantee.
-        unsafe {
-            match s.act {
-                Act::None => nhwc::<NONE>(s, x, weights, bias, y, 0.0, 0.0),
-                Act::Relu => nhwc::<RELU>(s, x, weights, bias, y, 0.0, 0.0),
-                Act::Clip { min, max } => nhwc::<CLIP>(s, x, weights, bias, y, min, max),
-                Act::Leaky { slope } => nhwc::<LEAKY>(s, x, weights, bias, y, slope, 0.0),
-            }
-        }
-    }
-
-    /// For each output row, each group of eight channels (its nine weight vectors and bias
-    /// in registers; the row's three input rows stay in L1 across the groups), every
-    /// output pixel: inner pixels (all nine taps inside the map) two at a time from fixed
-    /// offsets, border pixels with zero vectors for the taps in the padding.
-    ///
-    /// # Safety
-    /// As [`nhwc_conv`].
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
-    unsafe fn nhwc<const ACT: u8>(
-        s: &DepthwiseSpec,
-        x: &[f32],
-        weights: &[f32],
-        bias: &[f32],
-        y: &mut [f32],
-        lo: f32,
-        hi: f32,
-    ) {
-        let (h, w, c, oh, ow) = (s.h as isize, s.w as isize, s.channels, s.oh, s.ow as isize);
-        let (sh, sw) = (s.sh as isize, s.sw as isize);
-        let (pt, pl) = (s.pad[0] as isize, s.pad[1] as isize);
-        // Output columns whose three tap columns lie inside the map: ox·sw − pl ≥ 0 and
-        // ox·sw − pl + 2 < w, i.e. ox in first..last.
-        let first = (pl + sw - 1) / sw;
-        let last = if w + pl >= 3 {
-            ((w + pl - 3) / sw + 1).min(ow)
-        } else {
-            0
-        }
-        .max(first);
-        let (xp, yp, ci) = (x.as_ptr(), y.as_mut_ptr(), c as isize);
-        // Tap t's offset from a window's first input pixel, in floats.
-        let offs: [isize; 9] =
-            std::array::from_fn(|t| ((t as isize / 3) * w + t as isize % 3) * ci);
-        for oy in 0..oh as isize {
-            let iy0 = oy * sh - pt;
-            let rows_in = iy0 >= 0 && iy0 + 2 < h;
-            for c0 in (0..c).step_by(8) {
-                // SAFETY (whole body): weights hold 9·c floats and bias c (checked by the
-                // caller), c0 + 8 ≤ c; input pixels read are inside the map (checked per
-                // tap, or by `rows_in` and first..last), each 8 floats at c0 within the
-                // pixel's c; outputs are pixels of the oh × ow map.
-                unsafe {
-                    let wv: [__m256; 9] =
-                        std::array::from_fn(|t| _mm256_loadu_ps(weights.as_ptr().add(t * c + c0)));
-                    let e = Epi {
-                        bias: _mm256_loadu_ps(bias.as_ptr().add(c0)),
-                        lo: _mm256_set1_ps(lo),
-                        hi: _mm256_set1_ps(hi),
-                    };
-                    let at = |iy: isize, ix: isize| xp.offset((iy * w + ix) * ci + c0 as isize);
-                    let out = |ox: isize| yp.offset((oy * ow + ox) * ci + c0 as isize);
-                    // One output pixel with every tap checked.
-                    let border = |ox: isize| {
-                        let ix0 = ox * sw - pl;
-                        let tap = |t: usize| {
-                            let (iy, ix) = (iy0 + t as isize / 3, ix0 + t as isize % 3);
-                            if (0..h).contains(&iy) && (0..w).contains(&ix) {
-                                _mm256_loadu_ps(at(iy, ix))
-                            } else {
-                                _mm256_setzero_ps()
-                            }
-                        };
-                        let mut acc = _mm256_mul_ps(tap(0), wv[0]);
-                        for (t, wt) in wv.iter().enumerate().skip(1) {
-                            acc = _mm256_fmadd_ps(tap(t), *wt, acc);
-                        }
-                        store::<ACT, false>(&e, acc, std::ptr::null(), out(ox));
-                    };
-                    if !rows_in {
-                        (0..ow).for_each(border);
-                        continue;
-                    }
-                    (0..first).for_each(border);
-                    let mut ox = first;
-                    // Two pixels at a time: two independent chains of nine FMAs.
-                    while ox + 2 <= last {
-                        let p = at(iy0, ox * sw - pl);
-                        let q = p.offset(sw * ci);
-                        let mut a0 = _mm256_mul_ps(_mm256_loadu_ps(p), wv[0]);
-                        let mut a1 = _mm256_mul_ps(_mm256_loadu_ps(q), wv[0]);
-                        for t in 1..9 {
-                            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.offset(offs[t])), wv[t], a0);
-                            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q.offset(offs[t])), wv[t], a1);
-                        }
-                        store::<ACT, false>(&e, a0, std::ptr::null(), out(ox));
-                        store::<ACT, false>(&e, a1, std::ptr::null(), out(ox + 1));
-                        ox += 2;
-                    }
-                    (ox..ow).for_each(border);
-                }
-            }
-        }
-    }
+    nhwc_kernel!(
+        nhwc,
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_loadu_ps,
+        _mm256_setzero_ps,
+        _mm256_mul_ps,
+        _mm256_fmadd_ps,
+        _mm256_set1_ps
+    );
 
     /// One input row into its two column phases, through `f` (eight values at a time) or
     /// `g` (one at a time, rows under 8 wide), which must compute the same function:
@@ -953,6 +1005,79 @@ mod avx2 {
     }
 }
 
+/// The channel-interleaved kernel with 16 channels per vector, for CPUs with AVX-512F:
+/// twice the work per chain of nine FMAs, which bounds the 8-lane kernel (measured:
+/// `depthwise_bench`).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{Act, DepthwiseSpec};
+
+    /// Activation codes (const generic parameters), as in `avx2`.
+    const NONE: u8 = 0;
+    const RELU: u8 = 1;
+    const CLIP: u8 = 2;
+    const LEAKY: u8 = 3;
+
+    /// Whether this CPU has AVX-512F.
+    pub(super) fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+
+    /// The epilogue's constants as vectors: bias, and the activation's bound(s) or slope.
+    #[derive(Clone, Copy)]
+    struct Epi {
+        bias: __m512,
+        lo: __m512,
+        hi: __m512,
+    }
+
+    /// `act(acc + bias (+ residual))`, all sixteen lanes stored to `dst`, as the AVX2
+    /// kernel's `store` (NaN handling included).
+    ///
+    /// # Safety
+    /// AVX-512F; `dst` (and `res` when `RES`) hold 16 floats.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store<const ACT: u8, const RES: bool>(
+        e: &Epi,
+        acc: __m512,
+        res: *const f32,
+        dst: *mut f32,
+    ) {
+        // SAFETY: the caller's guarantee.
+        unsafe {
+            let mut v = _mm512_add_ps(acc, e.bias);
+            if RES {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(res));
+            }
+            v = match ACT {
+                RELU => _mm512_max_ps(v, e.lo),
+                CLIP => _mm512_min_ps(_mm512_max_ps(v, e.lo), e.hi),
+                LEAKY => {
+                    let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps());
+                    _mm512_mask_blend_ps(pos, _mm512_mul_ps(v, e.lo), v)
+                }
+                _ => v,
+            };
+            _mm512_storeu_ps(dst, v);
+        }
+    }
+
+    nhwc_kernel!(
+        nhwc,
+        "avx512f",
+        __m512,
+        16,
+        _mm512_loadu_ps,
+        _mm512_setzero_ps,
+        _mm512_mul_ps,
+        _mm512_fmadd_ps,
+        _mm512_set1_ps
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1012,6 +1137,7 @@ mod tests {
             for stride in 1..=2 {
                 for pad in [[1, 1, 1, 1], [0, 0, 0, 0], [2, 1, 0, 2], [0, 2, 1, 0]] {
                     for (k, act) in acts.into_iter().enumerate() {
+                        // 8 channels, and 16 (the AVX-512 kernel where the CPU has it).
                         let c = 8 * (1 + k % 2);
                         let spec = spec_for(c, h, w, stride, pad, act);
                         if !spec.is_compilable() || !nhwc_applies(&spec) {
@@ -1039,12 +1165,21 @@ mod tests {
                         // [c, h, w] → [h, w, c]
                         let xt: Vec<f32> =
                             (0..c * h * w).map(|i| x[(i % c) * h * w + i / c]).collect();
-                        let mut got = vec![f32::NAN; c * oh * ow];
-                        run_nhwc(&spec, &xt, &taps_by_channel(&wt, c), &b, &mut got);
-                        for (i, v) in got.iter().enumerate() {
-                            let (ch, px) = (i % c, i / c);
-                            let want = want[ch * oh * ow + px];
-                            assert_eq!(v.to_bits(), want.to_bits(), "{spec:?} at {ch}, {px}");
+                        let mut lanes = vec![8, nhwc_lanes(&spec)];
+                        lanes.dedup();
+                        for lanes in lanes {
+                            let mut got = vec![f32::NAN; c * oh * ow];
+                            let taps = taps_by_channel(&wt, c);
+                            run_nhwc_lanes(lanes, &spec, &xt, &taps, &b, &mut got);
+                            for (i, v) in got.iter().enumerate() {
+                                let (ch, px) = (i % c, i / c);
+                                let want = want[ch * oh * ow + px];
+                                assert_eq!(
+                                    v.to_bits(),
+                                    want.to_bits(),
+                                    "{lanes} {spec:?} at {ch}, {px}"
+                                );
+                            }
                         }
                     }
                 }
