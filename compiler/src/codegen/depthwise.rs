@@ -120,10 +120,14 @@ pub fn run_nhwc(spec: &DepthwiseSpec, x: &[f32], weights: &[f32], bias: &[f32], 
 /// the CPU has it and the channels come in groups of 16, else 8 (AVX2+FMA).
 pub fn nhwc_lanes(spec: &DepthwiseSpec) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if spec.channels.is_multiple_of(16) && avx512::available() {
-        return 16;
+    let wide = avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    if wide && spec.channels.is_multiple_of(16) {
+        16
+    } else {
+        8
     }
-    8
 }
 
 /// [`run_nhwc`] with `lanes` channels per vector: 8, or 16 where [`nhwc_lanes`] gives 16

@@ -243,6 +243,7 @@ fn gemm_strided_on(
                     (&strip[..], 1, MR)
                 };
                 let p1 = (p0 + NC / NR).min(panels);
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut t = p0;
                 #[cfg(target_arch = "x86_64")]
                 if isa == Isa::Avx2Fma && mr == MR {
@@ -318,10 +319,12 @@ fn micro_strided(
             );
         }
     } else {
-        strided_portable(kc, (a, rs, ks), b, &mut tmp);
+        strided_portable(kc, (a, rs, ks), b, &mut tmp, false);
     }
+    // NEON's kernels fuse each multiply-add (`vfmaq`), so this one does too (`mul_add` is
+    // one `fmadd` on aarch64): the same bits as `gemm_packed` there.
     #[cfg(not(target_arch = "x86_64"))]
-    strided_portable(kc, (a, rs, ks), b, &mut tmp);
+    strided_portable(kc, (a, rs, ks), b, &mut tmp, isa == Isa::Neon);
     for (r, row) in tmp.iter().enumerate().take(mr) {
         let dst = &mut c[r * ldc..r * ldc + nr];
         for (j, (d, &v)) in dst.iter_mut().zip(row).enumerate() {
@@ -331,19 +334,25 @@ fn micro_strided(
     }
 }
 
-/// The portable strided micro-kernel: `out = A·B` for an MR-row A strip at `(rs, ks)`.
+/// The portable strided micro-kernel: `out = A·B` for an MR-row A strip at `(rs, ks)`,
+/// each multiply-add fused or not as the packed GEMM's kernel on the same ISA does it.
 fn strided_portable(
     kc: usize,
     (a, rs, ks): (&[f32], usize, usize),
     b: &[f32],
     out: &mut [[f32; NR]; MR],
+    fused: bool,
 ) {
     for kk in 0..kc {
         let bk = &b[kk * NR..kk * NR + NR];
         for (r, row) in out.iter_mut().enumerate() {
             let av = a[r * rs + kk * ks];
             for (o, bv) in row.iter_mut().zip(bk) {
-                *o += av * bv;
+                *o = if fused {
+                    av.mul_add(*bv, *o)
+                } else {
+                    *o + av * bv
+                };
             }
         }
     }
