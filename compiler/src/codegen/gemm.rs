@@ -234,6 +234,7 @@ fn gemm_strided_on(
                 let (ap, rs, ks) = if mr == MR {
                     (&a.a[first..], a.rs, a.ks)
                 } else {
+                    let strip = &mut strip[..kc * MR];
                     strip.fill(0.0);
                     for kk in 0..kc {
                         for r in 0..mr {
