@@ -439,11 +439,7 @@ mod avx2 {
     /// The epilogue's constants for `bias` and `act`'s bound(s) or slope.
     #[target_feature(enable = "avx2,fma")]
     fn epi(bias: f32, act: Act) -> Epi {
-        let (lo, hi) = match act {
-            Act::Clip { min, max } => (min, max),
-            Act::Leaky { slope } => (slope, 0.0),
-            Act::None | Act::Relu => (0.0, 0.0),
-        };
+        let (lo, hi) = act.bounds();
         Epi {
             bias: _mm256_set1_ps(bias),
             lo: _mm256_set1_ps(lo),
@@ -596,12 +592,13 @@ mod avx2 {
         y: &mut [f32],
         scratch: &mut [f32],
     ) {
-        let (act, lo, hi) = match s.act {
-            Act::None => (NONE, 0.0, 0.0),
-            Act::Relu => (RELU, 0.0, 0.0),
-            Act::Clip { min, max } => (CLIP, min, max),
-            Act::Leaky { slope } => (LEAKY, slope, 0.0),
+        let act = match s.act {
+            Act::None => NONE,
+            Act::Relu => RELU,
+            Act::Clip { .. } => CLIP,
+            Act::Leaky { .. } => LEAKY,
         };
+        let (lo, hi) = s.act.bounds();
         let a = (s, x, pre, weights, bias, residual, y, scratch, lo, hi);
         // SAFETY: the caller's guarantee.
         unsafe {
@@ -741,12 +738,7 @@ mod avx2 {
         residual: Option<&[f32]>,
         act: Act,
     ) {
-        let (lo, hi) = match act {
-            Act::Clip { min, max } => (min, max),
-            Act::Leaky { slope } => (slope, 0.0),
-            Act::None | Act::Relu => (0.0, 0.0),
-        };
-        let a = (t, (p8, c8, cout), y, ldy, bias, residual, lo, hi);
+        let a = (t, (p8, c8, cout), y, ldy, bias, residual, act);
         // SAFETY: the caller's guarantee.
         unsafe {
             match (act, residual.is_some()) {
@@ -769,8 +761,7 @@ mod avx2 {
         usize,
         &'a [f32],
         Option<&'a [f32]>,
-        f32,
-        f32,
+        Act,
     );
 
     /// [`to_planes`] for one activation and residual.
@@ -779,18 +770,14 @@ mod avx2 {
     /// As [`to_planes`]; `RES` iff a residual.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn to_planes_k<const ACT: u8, const RES: bool>(a: PlanesArgs) {
-        let (t, (p8, c8, cout), y, ldy, bias, residual, lo, hi) = a;
+        let (t, (p8, c8, cout), y, ldy, bias, residual, act) = a;
         let (tp, yp) = (t.as_ptr(), y.as_mut_ptr());
         let rp = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
         // SAFETY (whole loop): reads t[p·cout + co] and writes y[co·ldy + p] (and reads
         // the residual there) for p < p8, co < c8 only (the caller's guarantee).
         unsafe {
             for c0 in (0..c8).step_by(8) {
-                let epis: [Epi; 8] = std::array::from_fn(|j| Epi {
-                    bias: _mm256_set1_ps(bias[c0 + j]),
-                    lo: _mm256_set1_ps(lo),
-                    hi: _mm256_set1_ps(hi),
-                });
+                let epis: [Epi; 8] = std::array::from_fn(|j| epi(bias[c0 + j], act));
                 for p0 in (0..p8).step_by(8) {
                     let rows: [__m256; 8] =
                         std::array::from_fn(|i| _mm256_loadu_ps(tp.add((p0 + i) * cout + c0)));

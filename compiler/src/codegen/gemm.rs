@@ -875,11 +875,7 @@ mod avx2 {
             Some((bias, act)) => (bias.as_ptr(), act),
             None => (std::ptr::null(), Act::None),
         };
-        let (lo, hi) = match act {
-            Act::Clip { min, max } => (min, max),
-            Act::Leaky { slope } => (slope, 0.0),
-            Act::None | Act::Relu => (0.0, 0.0),
-        };
+        let (lo, hi) = act.bounds();
         let args = (
             kc,
             (a.as_ptr(), rs, ks),

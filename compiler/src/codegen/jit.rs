@@ -54,6 +54,16 @@ pub enum Act {
 }
 
 impl Act {
+    /// The constants a vector epilogue needs: the clip bounds, or the leaky slope (then
+    /// 0.0), or zeros (relu compares with 0.0 itself).
+    pub fn bounds(self) -> (f32, f32) {
+        match self {
+            Act::Clip { min, max } => (min, max),
+            Act::Leaky { slope } => (slope, 0.0),
+            Act::None | Act::Relu => (0.0, 0.0),
+        }
+    }
+
     /// The activation of one value, in host code (the generated code's `fcmp` + `bitselect`
     /// give the same results).
     #[inline(always)]
