@@ -39,8 +39,8 @@ fn every_golden_case_matches_pytorch() {
 /// single fused segment on several grids, run tile by tile, equals the whole-network run.
 #[test]
 fn halo_tiles_of_every_golden_case_equal_the_whole_run() {
-    use adcnn_compiler::cluster::Cluster;
     use adcnn_compiler::plan::{Options, Strategy, plan};
+    use adcnn_core::cluster::Cluster;
     let cluster = Cluster::local(3, 40.0);
     let mut tiled_cases = 0;
     for path in yaml_files("tests/golden/cases") {
@@ -65,7 +65,7 @@ fn halo_tiles_of_every_golden_case_equal_the_whole_run() {
             if p.segments.iter().any(|s| s.tiles.len() > 1) {
                 tiled_cases += 1;
             }
-            let tiled = reference::tile::run_plan(graph, weights, &p, &input).expect("tiles run");
+            let tiled = reference::run_plan(graph, weights, &p, &input).expect("tiles run");
             let err = relative_l2(tiled.iter(), whole.iter());
             assert!(
                 err <= TOLERANCE,

@@ -8,11 +8,11 @@
 //! order), run with `ADCNN_BLESS_GOLDEN=1` and say why in the commit.
 
 use adcnn_compiler::build::build;
-use adcnn_compiler::npy;
-use adcnn_compiler::plan::format::decode;
 use adcnn_compiler::plan::{Compression, Options, Strategy};
-use adcnn_compiler::weights::SplitMix64;
-use adcnn_runtime::exec::Executor;
+use adcnn_core::format::decode;
+use adcnn_core::npy;
+use adcnn_core::weights::SplitMix64;
+use adcnn_runtime::local::LocalCluster;
 use adcnn_tests::{EXAMPLE_NETS, example, relative_l2, repo_root};
 use ndarray::{Array3, ArrayD};
 
@@ -49,10 +49,10 @@ fn every_example_and_strategy_gives_the_recorded_bits() {
             let built = build(&example(net), Some(&example("edge4")), &opts, 2)
                 .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()));
             let lp = decode(&built.bytes).unwrap_or_else(|e| panic!("{net}: {e}"));
-            let s = lp.graph.input.shape;
+            let s = lp.header.network.input.shape;
             let mut rng = SplitMix64::new(11);
             let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.7, 1.7));
-            let exec = Executor::new(lp);
+            let mut exec = LocalCluster::new(lp);
             assert_eq!(exec.compile_error(), None);
             let got = exec.run(&x).expect("runs").output.into_dyn();
             let path = golden_path(net, strategy, how);
@@ -61,8 +61,9 @@ fn every_example_and_strategy_gives_the_recorded_bits() {
                 npy::write_f32_file(&path, &got).expect("writes");
                 continue;
             }
-            let want: ArrayD<f32> = npy::read_f32_file(&path)
-                .unwrap_or_else(|e| panic!("{}: {e} (record with ADCNN_BLESS_GOLDEN=1)", path.display()));
+            let want: ArrayD<f32> = npy::read_f32_file(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (record with ADCNN_BLESS_GOLDEN=1)", path.display())
+            });
             let same = want.shape() == got.shape()
                 && want
                     .iter()

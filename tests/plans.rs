@@ -4,8 +4,8 @@
 
 use adcnn_compiler::build::build;
 use adcnn_compiler::check::check;
-use adcnn_compiler::plan::format::decode;
 use adcnn_compiler::plan::{Mode, Options, Strategy, explain, segment_for};
+use adcnn_core::format::PlanFile;
 use adcnn_tests::{EXAMPLE_NETS, example, repo_root};
 
 #[test]
@@ -40,10 +40,12 @@ fn explain_text_of_every_example_and_strategy() {
             };
             let built = build(&example(net), Some(&example("edge4")), &opts, 2)
                 .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()));
-            let lp = decode(&built.bytes).expect("decodes");
+            let lp = PlanFile::parse(&built.bytes)
+                .and_then(|f| f.header())
+                .expect("decodes");
             predicted.push((strategy, lp.plan.predicted_ms));
             assert_eq!(lp.plan, built.plan, "{net}: plan.bin round trip");
-            let text = explain::text(&lp.plan, &lp.graph);
+            let text = explain::text(&lp);
             // The book's table and pictures are these plans (book/predicted-latency.sh and
             // book/make-pictures.sh regenerate them).
             let col = header
@@ -61,11 +63,7 @@ fn explain_text_of_every_example_and_strategy() {
                 let svg =
                     std::fs::read_to_string(repo_root().join(format!("book/src/img/{name}.svg")))
                         .expect("svg");
-                assert_eq!(
-                    svg,
-                    explain::svg(&lp.plan, &lp.graph),
-                    "book/src/img/{name}.svg is stale"
-                );
+                assert_eq!(svg, explain::svg(&lp), "book/src/img/{name}.svg is stale");
             }
             insta::with_settings!({
                 snapshot_path => "../snapshots/plans",

@@ -2,9 +2,13 @@
 
 use std::path::Path;
 
+use adcnn_core::cluster::Cluster;
+use adcnn_core::format::{self, FormatError};
+use adcnn_core::tensor::rel_l2;
+
 use crate::check::{Checked, check};
-use crate::cluster::Cluster;
 use crate::graph::LayerGraph;
+use crate::lower::{Fold, LowerError, lower};
 use crate::plan::{self, Options, Plan};
 use crate::reference;
 use crate::weights::{SplitMix64, Weights};
@@ -30,8 +34,10 @@ pub enum BuildError {
     NoNetwork(String),
     #[error("cannot plan: {0}")]
     Plan(#[from] plan::PlanError),
+    #[error("cannot lower the plan: {0}")]
+    Lower(#[from] LowerError),
     #[error("{0}")]
-    Encode(#[from] plan::format::FormatError),
+    Encode(#[from] FormatError),
     #[error("cannot evaluate the plan: {0}")]
     Evaluate(String),
 }
@@ -59,14 +65,8 @@ pub fn build(
     if !plan.is_exact() {
         plan.deviation = Some(measure_deviation(graph, weights, &plan)?);
     }
-    let file = graph.layers()[0].span.file;
-    let bytes = plan::format::encode(
-        &plan,
-        graph,
-        weights,
-        checked.sources.text(file),
-        checked.sources.name(file),
-    )?;
+    let lowered = lower(graph, weights, &plan, Fold::BatchNorms)?;
+    let bytes = format::encode(&lowered.header, &lowered.segments, &lowered.tail)?;
     Ok(Built {
         plan,
         bytes,
@@ -87,15 +87,9 @@ fn measure_deviation(
     let x = ndarray::Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-a, a));
     let exact =
         reference::run(graph, weights, &x).map_err(|e| BuildError::Evaluate(e.to_string()))?;
-    let tiled = reference::tile::run_plan(graph, weights, plan, &x)
+    let tiled = reference::run_plan(graph, weights, plan, &x)
         .map_err(|e| BuildError::Evaluate(e.to_string()))?;
-    let num: f64 = tiled
-        .iter()
-        .zip(exact.iter())
-        .map(|(a, b)| f64::from(a - b).powi(2))
-        .sum();
-    let den: f64 = exact.iter().map(|b| f64::from(*b).powi(2)).sum();
-    Ok((num / den.max(f64::MIN_POSITIVE)).sqrt())
+    Ok(rel_l2(tiled.iter(), exact.iter()))
 }
 
 impl Built {

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use crate::cluster::Cluster;
 use crate::diag::{Diagnostics, SourceMap};
 use crate::graph::LayerGraph;
 use crate::weights::{self, Weights};
+use adcnn_core::cluster::Cluster;
 
 /// Everything a successful check produced, or every problem found.
 #[derive(Debug, Default)]

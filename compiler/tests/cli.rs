@@ -2,17 +2,16 @@
 
 use std::process::Command;
 
+#[path = "../../tests/support/cli.rs"]
+mod cli;
+
 fn adcnnc(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_adcnnc"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("adcnnc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = cli::run(
+        env!("CARGO_BIN_EXE_adcnnc"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+        args,
+    );
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]
@@ -185,4 +184,61 @@ fn a_closed_stdout_ends_quietly() {
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn run_evaluates_a_network_on_an_image_and_prints_top_5() {
+    let out = std::env::temp_dir().join(format!("adcnnc-run-{}.npy", std::process::id()));
+    let out_s = out.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = adcnnc(&[
+        "run",
+        "dsl-examples/mobilenetv2.yaml",
+        "--input",
+        "dsl-examples/images/chelsea.jpg",
+        "--output",
+        out_s,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("ran on the reference interpreter"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(". class ")).count(),
+        5,
+        "{stdout}"
+    );
+    let saved = adcnn_core::npy::read_f32_file(&out).expect("output written");
+    assert_eq!(saved.shape(), &[1000, 1, 1]);
+    let (code, _, stderr) = adcnnc(&["run", "dsl-examples/mobilenetv2.yaml", "--input", out_s]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the tensor has shape [1000, 1, 1]; the network takes [3, 224, 224]"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn run_reports_unreadable_inputs_and_invalid_networks() {
+    let (code, _, stderr) = adcnnc(&["run", "dsl-examples/alexnet.yaml", "--input", "Cargo.toml"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: Cargo.toml: not a readable image"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = adcnnc(&["run", "dsl-examples/alexnet.yaml", "--input", "missing.png"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: cannot read missing.png"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = adcnnc(&[
+        "run",
+        "tests/fixtures/invalid/cycle.yaml",
+        "--input",
+        "dsl-examples/images/chelsea.jpg",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("layers form a cycle"), "{stderr}");
 }

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use adcnn_compiler::cluster::Cluster;
 use adcnn_compiler::graph::LayerGraph;
 use adcnn_compiler::onnx::proto::{
     self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
@@ -14,6 +13,7 @@ use adcnn_compiler::onnx::proto::{
 use adcnn_compiler::onnx::{self, ImportError};
 use adcnn_compiler::plan::{Options, Strategy, plan};
 use adcnn_compiler::weights::Weights;
+use adcnn_core::cluster::Cluster;
 use ndarray::Array3;
 use proptest::prelude::*;
 use prost::Message;
@@ -70,7 +70,7 @@ fn planned(
         ..Options::default()
     };
     let p = plan(g, &Cluster::local(3, 40.0), &opts).map_err(|e| e.to_string())?;
-    adcnn_compiler::reference::tile::run_plan(g, w, &p, x)
+    adcnn_compiler::reference::run_plan(g, w, &p, x)
         .map(|y| y.iter().copied().collect())
         .map_err(|e| e.to_string())
 }
@@ -600,16 +600,16 @@ fn opsets_outside_the_supported_range_are_errors() {
 
 // ---- the command line ------------------------------------------------------------------------
 
+#[path = "../../tests/support/cli.rs"]
+mod cli;
+
 fn adcnnc(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_adcnnc"))
-        .args(args)
-        .output()
-        .expect("adcnnc runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = cli::run(
+        env!("CARGO_BIN_EXE_adcnnc"),
+        env!("CARGO_MANIFEST_DIR"),
+        args,
+    );
+    (r.code, r.stdout, r.stderr)
 }
 
 #[test]

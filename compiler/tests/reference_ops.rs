@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use adcnn_compiler::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
 use adcnn_compiler::reference::eval_op;
 use adcnn_compiler::weights::Weights;
+use adcnn_core::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
 use ndarray::{Array3, ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
 

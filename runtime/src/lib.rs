@@ -1,7 +1,19 @@
-//! adcnn's runtime: loads inputs and executes networks. Today it runs a checked network on
-//! the reference interpreter; the plan executor (coordinator and workers) builds on it.
+//! adcnn's runtime: runs plans built by `adcnnc build`.
+//!
+//! - [`worker`] — [`worker::Worker`]: one node's share of a plan (its segments' programs and
+//!   the kernels compiled for them) answering tile jobs;
+//! - [`coordinator`] — [`coordinator::Coordinator`]: scatters tile inputs, stitches outputs,
+//!   runs the tail, several frames in flight, over any [`transport::Transport`];
+//! - [`transport`] — the trait and the messages (tile jobs, results, node losses);
+//! - [`local`] — the in-process transport and [`local::LocalCluster`], a whole plan in this
+//!   process;
+//! - [`trace`] — Chrome trace-event JSON of a run.
+//!
+//! Architecture invariant: the runtime reads plans through `adcnn_core::format` and never
+//! links the compiler (no DSL parser, no planner, no reference interpreter over graphs).
 
-pub mod exec;
-pub mod input;
-pub mod report;
+pub mod coordinator;
+pub mod local;
 pub mod trace;
+pub mod transport;
+pub mod worker;

@@ -1,75 +1,15 @@
 //! `adcnn-run` as a user runs it.
 
-use std::process::Command;
+#[path = "../../tests/support/cli.rs"]
+mod cli;
 
 fn adcnn_run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_adcnn-run"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("adcnn-run runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn runs_a_classifier_on_an_image_and_prints_top_5() {
-    let out = std::env::temp_dir().join(format!("adcnn-run-test-{}.npy", std::process::id()));
-    let out_s = out.to_str().expect("utf-8 path");
-    let (code, stdout, stderr) = adcnn_run(&[
-        "dsl-examples/mobilenetv2.yaml",
-        "--input",
-        "dsl-examples/images/chelsea.jpg",
-        "--output",
-        out_s,
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("top-5:"), "{stdout}");
-    assert_eq!(
-        stdout.lines().filter(|l| l.contains(". class ")).count(),
-        5,
-        "{stdout}"
+    let r = cli::run(
+        env!("CARGO_BIN_EXE_adcnn-run"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.."),
+        args,
     );
-    let saved = adcnn_compiler::npy::read_f32_file(&out).expect("output written");
-    assert_eq!(saved.shape(), &[1000, 1, 1]);
-    // The saved output is a valid input for nothing else: feeding it back is a shape error.
-    let (code, _, stderr) = adcnn_run(&["dsl-examples/mobilenetv2.yaml", "--input", out_s]);
-    assert_eq!(code, 1);
-    assert!(
-        stderr.contains("the tensor has shape [1000, 1, 1]; the network takes [3, 224, 224]"),
-        "{stderr}"
-    );
-    let _ = std::fs::remove_file(&out);
-}
-
-#[test]
-fn unreadable_inputs_are_one_clear_error() {
-    let (code, _, stderr) = adcnn_run(&["dsl-examples/alexnet.yaml", "--input", "Cargo.toml"]);
-    assert_eq!(code, 1);
-    assert!(
-        stderr.starts_with("error: Cargo.toml: not a readable image"),
-        "{stderr}"
-    );
-    let (code, _, stderr) = adcnn_run(&["dsl-examples/alexnet.yaml", "--input", "missing.png"]);
-    assert_eq!(code, 1);
-    assert!(
-        stderr.starts_with("error: cannot read missing.png"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn an_invalid_network_shows_its_diagnostics() {
-    let (code, _, stderr) = adcnn_run(&[
-        "tests/fixtures/invalid/cycle.yaml",
-        "--input",
-        "dsl-examples/images/chelsea.jpg",
-    ]);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("layers form a cycle"), "{stderr}");
+    (r.code, r.stdout, r.stderr)
 }
 
 /// Builds a plan for a bundled network with the compiler library and writes it to a
@@ -146,11 +86,8 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
     let p = plan.to_str().expect("utf-8");
     // Wrong input shape.
     let npy = plan.with_extension("npy");
-    adcnn_compiler::npy::write_f32_file(
-        &npy,
-        &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 10, 10])),
-    )
-    .expect("npy");
+    adcnn_core::npy::write_f32_file(&npy, &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 10, 10])))
+        .expect("npy");
     let (code, _, stderr) = adcnn_run(&[p, "--input", npy.to_str().expect("utf-8")]);
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
@@ -165,7 +102,14 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
         stderr.starts_with("error: Cargo.toml: not a readable image"),
         "{stderr}"
     );
-    // Corrupted plan.
+    // Missing input.
+    let (code, _, stderr) = adcnn_run(&[p, "--input", "missing.png"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("error: cannot read missing.png"),
+        "{stderr}"
+    );
+    // Corrupted plan: the damaged section is named.
     let mut bytes = std::fs::read(&plan).expect("plan");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -173,7 +117,8 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
     let (code, _, stderr) = adcnn_run(&[p, "--input", "dsl-examples/images/chelsea.jpg"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("the plan file is corrupted: checksum mismatch"),
+        stderr.contains("the plan file is corrupted: the ")
+            && stderr.contains("section's checksum does not match"),
         "{stderr}"
     );
     // Another format version.
@@ -231,4 +176,54 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
         "{stderr}"
     );
     let _ = std::fs::remove_file(&plan);
+}
+
+#[test]
+fn runs_a_classifier_on_an_image_and_prints_top_5() {
+    let plan = plan_file("mobilenetv2", adcnn_compiler::plan::Strategy::Auto, "top5");
+    let p = plan.to_str().expect("utf-8 path");
+    let out = plan.with_extension("out.npy");
+    let out_s = out.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = adcnn_run(&[
+        p,
+        "--input",
+        "dsl-examples/images/chelsea.jpg",
+        "--output",
+        out_s,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("top-5:"), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains(". class ")).count(),
+        5,
+        "{stdout}"
+    );
+    let saved = adcnn_core::npy::read_f32_file(&out).expect("output written");
+    assert_eq!(saved.shape(), &[1000, 1, 1]);
+    // The saved output is a valid input for nothing else: feeding it back is a shape error.
+    let (code, _, stderr) = adcnn_run(&[p, "--input", out_s]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("the tensor has shape [1000, 1, 1]; the network takes [3, 224, 224]"),
+        "{stderr}"
+    );
+    for f in [&plan, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+#[test]
+fn a_network_file_is_pointed_to_the_compiler() {
+    let (code, _, stderr) = adcnn_run(&[
+        "dsl-examples/alexnet.yaml",
+        "--input",
+        "dsl-examples/images/chelsea.jpg",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is a network, not a plan"), "{stderr}");
+    assert!(
+        stderr.contains("adcnnc build") && stderr.contains("adcnnc run"),
+        "{stderr}"
+    );
 }

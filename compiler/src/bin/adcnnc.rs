@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use adcnn_compiler::build::build;
-use adcnn_compiler::plan::{Compression, Options, Strategy, explain, format};
-use adcnn_compiler::{out, outln};
+use adcnn_compiler::plan::{Compression, Options, Strategy, explain};
+use adcnn_core::format::PlanFile;
+use adcnn_core::{out, outln};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Compile CNNs described in adcnn's YAML DSL into partition plans for edge clusters.
@@ -44,13 +46,13 @@ enum Command {
         #[arg(long)]
         cluster: Option<PathBuf>,
         /// How to search for the plan.
-        #[arg(long, value_enum, default_value_t = Strategy::Auto)]
+        #[arg(long, default_value = "auto", value_parser = strategies())]
         strategy: Strategy,
         /// Force a tile grid ROWSxCOLS on every partitioned segment, e.g. 2x2.
         #[arg(long, value_parser = parse_grid)]
         grid: Option<(usize, usize)>,
         /// Compression of tile outputs on the wire.
-        #[arg(long = "compress", value_enum, default_value_t = Compression::None)]
+        #[arg(long = "compress", default_value = "none", value_parser = compressions())]
         compression: Compression,
         /// Let `auto` choose FDSP segments, which change the output near tile borders.
         #[arg(long)]
@@ -64,6 +66,24 @@ enum Command {
         plan: PathBuf,
         #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
         format: ExplainFormat,
+    },
+    /// Run a network (YAML) on the reference interpreter, whole, on one input.
+    ///
+    /// The input is a .npy float32 tensor ([C, H, W] or [1, C, H, W]) or an image (PNG,
+    /// JPEG), resized and normalised as the network's `input.image` section says. Prints the
+    /// top classes of a classifier. (Plans run with `adcnn-run`.)
+    Run {
+        /// The network (YAML).
+        network: PathBuf,
+        /// The input: .npy tensor or image.
+        #[arg(long)]
+        input: PathBuf,
+        /// Write the output tensor here (.npy).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// How many classes to print for a classifier.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
     },
     /// Import an ONNX model (e.g. exported from PyTorch) into a DSL file and its weights.
     ///
@@ -87,6 +107,23 @@ enum ExplainFormat {
     Text,
     Json,
     Svg,
+}
+
+/// `--strategy`'s values, each with its one-line description.
+fn strategies() -> impl TypedValueParser<Value = Strategy> {
+    let values = Strategy::ALL.map(|s| PossibleValue::new(s.name()).help(s.help()));
+    PossibleValuesParser::new(values).map(|s| s.parse().unwrap_or(Strategy::Auto))
+}
+
+/// `--compress`'s values.
+fn compressions() -> impl TypedValueParser<Value = Compression> {
+    let help = |c: Compression| match c {
+        Compression::None => "exact float32",
+        Compression::Q8 => "8-bit uniform quantisation, per tile and channel",
+        Compression::Q4 => "4-bit, likewise",
+    };
+    let values = Compression::ALL.map(|c| PossibleValue::new(c.name()).help(help(c)));
+    PossibleValuesParser::new(values).map(|s| s.parse().unwrap_or(Compression::None))
 }
 
 fn parse_grid(s: &str) -> Result<(usize, usize), String> {
@@ -166,19 +203,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Explain { plan, format: how } => {
-            let bytes = match std::fs::read(&plan) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: cannot read {}: {e}", plan.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            match format::decode(&bytes) {
-                Ok(loaded) => {
+            // The plan section alone: explaining a plan reads none of its weights.
+            match PlanFile::open(&plan).and_then(|f| f.header()) {
+                Ok(header) => {
                     let out = match how {
-                        ExplainFormat::Text => explain::text(&loaded.plan, &loaded.graph),
-                        ExplainFormat::Json => explain::json(&loaded.plan, &loaded.graph),
-                        ExplainFormat::Svg => explain::svg(&loaded.plan, &loaded.graph),
+                        ExplainFormat::Text => explain::text(&header),
+                        ExplainFormat::Json => explain::json(&header),
+                        ExplainFormat::Svg => explain::svg(&header),
                     };
                     out!("{out}");
                     ExitCode::SUCCESS
@@ -189,6 +220,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Run {
+            network,
+            input,
+            output,
+            top_k,
+        } => match run(&network, &input, output.as_deref(), top_k) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Import {
             model,
             output,
@@ -251,4 +294,34 @@ fn import(
     let written = onnx::import_file(model, &yaml)?;
     outln!("{}", written.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `adcnnc run`: the network on the reference interpreter.
+fn run(network: &Path, input: &Path, output: Option<&Path>, k: usize) -> Result<(), String> {
+    let checked = adcnn_compiler::check::check(network, None);
+    if !checked.is_ok() {
+        return Err(checked.render().trim_end().to_string());
+    }
+    let (graph, weights) = checked
+        .network
+        .as_ref()
+        .ok_or_else(|| format!("error: {} describes no network", network.display()))?;
+    let x =
+        adcnn_core::input::load(input, &graph.input.to_net()).map_err(|e| format!("error: {e}"))?;
+    let started = std::time::Instant::now();
+    let out =
+        adcnn_compiler::reference::run(graph, weights, &x).map_err(|e| format!("error: {e}"))?;
+    let elapsed = started.elapsed();
+    outln!("{}", graph.summary());
+    outln!(
+        "ran on the reference interpreter in {:.1} ms",
+        elapsed.as_secs_f64() * 1e3
+    );
+    adcnn_core::report::print_top_k(&out, k);
+    if let Some(path) = output {
+        adcnn_core::npy::write_f32_file(path, &out.into_dyn())
+            .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
 }

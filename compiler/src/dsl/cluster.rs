@@ -1,9 +1,9 @@
 //! The `cluster:` section.
 
-use crate::cluster::{Cluster, Node as ClusterNode};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::dsl::read::{self, Fields};
 use crate::dsl::yaml::Node;
+use adcnn_core::cluster::{Cluster, Node as ClusterNode};
 
 /// Most nodes in one cluster.
 pub const MAX_NODES: usize = 1024;

@@ -12,10 +12,10 @@ pub mod yaml;
 
 use std::path::Path;
 
-use crate::cluster::Cluster;
 use crate::diag::{Diagnostic, Diagnostics, SourceMap};
 use crate::dsl::read::Fields;
 use crate::dsl::yaml::Value;
+use adcnn_core::cluster::Cluster;
 
 pub use network::NetworkSpec;
 

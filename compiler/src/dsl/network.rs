@@ -8,7 +8,8 @@ use crate::dsl::expr::{self, Arg, ArgValue, Call, Chain, Name, Origin};
 use crate::dsl::ops;
 use crate::dsl::read::{self, Fields};
 use crate::dsl::yaml::{Node, Value};
-use crate::ops::{Op, Shape};
+pub use adcnn_core::net::ImagePreprocess;
+use adcnn_core::ops::{Op, Shape};
 
 /// The network's name for its input tensor, usable in layer references.
 pub const INPUT: &str = "input";
@@ -38,13 +39,14 @@ pub struct InputSpec {
     pub span: Span,
 }
 
-/// How an image file becomes the input tensor: scale pixels to [0, 1], resize the shorter
-/// side to `resize` (or straight to H×W when absent), centre-crop H×W, then normalise.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ImagePreprocess {
-    pub resize: Option<usize>,
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+impl InputSpec {
+    /// The input as a plan carries it (without its place in the file).
+    pub fn to_net(&self) -> adcnn_core::net::Input {
+        adcnn_core::net::Input {
+            shape: self.shape,
+            image: self.image.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,7 @@
 
 use crate::diag::{Diagnostic, Diagnostics, Span, did_you_mean};
 use crate::dsl::expr::{Arg, ArgValue, Call, Name};
-use crate::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
+use adcnn_core::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
 
 /// Every operator kind the DSL knows, with its parameters (positional ones first) and
 /// a one-line synopsis for help messages.

@@ -5,6 +5,9 @@
 
 pub mod shape;
 
+pub use adcnn_core::net::{LayerId, Source};
+pub use shape::{LayerStats, Receptive};
+
 use std::collections::HashMap;
 
 use petgraph::algo::{tarjan_scc, toposort};
@@ -12,27 +15,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::diag::{Diagnostic, Diagnostics, Span, did_you_mean};
 use crate::dsl::network::{INPUT, InputSpec, NetworkSpec, WeightsSpec};
-use crate::ops::{Hw, Op, Shape};
-
-/// A layer's place in [`LayerGraph::layers`], which is in topological order.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct LayerId(pub u32);
-
-impl LayerId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-/// Where a layer's input comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum Source {
-    /// The network input.
-    Input,
-    Layer(LayerId),
-}
+use adcnn_core::ops::{Hw, Op, Shape};
 
 /// One layer with everything inferred about it.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,28 +27,6 @@ pub struct Layer {
     pub stats: LayerStats,
     /// Where the layer is written.
     pub span: Span,
-}
-
-/// Cost and geometry figures of one layer.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct LayerStats {
-    /// Floating-point operations, FLOP = 2 × multiply-accumulate for conv and linear.
-    pub flops: u64,
-    pub params: u64,
-    pub weight_bytes: u64,
-    /// Bytes of the output activation (f32).
-    pub output_bytes: u64,
-    /// Receptive field and cumulative stride with respect to the network input, for layers
-    /// whose output pixels still correspond to places in the input (the spatial head).
-    pub receptive: Option<Receptive>,
-}
-
-/// How much of the input one output pixel sees, and how far apart neighbouring output
-/// pixels are in input pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Receptive {
-    pub field: Hw,
-    pub stride: Hw,
 }
 
 /// Totals over a whole network.

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::import::{Layer, Src};
 use super::{Entry, Imported};
-use crate::ops::Op;
+use adcnn_core::ops::Op;
 
 /// A float as the DSL reads it back to the same `f32`.
 pub fn num(v: f32) -> String {

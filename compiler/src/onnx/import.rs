@@ -8,8 +8,8 @@ use super::fold;
 use super::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use super::tensor::{self, Const, Data};
 use super::{ImportError, Imported, Tensor};
-use crate::graph::shape::{pool_out, window_out};
-use crate::ops::{Conv2d, Hw, Op, Pad2, Pool2d, Shape};
+use adcnn_core::ops::{Conv2d, Hw, Op, Pad2, Pool2d, Shape};
+use adcnn_core::ops::{pool_out, window_out};
 
 /// Every operator type the importer maps (default ONNX domain).
 pub const SUPPORTED_OPS: &[&str] = &[

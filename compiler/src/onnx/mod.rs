@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use crate::ops::Shape;
+use adcnn_core::ops::Shape;
 
 pub use fold::CONSTANT_ONLY_OPS;
 pub use import::SUPPORTED_OPS;

@@ -2,14 +2,30 @@
 
 use std::fmt::Write as _;
 
-use crate::graph::{LayerGraph, LayerId, Source};
+use adcnn_core::format::{NetworkInfo, PlanHeader};
+use adcnn_core::net::{LayerId, Source};
+use adcnn_core::ops::Shape;
+
 use crate::plan::{Mode, Plan, Segment};
 
-fn layer_name(graph: &LayerGraph, id: LayerId) -> &str {
-    &graph.layer(id).name
+fn layer_name(graph: &NetworkInfo, id: LayerId) -> &str {
+    graph
+        .layers
+        .get(id.index())
+        .map_or("?", |l| l.name.as_str())
 }
 
-fn source_name(graph: &LayerGraph, s: Source) -> &str {
+fn shape(graph: &NetworkInfo, s: Source) -> Shape {
+    match s {
+        Source::Input => graph.input.shape,
+        Source::Layer(id) => graph
+            .layers
+            .get(id.index())
+            .map_or(Shape::new(0, 0, 0), |l| l.shape),
+    }
+}
+
+fn source_name(graph: &NetworkInfo, s: Source) -> &str {
     match s {
         Source::Input => "input",
         Source::Layer(id) => layer_name(graph, id),
@@ -21,7 +37,8 @@ fn kib(bytes: u64) -> f64 {
 }
 
 /// The plan as stable, readable text.
-pub fn text(plan: &Plan, graph: &LayerGraph) -> String {
+pub fn text(header: &PlanHeader) -> String {
+    let (plan, graph) = (&header.plan, &header.network);
     let mut o = String::new();
     let c = &plan.cluster;
     let _ = writeln!(
@@ -32,12 +49,11 @@ pub fn text(plan: &Plan, graph: &LayerGraph) -> String {
         plan.strategy.name(),
         plan.compression.name()
     );
-    let stats = graph.stats();
     let _ = writeln!(
         o,
         "network: {} layers, {:.3} GFLOPs, input {}, output {}",
-        stats.layers,
-        stats.flops as f64 / 1e9,
+        graph.layers.len(),
+        graph.flops() as f64 / 1e9,
         graph.input.shape,
         crate::graph::flat_or_full(graph.output_shape())
     );
@@ -61,7 +77,10 @@ pub fn text(plan: &Plan, graph: &LayerGraph) -> String {
     for (i, s) in plan.segments.iter().enumerate() {
         segment_text(&mut o, i, s, plan, graph);
     }
-    let tail: Vec<&str> = graph.layers()[plan.tail_start.index()..]
+    let tail: Vec<&str> = graph
+        .layers
+        .get(plan.tail_start.index()..)
+        .unwrap_or_default()
         .iter()
         .map(|l| l.name.as_str())
         .collect();
@@ -116,15 +135,12 @@ pub fn text(plan: &Plan, graph: &LayerGraph) -> String {
     o
 }
 
-fn segment_text(o: &mut String, i: usize, s: &Segment, plan: &Plan, graph: &LayerGraph) {
+fn segment_text(o: &mut String, i: usize, s: &Segment, plan: &Plan, graph: &NetworkInfo) {
     let first = layer_name(graph, s.first);
     let last = layer_name(graph, s.output());
     let n = s.end.0 - s.first.0;
-    let out = graph.layer(s.output()).shape;
-    let in_shape = match s.input {
-        Source::Input => graph.input.shape,
-        Source::Layer(id) => graph.layer(id).shape,
-    };
+    let out = shape(graph, Source::Layer(s.output()));
+    let in_shape = shape(graph, s.input);
     let mode = if s.tiles.len() == 1 {
         "single"
     } else {
@@ -140,9 +156,12 @@ fn segment_text(o: &mut String, i: usize, s: &Segment, plan: &Plan, graph: &Laye
         "  input {} {in_shape} → output {out}",
         source_name(graph, s.input)
     );
-    let r = graph.layer(s.output()).stats.receptive;
-    let rf = r.map_or("-".to_string(), |r| format!("{}×{}", r.field.h, r.field.w));
-    let st = r.map_or("-".to_string(), |r| format!("{}", r.stride.h));
+    let r = graph
+        .layers
+        .get(s.output().index())
+        .and_then(|l| l.receptive);
+    let rf = r.map_or("-".to_string(), |[fh, fw, _, _]| format!("{fh}×{fw}"));
+    let st = r.map_or("-".to_string(), |[_, _, sh, _]| format!("{sh}"));
     let _ = writeln!(
         o,
         "  {:.3} GFLOPs, tiles compute {:.3} ({:+.1} %), receptive field {rf}, cumulative stride {st}",
@@ -185,16 +204,17 @@ fn segment_text(o: &mut String, i: usize, s: &Segment, plan: &Plan, graph: &Laye
 }
 
 /// The plan for tools: the plan's own fields plus layer names.
-pub fn json(plan: &Plan, graph: &LayerGraph) -> String {
+pub fn json(header: &PlanHeader) -> String {
+    let (plan, graph) = (&header.plan, &header.network);
     let layers: Vec<serde_json::Value> = graph
-        .layers()
+        .layers
         .iter()
         .map(|l| {
             serde_json::json!({
                 "name": l.name,
-                "op": l.op.to_string(),
+                "op": l.op,
                 "shape": [l.shape.c, l.shape.h, l.shape.w],
-                "flops": l.stats.flops,
+                "flops": l.flops,
             })
         })
         .collect();
@@ -209,7 +229,8 @@ const COLOURS: [&str; 8] = [
 
 /// Each segment's tile grid over the segment's input, coloured by node, with each tile's
 /// halo (the input it reads beyond its own block) shaded.
-pub fn svg(plan: &Plan, graph: &LayerGraph) -> String {
+pub fn svg(header: &PlanHeader) -> String {
+    let (plan, graph) = (&header.plan, &header.network);
     let size = 220.0;
     let gap = 40.0;
     let n = plan.segments.len().max(1) as f64;
@@ -231,11 +252,8 @@ pub fn svg(plan: &Plan, graph: &LayerGraph) -> String {
     for (i, s) in plan.segments.iter().enumerate() {
         let x0 = gap + i as f64 * (size + gap);
         let y0 = 40.0;
-        let in_shape = match s.input {
-            Source::Input => graph.input.shape,
-            Source::Layer(id) => graph.layer(id).shape,
-        };
-        let out = graph.layer(s.output()).shape;
+        let in_shape = shape(graph, s.input);
+        let out = shape(graph, Source::Layer(s.output()));
         let (sy, sx) = (
             size / in_shape.h.max(1) as f64,
             size / in_shape.w.max(1) as f64,

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use crate::cluster::Cluster;
 use crate::graph::{LayerGraph, LayerId, Source};
-use crate::ops::{Op, Shape};
-use crate::plan::geometry::{Region, independent_out, input_region, split, tile_op};
 use crate::plan::{Mode, Options, Plan, Segment, Strategy, Tile, is_tail_kind};
+use adcnn_core::cluster::Cluster;
+use adcnn_core::geometry::{Region, independent_out, input_region, split, tile_op};
+use adcnn_core::ops::{Op, Shape};
 
 /// Why no plan could be made.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -650,7 +650,7 @@ impl<'a> Ctx<'a> {
         let total_flops: u64 = layers.iter().map(|l| l.stats.flops).sum();
         // The input must reach the workers at least once, over all their links in parallel.
         let input_bits = 32.0 * self.graph.input.shape.numel() as f64;
-        let remote: Vec<&crate::cluster::Node> = self
+        let remote: Vec<&adcnn_core::cluster::Node> = self
             .workers
             .iter()
             .filter(|&&n| n != self.cluster.coordinator)

@@ -1,30 +1,31 @@
-//! `adcnn-run`: run a plan (or a network directly) on an input.
+//! `adcnn-run`: run a plan built by `adcnnc build`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use adcnn_compiler::check::check;
-use adcnn_compiler::codegen::{CompiledKernels, Profile};
-use adcnn_compiler::graph::LayerGraph;
-use adcnn_compiler::plan::Compression;
-use adcnn_compiler::plan::format::{self, MAGIC};
-use adcnn_compiler::reference::tile::run_plan as reference_run_plan;
-use adcnn_compiler::{npy, outln, reference};
-use adcnn_runtime::exec::{Executor, Kernels};
-use adcnn_runtime::{input, report};
+use adcnn_core::format::{self, DecodedPlan};
+use adcnn_core::plan::Compression;
+use adcnn_core::program::run_segments;
+use adcnn_core::tensor::rel_l2;
+use adcnn_core::weights::SplitMix64;
+use adcnn_core::{input, npy, outln, report};
+use adcnn_kernels::{CompiledKernels, Profile};
+use adcnn_runtime::local::LocalCluster;
+use adcnn_runtime::worker::Kernels;
 use clap::Parser;
 use ndarray::Array3;
 
-/// Run a plan built by `adcnnc build` on the in-process cluster (a coordinator and one
-/// thread per cluster node), or a network (YAML) directly on the reference interpreter.
+/// Run a plan built by `adcnnc build` on the in-process cluster: a coordinator and a worker
+/// per cluster node, each node's tiles on threads of its own, in this process.
 ///
 /// The input is a .npy float32 tensor ([C, H, W] or [1, C, H, W]) or an image (PNG, JPEG),
-/// resized and normalised as the network's `input.image` section says.
+/// resized and normalised as the network's `input.image` section says. (A network file runs
+/// on the reference interpreter with `adcnnc run`.)
 #[derive(Debug, Parser)]
 #[command(name = "adcnn-run", version, about)]
 struct Cli {
-    /// plan.bin, or a network (YAML).
+    /// plan.bin
     plan: PathBuf,
     /// The input: .npy tensor or image.
     #[arg(long)]
@@ -40,7 +41,7 @@ struct Cli {
     trace: Option<PathBuf>,
     /// Tile kernels: `jit` (compiled: host GEMM, Winograd for 3×3 convolutions, Cranelift),
     /// `gemm` (compiled, no Winograd: a quarter of the 3×3 layers' prepared weight memory)
-    /// or `reference` (the interpreter).
+    /// or `reference` (the plain operators).
     #[arg(long, default_value = "jit")]
     kernels: String,
 }
@@ -71,18 +72,12 @@ struct BenchCli {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("bench") {
-        let cli = BenchCli::parse_from(std::env::args().skip(1));
-        return match bench(&cli) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("{message}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    let cli = Cli::parse();
-    match run(&cli) {
+    let result = if std::env::args().nth(1).as_deref() == Some("bench") {
+        bench(&BenchCli::parse_from(std::env::args().skip(1)))
+    } else {
+        run(&Cli::parse())
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("{message}");
@@ -91,61 +86,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn is_plan(path: &Path) -> Result<bool, String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| format!("error: cannot read {}: {e}", path.display()))?;
-    let mut head = [0u8; 8];
-    let n = f
-        .read(&mut head)
-        .map_err(|e| format!("error: cannot read {}: {e}", path.display()))?;
-    Ok(n == 8 && &head == MAGIC)
+fn load(path: &Path) -> Result<DecodedPlan, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("error: cannot read {}: {e}", path.display()))?;
+    format::decode(&bytes).map_err(|e| {
+        let yaml = path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"));
+        match e {
+            format::FormatError::NotAPlan if yaml => format!(
+                "error: {} is a network, not a plan: build a plan with `adcnnc build {0}`, or run \
+                 the network on the reference interpreter with `adcnnc run {0} --input …`",
+                path.display()
+            ),
+            e => format!("error: {}: {e}", path.display()),
+        }
+    })
+}
+
+fn kernels(name: &str) -> Result<Kernels, String> {
+    Kernels::from_name(name).ok_or_else(|| {
+        let names = Kernels::NAMES.map(|n| format!("`{n}`")).join(", ");
+        format!("error: --kernels takes {names}, not `{name}`")
+    })
+}
+
+/// The network the plan computes, whole (every segment's program on whole tensors, then the
+/// tail): what an approximate plan or a compressed wire deviates from.
+fn exact(plan: &DecodedPlan, x: &Array3<f32>) -> Result<Array3<f32>, String> {
+    let mut current = x.clone();
+    for p in &plan.segments {
+        current = p.run(&current).map_err(|e| format!("error: {e}"))?;
+    }
+    plan.tail.run(&current).map_err(|e| format!("error: {e}"))
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    if is_plan(&cli.plan)? {
-        run_plan(cli)
-    } else {
-        run_network(cli)
-    }
-}
-
-fn print_top_k(graph: &LayerGraph, out: &Array3<f32>, k: usize) {
-    match report::top_k(out, k) {
-        Some(top) => {
-            outln!("top-{}:", top.len());
-            for (rank, (class, p)) in top.iter().enumerate() {
-                outln!("  {:>2}. class {class:>4}  p = {p:.4}", rank + 1);
-            }
-        }
-        None => outln!("output {}", graph.output_shape()),
-    }
-}
-
-fn write_output(cli: &Cli, out: &Array3<f32>) -> Result<(), String> {
-    if let Some(path) = &cli.output {
-        npy::write_f32_file(path, &out.clone().into_dyn())
-            .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
-        outln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-fn run_plan(cli: &Cli) -> Result<(), String> {
-    let bytes = std::fs::read(&cli.plan)
-        .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
-    let loaded =
-        format::decode(&bytes).map_err(|e| format!("error: {}: {e}", cli.plan.display()))?;
-    let x = input::load(&cli.input, &loaded.graph.input).map_err(|e| format!("error: {e}"))?;
-    let exec = Executor::with_kernels(loaded, kernels(&cli.kernels)?);
-    if let Some(e) = exec.compile_error() {
+    let plan = load(&cli.plan)?;
+    let x =
+        input::load(&cli.input, &plan.header.network.input).map_err(|e| format!("error: {e}"))?;
+    let mut cluster = LocalCluster::with_kernels(plan, kernels(&cli.kernels)?, 1);
+    if let Some(e) = cluster.compile_error() {
         eprintln!("warning: {e}; that node runs the reference kernels");
     }
     // One warm-up run: first-touch allocations and thread start-up are not the plan's cost.
-    exec.run(&x).map_err(|e| format!("error: {e}"))?;
-    let r = exec.run(&x).map_err(|e| format!("error: {e}"))?;
-    let lp = exec.plan();
-    let (plan, graph) = (&lp.plan, &lp.graph);
+    cluster.run(&x).map_err(|e| format!("error: {e}"))?;
+    let r = cluster.run(&x).map_err(|e| format!("error: {e}"))?;
+    let lp = cluster.plan();
+    let plan = &lp.header.plan;
     outln!(
         "{} on {} (in-process, strategy {}, compression {})",
         plan.network,
@@ -153,7 +141,7 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
         plan.strategy.name(),
         plan.compression.name()
     );
-    print_top_k(graph, &r.output, cli.top_k);
+    report::print_top_k(&r.output, cli.top_k);
     outln!("per node: busy measured / predicted");
     for (i, n) in plan.cluster.nodes.iter().enumerate() {
         outln!(
@@ -181,8 +169,8 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
         );
     }
     if !plan.is_exact() || plan.compression != Compression::None {
-        let exact = reference::run(graph, &lp.weights, &x).map_err(|e| format!("error: {e}"))?;
-        let dev = relative_l2(&r.output, &exact);
+        let want = exact(lp, &x)?;
+        let dev = rel_l2(r.output.iter(), want.iter());
         outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
     }
     if let Some(path) = &cli.trace {
@@ -190,14 +178,12 @@ fn run_plan(cli: &Cli) -> Result<(), String> {
             .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
         outln!("wrote trace {}", path.display());
     }
-    write_output(cli, &r.output)
-}
-
-fn kernels(name: &str) -> Result<Kernels, String> {
-    Kernels::from_name(name).ok_or_else(|| {
-        let names = Kernels::NAMES.map(|n| format!("`{n}`")).join(", ");
-        format!("error: --kernels takes {names}, not `{name}`")
-    })
+    if let Some(path) = &cli.output {
+        npy::write_f32_file(path, &r.output.clone().into_dyn())
+            .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -206,73 +192,84 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn bench(cli: &BenchCli) -> Result<(), String> {
-    let bytes = std::fs::read(&cli.plan)
-        .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
-    let lp = format::decode(&bytes).map_err(|e| format!("error: {}: {e}", cli.plan.display()))?;
+    let lp = load(&cli.plan)?;
     let which = kernels(&cli.kernels)?;
-    let s = lp.graph.input.shape;
-    let mut rng = adcnn_compiler::weights::SplitMix64::new(1);
+    let s = lp.header.network.input.shape;
+    let mut rng = SplitMix64::new(1);
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
     let runs = cli.runs.max(1);
     let mut times = Vec::with_capacity(runs);
     let mut profile = Profile::new();
     let compile_ms;
     let weight_bytes;
+    let gflop = lp.header.network.flops() as f64 / 1e9;
+    let header = lp.header.clone();
     if cli.threads <= 1 {
+        let parts: Vec<_> = header.plan.segments.iter().zip(&lp.segments).collect();
         let compiled = match which.compile_options() {
             Some(opts) => Some(
-                CompiledKernels::compile_with(
-                    &lp.graph,
-                    &lp.weights,
-                    &lp.plan.segments,
-                    |_| true,
-                    &opts,
-                )
-                .map_err(|e| format!("error: {e}"))?,
+                CompiledKernels::compile(&parts, |_| true, &opts)
+                    .map_err(|e| format!("error: {e}"))?,
             ),
             None => None,
         };
         compile_ms = compiled.as_ref().map_or(0.0, |k| k.compile_ms);
         weight_bytes = compiled.as_ref().map_or(0, CompiledKernels::weight_bytes);
-        let once = |profile: Option<&mut Profile>| match &compiled {
-            Some(k) => k.run_plan(&lp.graph, &lp.weights, &lp.plan, &x, profile),
-            None => reference_run_plan(&lp.graph, &lp.weights, &lp.plan, &x),
-        };
+        let once =
+            |mut profile: Option<&mut Profile>| -> Result<Array3<f32>, String> {
+                let head = run_segments(&header.plan, &lp.segments, &x, |prog, seg, tile, t| {
+                    match &compiled {
+                        Some(k) => k.run_tile_profiled(prog, seg, tile, t, profile.as_deref_mut()),
+                        None => prog.run_tile(seg, tile, t),
+                    }
+                })
+                .map_err(|e| format!("error: {e}"))?;
+                match &compiled {
+                    Some(_) => CompiledKernels::run_tail(&lp.tail, &head, profile),
+                    None => lp.tail.run(&head),
+                }
+                .map_err(|e| format!("error: {e}"))
+            };
         for _ in 0..2 {
-            once(None).map_err(|e| format!("error: {e}"))?;
+            once(None)?;
         }
         for _ in 0..runs {
             let t = Instant::now();
-            once(cli.profile.then_some(&mut profile)).map_err(|e| format!("error: {e}"))?;
+            once(cli.profile.then_some(&mut profile))?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     } else {
-        let exec = Executor::with_kernels(lp.clone(), which);
-        if let Some(e) = exec.compile_error() {
+        let mut cluster = LocalCluster::with_kernels(lp.clone(), which, 1);
+        if let Some(e) = cluster.compile_error() {
             return Err(format!("error: {e}"));
         }
-        compile_ms = exec.compile_ms().iter().copied().fold(0.0, f64::max);
-        weight_bytes = exec.weight_bytes().iter().copied().max().unwrap_or(0);
+        compile_ms = cluster.compile_ms().iter().copied().fold(0.0, f64::max);
+        weight_bytes = cluster.weight_bytes().iter().copied().max().unwrap_or(0);
         for _ in 0..2 {
-            exec.run(&x).map_err(|e| format!("error: {e}"))?;
+            cluster.run(&x).map_err(|e| format!("error: {e}"))?;
         }
         for _ in 0..runs {
-            times.push(exec.run(&x).map_err(|e| format!("error: {e}"))?.measured_ms);
+            times.push(
+                cluster
+                    .run(&x)
+                    .map_err(|e| format!("error: {e}"))?
+                    .measured_ms,
+            );
         }
     }
     times.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
-    let gflop = lp.graph.layers().iter().map(|l| l.stats.flops).sum::<u64>() as f64 / 1e9;
     if cli.quiet {
         let mib = weight_bytes as f64 / (1 << 20) as f64;
         outln!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1}");
         return Ok(());
     }
+    let plan = &header.plan;
     outln!(
         "{} plan {} ({} segment(s)), kernels {}, {} thread(s), {runs} runs after 2 warm-up",
-        lp.plan.network,
-        lp.plan.strategy.name(),
-        lp.plan.segments.len(),
+        plan.network,
+        plan.strategy.name(),
+        plan.segments.len(),
         cli.kernels,
         cli.threads.max(1)
     );
@@ -298,36 +295,4 @@ fn bench(cli: &BenchCli) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn relative_l2(a: &Array3<f32>, b: &Array3<f32>) -> f64 {
-    let num: f64 = a
-        .iter()
-        .zip(b.iter())
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-fn run_network(cli: &Cli) -> Result<(), String> {
-    let checked = check(&cli.plan, None);
-    if !checked.is_ok() {
-        return Err(checked.render().trim_end().to_string());
-    }
-    let (graph, weights) = checked
-        .network
-        .as_ref()
-        .ok_or_else(|| format!("error: {} describes no network", cli.plan.display()))?;
-    let x = input::load(&cli.input, &graph.input).map_err(|e| format!("error: {e}"))?;
-    let started = Instant::now();
-    let out = reference::run(graph, weights, &x).map_err(|e| format!("error: {e}"))?;
-    let elapsed = started.elapsed();
-    outln!("{}", graph.summary());
-    outln!(
-        "ran on the reference interpreter in {:.1} ms",
-        elapsed.as_secs_f64() * 1e3
-    );
-    print_top_k(graph, &out, cli.top_k);
-    write_output(cli, &out)
 }

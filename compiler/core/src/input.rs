@@ -1,0 +1,132 @@
+//! Input tensors for a run: a `.npy` float32 tensor, or an image file (PNG, JPEG) turned
+//! into the network's input as its `input.image` section says.
+
+use std::path::Path;
+
+use crate::net::{ImagePreprocess, Input};
+use crate::npy;
+use image::imageops::FilterType;
+use ndarray::{Array3, Ix3};
+
+/// Largest image accepted, in pixels per side (bounded before decoding).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Npy { path: String, source: npy::NpyError },
+    #[error(
+        "{path}: the tensor has shape {found:?}; the network takes {expected} (or [1, C, H, W])"
+    )]
+    Shape {
+        path: String,
+        found: Vec<usize>,
+        expected: String,
+    },
+    #[error("{path}: not a readable image: {reason}")]
+    Image { path: String, reason: String },
+    #[error(
+        "{path} is an image, but the network declares no `input.image` preprocessing; pass a .npy tensor"
+    )]
+    NotAnImageNetwork { path: String },
+}
+
+/// Loads `path` as the input of a network with input `spec`.
+pub fn load(path: &Path, spec: &Input) -> Result<Array3<f32>, InputError> {
+    let shown = path.display().to_string();
+    let is_npy = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    if is_npy {
+        let t = npy::read_f32_file(path).map_err(|source| InputError::Npy {
+            path: shown.clone(),
+            source,
+        })?;
+        let s = spec.shape;
+        let found = t.shape().to_vec();
+        let ok = match found.as_slice() {
+            [c, h, w] | [1, c, h, w] => (*c, *h, *w) == (s.c, s.h, s.w),
+            _ => false,
+        };
+        if !ok {
+            return Err(InputError::Shape {
+                path: shown,
+                found,
+                expected: s.to_string(),
+            });
+        }
+        let t = t
+            .into_shape_with_order((s.c, s.h, s.w))
+            .map_err(|_| InputError::Shape {
+                path: shown.clone(),
+                found: found.clone(),
+                expected: s.to_string(),
+            })?;
+        return t
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| InputError::Shape {
+                path: shown,
+                found,
+                expected: s.to_string(),
+            });
+    }
+    let Some(pre) = &spec.image else {
+        return Err(InputError::NotAnImageNetwork { path: shown });
+    };
+    let bytes = std::fs::read(path).map_err(|source| InputError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    from_image_bytes(&bytes, spec, pre).map_err(|reason| InputError::Image {
+        path: shown,
+        reason,
+    })
+}
+
+/// Decodes an image and applies the network's preprocessing: scale to [0, 1], resize the
+/// shorter side to `resize` (or straight to H×W), centre-crop H×W, normalise per channel.
+pub fn from_image_bytes(
+    bytes: &[u8],
+    spec: &Input,
+    pre: &ImagePreprocess,
+) -> Result<Array3<f32>, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    let (h, w) = (spec.shape.h as u32, spec.shape.w as u32);
+    let img = match pre.resize {
+        Some(short) => {
+            let (iw, ih) = (img.width().max(1), img.height().max(1));
+            let scale = f64::from(short as u32) / f64::from(iw.min(ih));
+            let (rw, rh) = (
+                ((f64::from(iw) * scale).round() as u32).max(w),
+                ((f64::from(ih) * scale).round() as u32).max(h),
+            );
+            let resized = img.resize_exact(rw, rh, FilterType::Triangle);
+            resized.crop_imm((rw - w) / 2, (rh - h) / 2, w, h)
+        }
+        None => img.resize_exact(w, h, FilterType::Triangle),
+    };
+    let c = spec.shape.c;
+    let pixels: Vec<u8> = if c == 1 {
+        img.to_luma8().into_raw()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    let (hh, ww) = (spec.shape.h, spec.shape.w);
+    Ok(Array3::from_shape_fn((c, hh, ww), |(ch, y, x)| {
+        let v = f32::from(pixels[(y * ww + x) * c + ch]) / 255.0;
+        (v - pre.mean[ch]) / pre.std[ch]
+    }))
+}

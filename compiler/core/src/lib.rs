@@ -1,0 +1,32 @@
+//! adcnn's shared vocabulary: what the compiler writes and the runtime reads.
+//!
+//! - [`ops`] — every layer kind with resolved parameters, shapes and shape inference;
+//! - [`net`] — layers as the runtime sees them ([`net::Layer`], [`net::LayerId`],
+//!   [`net::Source`]) and the network input;
+//! - [`weights`] — weight tensors by name, and the seeded generator;
+//! - [`eval`] — the plain implementation of every operator (the oracle's arithmetic);
+//! - [`geometry`], [`plan`] — regions and tile geometry; plans, segments, tiles;
+//! - [`program`] — a segment's or the tail's layers with their weights, self-contained,
+//!   and the plain tile runner;
+//! - [`format`] — `plan.bin`, sectioned so a node reads only its segments;
+//! - [`input`] — input tensors from `.npy` files and images; [`report`] — top-k classes;
+//! - [`tensor`], [`npy`], [`cluster`], [`stdout`] — small shared parts.
+//!
+//! Architecture invariant: nothing here parses the DSL, plans, compiles or does network
+//! I/O; the only file I/O is reading and writing `plan.bin` and `.npy` files and reading
+//! input images.
+
+pub mod cluster;
+pub mod eval;
+pub mod format;
+pub mod geometry;
+pub mod input;
+pub mod net;
+pub mod npy;
+pub mod ops;
+pub mod plan;
+pub mod program;
+pub mod report;
+pub mod stdout;
+pub mod tensor;
+pub mod weights;

@@ -1,0 +1,545 @@
+//! Layer operators: what each layer computes, with every parameter resolved.
+//!
+//! The DSL lowers layer expressions and YAML maps into [`Op`] values; the layer graph infers
+//! shapes from them; the reference interpreter and every faster path execute them. Tensors are
+//! one image (batch 1) in `[C, H, W]` layout; a flat vector of `N` values is `[N, 1, 1]`, so
+//! per-channel operators (softmax, batch norm) mean the same thing on both.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A tensor shape `[C, H, W]` (batch 1). Flat vectors are `[N, 1, 1]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape {
+    pub const fn new(c: usize, h: usize, w: usize) -> Self {
+        Shape { c, h, w }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// True for `[N, 1, 1]`: the output of `flatten`, `linear` or a global pool.
+    pub fn is_flat(&self) -> bool {
+        self.h == 1 && self.w == 1
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}, {}, {}]", self.c, self.h, self.w)
+    }
+}
+
+/// Padding of the two spatial axes, ONNX order: top, left, bottom, right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Pad2 {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+}
+
+impl Pad2 {
+    pub const fn uniform(p: usize) -> Self {
+        Pad2 {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Pad2::default()
+    }
+}
+
+impl fmt::Display for Pad2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Pad2 {
+            top,
+            left,
+            bottom,
+            right,
+        } = *self;
+        if top == bottom && left == right {
+            if top == left {
+                write!(f, "{top}")
+            } else {
+                write!(f, "[{top}, {left}]")
+            }
+        } else {
+            write!(f, "[{top}, {left}, {bottom}, {right}]")
+        }
+    }
+}
+
+/// A pair of values for the (height, width) axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Hw {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Hw {
+    pub const fn square(v: usize) -> Self {
+        Hw { h: v, w: v }
+    }
+}
+
+impl fmt::Display for Hw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.h == self.w {
+            write!(f, "{}", self.h)
+        } else {
+            write!(f, "[{}, {}]", self.h, self.w)
+        }
+    }
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch and ONNX define it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conv2d {
+    pub out_channels: usize,
+    pub kernel: Hw,
+    pub stride: Hw,
+    pub padding: Pad2,
+    pub dilation: Hw,
+    /// Input and output channels are split into `groups` independent groups;
+    /// depthwise convolution has `groups == in_channels`.
+    pub groups: usize,
+    pub bias: bool,
+}
+
+/// Spatial pooling window (max or average).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub kernel: Hw,
+    pub stride: Hw,
+    /// Max pooling pads with −∞, average pooling with zeros.
+    pub padding: Pad2,
+    /// Output size rounds up (PyTorch `ceil_mode`); a window that would start entirely in
+    /// the right/bottom padding is dropped, as PyTorch does.
+    pub ceil_mode: bool,
+    /// Average pooling only: padded zeros count in the divisor (PyTorch's default).
+    pub count_include_pad: bool,
+}
+
+/// What a layer computes. Parameters are fully resolved (no defaults left to apply).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    Conv2d(Conv2d),
+    /// Inference batch norm: `(x - mean) / sqrt(var + eps) * gamma + beta`, per channel.
+    BatchNorm {
+        eps: f32,
+    },
+    Relu,
+    /// `min(max(x, min), max)`; `relu6` is `Clip { min: 0, max: 6 }`.
+    Clip {
+        min: f32,
+        max: f32,
+    },
+    LeakyRelu {
+        slope: f32,
+    },
+    /// `x` if positive, else `slope[c] * x`, one learned slope per channel.
+    PRelu,
+    Sigmoid,
+    MaxPool(Pool2d),
+    AvgPool(Pool2d),
+    /// Mean over H×W: `[C, H, W]` → `[C, 1, 1]`.
+    GlobalAvgPool,
+    /// Element-wise sum of two or more inputs of one shape.
+    Add,
+    /// Concatenation of the inputs on the channel axis.
+    Concat,
+    /// `[C, H, W]` → `[C·H·W, 1, 1]`, row-major (PyTorch's `flatten(1)`).
+    Flatten,
+    /// Fully connected: `[N, 1, 1]` → `[out, 1, 1]`.
+    Linear {
+        out_features: usize,
+        bias: bool,
+    },
+    /// Softmax over the channel axis of every pixel (over the vector for flat tensors).
+    Softmax,
+    /// Identity at inference.
+    Dropout,
+    /// Constant padding of the spatial axes.
+    Pad {
+        padding: Pad2,
+        value: f32,
+    },
+    /// Passes its input through. Never written in the DSL: `adcnnc build` leaves it in a
+    /// plan where a batch norm was folded into the convolution before it, so the layers keep
+    /// their places (and the tiles their per-layer regions).
+    Identity,
+}
+
+/// The weight tensors an operator expects, by suffix (`{layer}.{suffix}`, PyTorch naming).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightRole {
+    Weight,
+    Bias,
+    RunningMean,
+    RunningVar,
+}
+
+impl WeightRole {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WeightRole::Weight => "weight",
+            WeightRole::Bias => "bias",
+            WeightRole::RunningMean => "running_mean",
+            WeightRole::RunningVar => "running_var",
+        }
+    }
+}
+
+impl Op {
+    /// The canonical kind name, as written in the DSL.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv2d(_) => "conv",
+            Op::BatchNorm { .. } => "bn",
+            Op::Relu => "relu",
+            Op::Clip { .. } => "clip",
+            Op::LeakyRelu { .. } => "leaky_relu",
+            Op::PRelu => "prelu",
+            Op::Sigmoid => "sigmoid",
+            Op::MaxPool(_) => "maxpool",
+            Op::AvgPool(_) => "avgpool",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Add => "add",
+            Op::Concat => "concat",
+            Op::Flatten => "flatten",
+            Op::Linear { .. } => "linear",
+            Op::Softmax => "softmax",
+            Op::Dropout => "dropout",
+            Op::Pad { .. } => "pad",
+            Op::Identity => "identity",
+        }
+    }
+
+    /// How many inputs the operator takes: `(min, max)`.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Add | Op::Concat => (2, usize::MAX),
+            _ => (1, 1),
+        }
+    }
+
+    /// The weight tensors of this operator with their shapes, given its input shape.
+    pub fn weight_shapes(&self, input: Shape) -> Vec<(WeightRole, Vec<usize>)> {
+        use WeightRole::*;
+        match self {
+            Op::Conv2d(c) => {
+                let mut v = vec![(
+                    Weight,
+                    vec![
+                        c.out_channels,
+                        input.c / c.groups.max(1),
+                        c.kernel.h,
+                        c.kernel.w,
+                    ],
+                )];
+                if c.bias {
+                    v.push((Bias, vec![c.out_channels]));
+                }
+                v
+            }
+            Op::BatchNorm { .. } => vec![
+                (Weight, vec![input.c]),
+                (Bias, vec![input.c]),
+                (RunningMean, vec![input.c]),
+                (RunningVar, vec![input.c]),
+            ],
+            Op::PRelu => vec![(Weight, vec![input.c])],
+            Op::Linear { out_features, bias } => {
+                let mut v = vec![(Weight, vec![*out_features, input.numel()])];
+                if *bias {
+                    v.push((Bias, vec![*out_features]));
+                }
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    /// Renders the operator as a DSL layer expression with every parameter spelled out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Conv2d(c) => {
+                write!(f, "conv({}, k={}", c.out_channels, c.kernel)?;
+                if c.stride != Hw::square(1) {
+                    write!(f, ", s={}", c.stride)?;
+                }
+                if !c.padding.is_zero() {
+                    write!(f, ", p={}", c.padding)?;
+                }
+                if c.dilation != Hw::square(1) {
+                    write!(f, ", d={}", c.dilation)?;
+                }
+                if c.groups != 1 {
+                    write!(f, ", g={}", c.groups)?;
+                }
+                if !c.bias {
+                    write!(f, ", bias=false")?;
+                }
+                write!(f, ")")
+            }
+            Op::BatchNorm { eps } => write!(f, "bn(eps={eps})"),
+            Op::Clip { min, max } => write!(f, "clip({min}, {max})"),
+            Op::LeakyRelu { slope } => write!(f, "leaky_relu({slope})"),
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                write!(f, "{}({}, s={}", self.kind(), p.kernel, p.stride)?;
+                if !p.padding.is_zero() {
+                    write!(f, ", p={}", p.padding)?;
+                }
+                if p.ceil_mode {
+                    write!(f, ", ceil=true")?;
+                }
+                if matches!(self, Op::AvgPool(_)) && !p.count_include_pad {
+                    write!(f, ", count_pad=false")?;
+                }
+                write!(f, ")")
+            }
+            Op::Linear { out_features, bias } => {
+                write!(f, "linear({out_features}")?;
+                if !bias {
+                    write!(f, ", bias=false")?;
+                }
+                write!(f, ")")
+            }
+            Op::Pad { padding, value } => write!(f, "pad({padding}, value={value})"),
+            other => f.write_str(other.kind()),
+        }
+    }
+}
+
+/// Why an operator cannot run on its input shapes (the compiler turns each into a
+/// diagnostic at the layer; the plan decoder into an error naming the layer).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("`{op}` takes {expected} input(s), got {found}")]
+    Arity {
+        op: &'static str,
+        expected: String,
+        found: usize,
+    },
+    #[error("invalid parameter: {0}")]
+    Parameter(String),
+    #[error("{cin} input and {cout} output channels cannot be split into {groups} groups")]
+    Groups {
+        cin: usize,
+        cout: usize,
+        groups: usize,
+    },
+    #[error("the {}×{} kernel (dilation {dilation}) does not fit the {input} input padded by {padding}", kernel.h, kernel.w)]
+    ConvWindow {
+        kernel: Hw,
+        dilation: Hw,
+        padding: Pad2,
+        input: Shape,
+    },
+    #[error("the {kernel} pooling window does not fit the {input} input padded by {padding}")]
+    PoolWindow {
+        kernel: Hw,
+        padding: Pad2,
+        input: Shape,
+    },
+    #[error("`linear` needs a flat input, found {0}")]
+    NotFlat(Shape),
+    #[error("adds tensors of different shapes: {0} and {1}")]
+    AddShapes(Shape, Shape),
+    #[error("concatenates tensors of different sizes: {0} and {1}")]
+    ConcatSizes(Shape, Shape),
+}
+
+/// Output length of a sliding window; `None` when the window does not fit (or has no
+/// extent or step).
+pub fn window_out(
+    len: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    ceil: bool,
+) -> Option<usize> {
+    let span = dilation
+        .checked_mul(kernel.checked_sub(1)?)?
+        .checked_add(1)?;
+    let padded = len.checked_add(pad_begin)?.checked_add(pad_end)?;
+    if span > padded || stride == 0 {
+        return None;
+    }
+    let steps = padded - span;
+    let mut out = if ceil {
+        steps.div_ceil(stride)
+    } else {
+        steps / stride
+    } + 1;
+    // PyTorch: in ceil mode the last window must start inside the input or the begin padding.
+    if ceil && (out - 1) * stride >= len + pad_begin {
+        out -= 1;
+    }
+    Some(out)
+}
+
+/// The output shape of a pooling window over `x`, if it fits.
+pub fn pool_out(x: Shape, p: &Pool2d) -> Option<Shape> {
+    let h = window_out(
+        x.h,
+        p.kernel.h,
+        p.stride.h,
+        1,
+        p.padding.top,
+        p.padding.bottom,
+        p.ceil_mode,
+    )?;
+    let w = window_out(
+        x.w,
+        p.kernel.w,
+        p.stride.w,
+        1,
+        p.padding.left,
+        p.padding.right,
+        p.ceil_mode,
+    )?;
+    Some(Shape::new(x.c, h, w))
+}
+
+impl Op {
+    /// The output shape of the operator on `inputs`, with its parameters checked (every
+    /// size at least 1, groups dividing the channels, windows fitting the padded input).
+    /// A depthwise convolution's channel count must already be filled in.
+    pub fn output_shape(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let (min, max) = self.arity();
+        let Some(&x) = inputs
+            .first()
+            .filter(|_| inputs.len() >= min && inputs.len() <= max)
+        else {
+            return Err(ShapeError::Arity {
+                op: self.kind(),
+                expected: if max == usize::MAX {
+                    format!("at least {min}")
+                } else {
+                    format!("{min}")
+                },
+                found: inputs.len(),
+            });
+        };
+        let positive = |what: &str, v: usize| {
+            if v == 0 {
+                Err(ShapeError::Parameter(format!("{what} must be at least 1")))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Op::Conv2d(c) => {
+                positive("out_channels", c.out_channels)?;
+                positive("groups", c.groups)?;
+                for (what, v) in [
+                    ("kernel", c.kernel),
+                    ("stride", c.stride),
+                    ("dilation", c.dilation),
+                ] {
+                    positive(what, v.h.min(v.w))?;
+                }
+                if !x.c.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
+                    return Err(ShapeError::Groups {
+                        cin: x.c,
+                        cout: c.out_channels,
+                        groups: c.groups,
+                    });
+                }
+                let h = window_out(
+                    x.h,
+                    c.kernel.h,
+                    c.stride.h,
+                    c.dilation.h,
+                    c.padding.top,
+                    c.padding.bottom,
+                    false,
+                );
+                let w = window_out(
+                    x.w,
+                    c.kernel.w,
+                    c.stride.w,
+                    c.dilation.w,
+                    c.padding.left,
+                    c.padding.right,
+                    false,
+                );
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(Shape::new(c.out_channels, h, w)),
+                    _ => Err(ShapeError::ConvWindow {
+                        kernel: c.kernel,
+                        dilation: c.dilation,
+                        padding: c.padding,
+                        input: x,
+                    }),
+                }
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                positive("kernel", p.kernel.h.min(p.kernel.w))?;
+                positive("stride", p.stride.h.min(p.stride.w))?;
+                pool_out(x, p).ok_or(ShapeError::PoolWindow {
+                    kernel: p.kernel,
+                    padding: p.padding,
+                    input: x,
+                })
+            }
+            Op::GlobalAvgPool => Ok(Shape::new(x.c, 1, 1)),
+            Op::Flatten => Ok(Shape::new(x.numel(), 1, 1)),
+            Op::Linear { out_features, .. } => {
+                positive("out_features", *out_features)?;
+                if !x.is_flat() {
+                    return Err(ShapeError::NotFlat(x));
+                }
+                Ok(Shape::new(*out_features, 1, 1))
+            }
+            Op::Add => match inputs.iter().find(|s| **s != x) {
+                Some(other) => Err(ShapeError::AddShapes(x, *other)),
+                None => Ok(x),
+            },
+            Op::Concat => {
+                if let Some(other) = inputs.iter().find(|s| (s.h, s.w) != (x.h, x.w)) {
+                    return Err(ShapeError::ConcatSizes(x, *other));
+                }
+                let c = inputs.iter().try_fold(0usize, |a, s| a.checked_add(s.c));
+                let c = c.ok_or_else(|| ShapeError::Parameter("too many channels".into()))?;
+                Ok(Shape::new(c, x.h, x.w))
+            }
+            Op::Pad { padding, .. } => {
+                let h = x.h.checked_add(padding.top + padding.bottom);
+                let w = x.w.checked_add(padding.left + padding.right);
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(Shape::new(x.c, h, w)),
+                    _ => Err(ShapeError::Parameter("padding too large".into())),
+                }
+            }
+            Op::BatchNorm { .. }
+            | Op::Relu
+            | Op::Clip { .. }
+            | Op::LeakyRelu { .. }
+            | Op::PRelu
+            | Op::Sigmoid
+            | Op::Softmax
+            | Op::Dropout
+            | Op::Identity => Ok(x),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The coordinator: runs frames through a plan over any [`Transport`]. Per segment it
+//! scatters each tile's input region to the tile's node, stitches the tiles that come back
+//! (decoding q8/q4 straight into place), and moves on to the next segment; after the last,
+//! it runs the tail itself. Several frames may be in flight at once: while one frame's tail
+//! runs here, the next frame's tiles are already on the workers. Frames come out in order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use adcnn_core::eval::EvalError;
+use adcnn_core::format::PlanHeader;
+use adcnn_core::program::Program;
+use adcnn_core::tensor::region_mut;
+use adcnn_kernels::wire::{QuantError, WireError};
+use ndarray::Array3;
+
+use crate::trace::{Event as Span, Trace};
+use crate::transport::{Event, TileDone, TileJob, Transport, TransportError};
+use crate::worker::tile_input;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the input has shape {found:?}; the plan's network takes {expected}")]
+    InputShape { found: [usize; 3], expected: String },
+    #[error("node {node}: {message}")]
+    Kernel { node: String, message: String },
+    #[error("the coordinator's tail: {0}")]
+    Tail(#[from] EvalError),
+    #[error("node {node} was lost: {reason}")]
+    WorkerLost { node: String, reason: String },
+    #[error("tile from node {node}: {source}")]
+    Wire { node: String, source: WireError },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// What one frame produced and measured.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The frame's number, from 0 in the order frames went in.
+    pub frame: u64,
+    pub output: Array3<f32>,
+    pub measured_ms: f64,
+    /// Per node: busy milliseconds (tiles for workers; scatter, stitch and tail for the
+    /// coordinator).
+    pub node_busy_ms: Vec<f64>,
+    /// Bytes of tile outputs that crossed the wire.
+    pub wire_bytes: u64,
+    /// Relative L2 error that compression added to the tile outputs (0 without compression).
+    pub compression_error: f64,
+    pub trace: Trace,
+}
+
+/// A frame on its way through the plan.
+struct Frame {
+    id: u64,
+    /// The segment whose tiles are out.
+    segment: usize,
+    /// That segment's input, whole.
+    current: Array3<f32>,
+    /// Its output, being stitched.
+    out: Array3<f32>,
+    pending: usize,
+    start_us: f64,
+    busy: Vec<f64>,
+    wire: u64,
+    quant: QuantError,
+    trace: Trace,
+}
+
+/// Where [`Coordinator::advance`] left a frame.
+enum Step {
+    /// Tiles are out.
+    Waiting(Frame),
+    Done(RunReport),
+}
+
+/// Runs frames through a plan over a transport.
+pub struct Coordinator<T: Transport> {
+    header: Arc<PlanHeader>,
+    tail: Arc<Program>,
+    transport: T,
+    next_frame: u64,
+}
+
+impl<T: Transport> std::fmt::Debug for Coordinator<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("network", &self.header.plan.network)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Coordinator<T> {
+    pub fn new(header: Arc<PlanHeader>, tail: Arc<Program>, transport: T) -> Self {
+        Coordinator {
+            header,
+            tail,
+            transport,
+            next_frame: 0,
+        }
+    }
+
+    pub fn header(&self) -> &PlanHeader {
+        &self.header
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Runs one frame.
+    pub fn run(&mut self, input: &Array3<f32>) -> Result<RunReport, RunError> {
+        let mut result = None;
+        self.run_stream(std::iter::once(Ok(input.clone())), 1, |r| {
+            result = Some(r);
+            Ok(())
+        })?;
+        result.ok_or(RunError::Transport(TransportError::Closed))
+    }
+
+    /// Runs `inputs` with at most `in_flight` frames on their way at once, handing each
+    /// frame's report to `done` in input order. Stops at the first error (of an input, a
+    /// node, or `done`).
+    pub fn run_stream<I>(
+        &mut self,
+        inputs: I,
+        in_flight: usize,
+        mut done: impl FnMut(RunReport) -> Result<(), RunError>,
+    ) -> Result<(), RunError>
+    where
+        I: IntoIterator<Item = Result<Array3<f32>, RunError>>,
+    {
+        let mut inputs = inputs.into_iter();
+        let mut frames: HashMap<u64, Frame> = HashMap::new();
+        let mut finished: BTreeMap<u64, RunReport> = BTreeMap::new();
+        let mut next_out = self.next_frame;
+        let mut exhausted = false;
+        loop {
+            while !exhausted && frames.len() + finished.len() < in_flight.max(1) {
+                match inputs.next() {
+                    None => exhausted = true,
+                    Some(x) => {
+                        let frame = self.admit(x?)?;
+                        match self.advance(frame)? {
+                            Step::Waiting(f) => {
+                                frames.insert(f.id, f);
+                            }
+                            Step::Done(report) => {
+                                finished.insert(report.frame, report);
+                            }
+                        }
+                    }
+                }
+            }
+            while let Some(report) = finished.remove(&next_out) {
+                next_out += 1;
+                done(report)?;
+            }
+            if frames.is_empty() && exhausted && finished.is_empty() {
+                return Ok(());
+            }
+            if frames.is_empty() {
+                continue;
+            }
+            match self.transport.recv()? {
+                Event::Done(d) => {
+                    let Some(mut frame) = frames.remove(&d.frame) else {
+                        continue; // a frame that already failed or finished
+                    };
+                    self.stitch(&mut frame, d)?;
+                    if frame.pending > 0 {
+                        frames.insert(frame.id, frame);
+                        continue;
+                    }
+                    frame.current = std::mem::replace(&mut frame.out, Array3::zeros((0, 0, 0)));
+                    frame.segment += 1;
+                    match self.advance(frame)? {
+                        Step::Waiting(f) => {
+                            frames.insert(f.id, f);
+                        }
+                        Step::Done(report) => {
+                            finished.insert(report.frame, report);
+                        }
+                    }
+                }
+                Event::Lost { node, reason } => {
+                    return Err(RunError::WorkerLost {
+                        node: self.node_name(node),
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    fn node_name(&self, node: usize) -> String {
+        self.header
+            .plan
+            .cluster
+            .nodes
+            .get(node)
+            .map_or_else(|| format!("#{node}"), |n| n.name.clone())
+    }
+
+    /// A new frame for `input`, checked against the network's input shape.
+    fn admit(&mut self, input: Array3<f32>) -> Result<Frame, RunError> {
+        let s = self.header.network.input.shape;
+        if input.dim() != (s.c, s.h, s.w) {
+            let (c, h, w) = input.dim();
+            return Err(RunError::InputShape {
+                found: [c, h, w],
+                expected: s.to_string(),
+            });
+        }
+        let id = self.next_frame;
+        self.next_frame += 1;
+        let cluster = &self.header.plan.cluster;
+        Ok(Frame {
+            id,
+            segment: 0,
+            current: input,
+            out: Array3::zeros((0, 0, 0)),
+            pending: 0,
+            start_us: self.transport.now_us(),
+            busy: vec![0.0; cluster.nodes.len()],
+            wire: 0,
+            quant: QuantError::default(),
+            trace: Trace::new(cluster.nodes.iter().map(|n| n.name.clone()).collect()),
+        })
+    }
+
+    /// Scatters the frame's current segment, or — past the last — runs the tail and returns
+    /// the frame's report.
+    fn advance(&mut self, mut frame: Frame) -> Result<Step, RunError> {
+        let plan = &self.header.plan;
+        let coord = plan.cluster.coordinator;
+        if let Some(seg) = plan.segments.get(frame.segment) {
+            let t0 = self.transport.now_us();
+            let si = frame.segment;
+            for (ti, tile) in seg.tiles.iter().enumerate() {
+                let job = TileJob {
+                    frame: frame.id,
+                    segment: si as u32,
+                    tile: ti as u32,
+                    input: tile_input(&frame.current, tile),
+                };
+                self.transport.send(tile.node, job).map_err(|e| match e {
+                    TransportError::Unreachable { reason, .. } => RunError::WorkerLost {
+                        node: self.node_name(tile.node),
+                        reason,
+                    },
+                    e => RunError::Transport(e),
+                })?;
+            }
+            let t1 = self.transport.now_us();
+            frame.trace.push(Span {
+                node: coord,
+                name: format!("scatter segment {si}"),
+                start_us: t0,
+                dur_us: t1 - t0,
+            });
+            frame.busy[coord] += (t1 - t0) / 1e3;
+            let s = self.header.network.layers[seg.output().index()].shape;
+            frame.out = Array3::zeros((s.c, s.h, s.w));
+            frame.pending = seg.tiles.len();
+            return Ok(Step::Waiting(frame));
+        }
+        // The tail, on the coordinator.
+        let t0 = self.transport.now_us();
+        let output = self.tail.run(&frame.current)?;
+        if !self.tail.layers().is_empty() {
+            let t1 = self.transport.now_us();
+            frame.trace.push(Span {
+                node: coord,
+                name: "tail".into(),
+                start_us: t0,
+                dur_us: t1 - t0,
+            });
+            frame.busy[coord] += (t1 - t0) / 1e3;
+        }
+        let measured_ms = (self.transport.now_us() - frame.start_us) / 1e3;
+        let q = frame.quant;
+        Ok(Step::Done(RunReport {
+            frame: frame.id,
+            output,
+            measured_ms,
+            node_busy_ms: frame.busy,
+            wire_bytes: frame.wire,
+            compression_error: if q.sq > 0.0 {
+                (q.err / q.sq).sqrt()
+            } else {
+                0.0
+            },
+            trace: frame.trace,
+        }))
+    }
+
+    /// Puts a returned tile into its place in the frame's segment output.
+    fn stitch(&self, frame: &mut Frame, d: TileDone) -> Result<(), RunError> {
+        let plan = &self.header.plan;
+        let node = self.node_name(d.node);
+        let t = d.output.map_err(|message| RunError::Kernel {
+            node: node.clone(),
+            message,
+        })?;
+        let tile = plan
+            .segments
+            .get(d.segment as usize)
+            .filter(|_| d.segment as usize == frame.segment)
+            .and_then(|s| s.tiles.get(d.tile as usize))
+            .ok_or_else(|| RunError::Kernel {
+                node: node.clone(),
+                message: format!(
+                    "returned an unknown tile {} of segment {}",
+                    d.tile, d.segment
+                ),
+            })?;
+        // Decoded (q8/q4) or copied into its place.
+        t.write_into(region_mut(&mut frame.out, &tile.output))
+            .map_err(|source| RunError::Wire { node, source })?;
+        frame.wire += t.wire_bytes() as u64;
+        frame.quant.add(d.quant_error);
+        if let Some(b) = frame.busy.get_mut(d.node) {
+            *b += (d.end_us - d.start_us) / 1e3;
+        }
+        frame.trace.push(Span {
+            node: d.node,
+            name: format!("segment {} tile {},{}", d.segment, tile.row, tile.col),
+            start_us: d.start_us,
+            dur_us: d.end_us - d.start_us,
+        });
+        frame.pending -= 1;
+        Ok(())
+    }
+}

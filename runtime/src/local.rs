@@ -1,0 +1,215 @@
+//! The in-process transport: every worker node is a [`Worker`] in this process, served by
+//! its own threads, reached over crossbeam channels. What `adcnn-run --local` and the tests
+//! use; the coordinator cannot tell it from the network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use adcnn_core::format::DecodedPlan;
+use adcnn_core::program::Program;
+use crossbeam::channel::{Receiver, Sender, unbounded};
+use ndarray::Array3;
+
+use crate::coordinator::{Coordinator, RunError, RunReport};
+use crate::transport::{Event, TileJob, Transport, TransportError};
+use crate::worker::{Kernels, Worker};
+
+/// Worker threads in this process, one channel per node.
+#[derive(Debug)]
+pub struct LocalTransport {
+    senders: Vec<Option<Sender<TileJob>>>,
+    events: Receiver<Event>,
+    handles: Vec<JoinHandle<()>>,
+    epoch: Instant,
+}
+
+impl LocalTransport {
+    /// Starts `threads` threads for each worker (`workers[node]`, `None` for nodes that are
+    /// not workers). Workers must report times against `epoch`.
+    pub fn start(workers: &[Option<Arc<Worker>>], threads: usize, epoch: Instant) -> Self {
+        let (done_tx, events) = unbounded::<Event>();
+        let mut senders = Vec::with_capacity(workers.len());
+        let mut handles = Vec::new();
+        for (node, worker) in workers.iter().enumerate() {
+            let Some(worker) = worker else {
+                senders.push(None);
+                continue;
+            };
+            let (tx, rx) = unbounded::<TileJob>();
+            senders.push(Some(tx));
+            for t in 0..threads.max(1) {
+                let (worker, rx, done) = (Arc::clone(worker), rx.clone(), done_tx.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("adcnn-node{node}-{t}"))
+                    .spawn(move || serve(&worker, &rx, &done));
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        let _ = done_tx.send(Event::Lost {
+                            node,
+                            reason: format!("cannot start a thread: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+        LocalTransport {
+            senders,
+            events,
+            handles,
+            epoch,
+        }
+    }
+}
+
+fn serve(worker: &Worker, jobs: &Receiver<TileJob>, done: &Sender<Event>) {
+    while let Ok(job) = jobs.recv() {
+        if done.send(Event::Done(worker.run(&job))).is_err() {
+            return;
+        }
+    }
+}
+
+impl Transport for LocalTransport {
+    fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError> {
+        let tx = self
+            .senders
+            .get(node)
+            .and_then(Option::as_ref)
+            .ok_or(TransportError::NotAWorker(node))?;
+        tx.send(job).map_err(|_| TransportError::Unreachable {
+            node: format!("#{node}"),
+            reason: "its threads stopped".into(),
+        })
+    }
+
+    fn recv(&mut self) -> Result<Event, TransportError> {
+        self.events.recv().map_err(|_| TransportError::Closed)
+    }
+
+    fn now_us(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1e6
+    }
+}
+
+impl Drop for LocalTransport {
+    fn drop(&mut self) {
+        // Closing the job channels ends the threads.
+        self.senders.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A whole plan run in this process: a [`Worker`] per worker node (threads of its own) and
+/// the coordinator on the calling thread, over a [`LocalTransport`].
+#[derive(Debug)]
+pub struct LocalCluster {
+    plan: Arc<DecodedPlan>,
+    coordinator: Coordinator<LocalTransport>,
+    workers: Vec<Option<Arc<Worker>>>,
+    compile_error: Option<String>,
+}
+
+impl LocalCluster {
+    /// Loads `plan` with compiled kernels, one thread per node.
+    pub fn new(plan: DecodedPlan) -> Self {
+        LocalCluster::with_kernels(plan, Kernels::Jit, 1)
+    }
+
+    /// Loads `plan` with `kernels`, `threads` threads per node. A node whose kernels fail
+    /// to compile runs the reference kernels ([`Self::compile_error`] says why).
+    pub fn with_kernels(plan: DecodedPlan, kernels: Kernels, threads: usize) -> Self {
+        let plan = Arc::new(plan);
+        let programs: HashMap<usize, Arc<Program>> = plan
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, Arc::new(p.clone())))
+            .collect();
+        let epoch = Instant::now();
+        let mut compile_error = None;
+        let header = &plan.header;
+        let workers: Vec<Option<Arc<Worker>>> = header
+            .plan
+            .cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| {
+                if !node.worker {
+                    return None;
+                }
+                let w = Worker::new(i, header, plan.hash, &programs, kernels, epoch).or_else(|e| {
+                    compile_error = Some(format!("node {}: {e}", node.name));
+                    Worker::new(i, header, plan.hash, &programs, Kernels::Reference, epoch)
+                });
+                w.ok().map(Arc::new)
+            })
+            .collect();
+        let transport = LocalTransport::start(&workers, threads, epoch);
+        let coordinator = Coordinator::new(
+            Arc::new(plan.header.clone()),
+            Arc::new(plan.tail.clone()),
+            transport,
+        );
+        LocalCluster {
+            plan,
+            coordinator,
+            workers,
+            compile_error,
+        }
+    }
+
+    pub fn plan(&self) -> &DecodedPlan {
+        &self.plan
+    }
+
+    /// Per node: the worker (`None` for nodes that only coordinate).
+    pub fn workers(&self) -> &[Option<Arc<Worker>>] {
+        &self.workers
+    }
+
+    /// Per node: milliseconds its kernels took to compile (0 for reference kernels, or
+    /// kernels from the cache).
+    pub fn compile_ms(&self) -> Vec<f64> {
+        self.per_worker(|w| w.compile_ms, 0.0)
+    }
+
+    /// Per node: bytes of weights its compiled kernels prepared.
+    pub fn weight_bytes(&self) -> Vec<usize> {
+        self.per_worker(Worker::weight_bytes, 0)
+    }
+
+    /// Per node: whether its kernels came from the process's cache.
+    pub fn kernels_cached(&self) -> Vec<bool> {
+        self.per_worker(|w| w.cached, false)
+    }
+
+    fn per_worker<V>(&self, f: impl Fn(&Worker) -> V, none: V) -> Vec<V>
+    where
+        V: Clone,
+    {
+        self.workers
+            .iter()
+            .map(|w| w.as_deref().map_or_else(|| none.clone(), &f))
+            .collect()
+    }
+
+    /// Set when some node's kernels failed to compile (that node runs the reference).
+    pub fn compile_error(&self) -> Option<&str> {
+        self.compile_error.as_deref()
+    }
+
+    pub fn coordinator(&mut self) -> &mut Coordinator<LocalTransport> {
+        &mut self.coordinator
+    }
+
+    /// Runs one input through the plan.
+    pub fn run(&mut self, input: &Array3<f32>) -> Result<RunReport, RunError> {
+        self.coordinator.run(input)
+    }
+}

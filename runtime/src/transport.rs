@@ -1,0 +1,69 @@
+//! How the coordinator reaches its workers: the [`Transport`] trait and the messages that
+//! cross it. The coordinator is written once against this trait; the in-process transport
+//! ([`crate::local`]) moves messages over channels between threads, the gRPC transport over
+//! the network, and both behave the same — a test of the coordinator runs on either.
+
+use adcnn_kernels::wire::{QuantError, WireTile};
+use ndarray::Array3;
+
+/// One tile for a node to compute: frame `frame`'s input region of segment `segment`'s
+/// tile `tile` (the geometry is the plan's, which both ends hold).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileJob {
+    pub frame: u64,
+    pub segment: u32,
+    pub tile: u32,
+    pub input: Array3<f32>,
+}
+
+/// A computed tile, as it comes back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileDone {
+    pub frame: u64,
+    pub segment: u32,
+    pub tile: u32,
+    /// The node that computed it (index into the plan's cluster).
+    pub node: usize,
+    /// The tile's output as it crossed the wire, or why the node could not compute it.
+    pub output: Result<WireTile, String>,
+    /// What the wire's quantisation cost (zero without compression).
+    pub quant_error: QuantError,
+    /// When the node started and finished it, in the coordinator's clock (µs since the
+    /// transport started).
+    pub start_us: f64,
+    pub end_us: f64,
+}
+
+/// What a transport reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Done(TileDone),
+    /// A node is gone (its thread stopped, its connection dropped); jobs sent to it are
+    /// lost.
+    Lost {
+        node: usize,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("node `{node}` is not reachable: {reason}")]
+    Unreachable { node: String, reason: String },
+    #[error("node {0} is not a worker of this plan")]
+    NotAWorker(usize),
+    #[error("the transport is closed")]
+    Closed,
+}
+
+/// Sends work to nodes and receives what they return.
+pub trait Transport {
+    /// Sends `job` to `node`. An error means the job cannot reach it.
+    fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError>;
+
+    /// The next result or loss, waiting until there is one.
+    fn recv(&mut self) -> Result<Event, TransportError>;
+
+    /// Microseconds since the transport started: the clock of [`TileDone`]'s times.
+    fn now_us(&self) -> f64;
+}
