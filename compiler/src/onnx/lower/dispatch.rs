@@ -10,7 +10,7 @@ use super::ops::{
     lower_add, lower_bn, lower_clip, lower_constant, lower_conv, lower_linear, lower_pad,
     lower_pool,
 };
-use super::reshape::{reshape_target, reshape_to, squeeze, unsqueeze};
+use super::reshape::{flatten_target, reshape_target, reshape_to, squeeze, unsqueeze};
 use crate::onnx::error::ImportError;
 use crate::onnx::fold;
 use crate::onnx::proto::AttributeProto;
@@ -83,16 +83,7 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
                 unsqueeze(n, &x.dims, axes.as_deref().unwrap_or(&[]))?
             }))
         }
-        "Flatten" => {
-            let r = x.dims.len() as i64;
-            let axis = n.int("axis", 1);
-            let axis = if axis < 0 { axis + r } else { axis };
-            if !(0..=r).contains(&axis) {
-                return Err(n.unsupported(format!("axis {axis} out of range for rank {r}")));
-            }
-            let (a, b) = x.dims.split_at(axis as usize);
-            Ok(with_dims(vec![prod(a), prod(b)]))
-        }
+        "Flatten" => Ok(with_dims(flatten_target(n, &x.dims)?)),
         _ => fold::fold(
             op,
             &inputs,
@@ -256,14 +247,8 @@ pub(super) fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
         "Flatten" => {
             n.check_attrs(&["axis"])?;
             let x = ctx.tensor(n, 0)?;
-            let r = x.dims.len() as i64;
-            let axis = n.int("axis", 1);
-            let axis = if axis < 0 { axis + r } else { axis };
-            if !(0..=r).contains(&axis) {
-                return Err(n.unsupported(format!("axis {axis} out of range for rank {r}")));
-            }
-            let (a, b) = x.dims.split_at(axis as usize);
-            reshape_to(n, x.clone(), vec![prod(a), prod(b)])
+            let target = flatten_target(n, &x.dims)?;
+            reshape_to(n, x, target)
         }
         "Reshape" => {
             n.check_attrs(&["allowzero"])?;

@@ -5,6 +5,18 @@ use super::context::{Lowered, Node, Val, Value, layer, prod};
 use crate::onnx::error::ImportError;
 use crate::ops::Op;
 
+/// Flatten's target dims: the product of the dims before `axis`, and that of the rest.
+pub(super) fn flatten_target(n: &Node, dims: &[usize]) -> Result<Vec<usize>, ImportError> {
+    let r = dims.len() as i64;
+    let axis = n.int("axis", 1);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..=r).contains(&axis) {
+        return Err(n.unsupported(format!("axis {axis} out of range for rank {r}")));
+    }
+    let (a, b) = dims.split_at(axis as usize);
+    Ok(vec![prod(a), prod(b)])
+}
+
 /// Reshape's target dims: `0` copies (unless `allowzero`), one `-1` is inferred.
 pub(super) fn reshape_target(
     n: &Node,
