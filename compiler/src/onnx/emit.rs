@@ -9,8 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::import::{Layer, Src};
-use super::{Entry, Imported};
+use super::types::{Entry, Imported, Layer, Src};
 use adcnn_core::ops::Op;
 
 /// A float as the DSL reads it back to the same `f32`.

@@ -4,8 +4,8 @@
 //! Transpose → Reshape → Cast over int64 constants. These operators are evaluated here when
 //! all their inputs are constants, and are errors otherwise.
 
-use super::ImportError;
-use super::tensor::{Const, Data, FLOAT, INT32, INT64, type_name};
+use super::error::ImportError;
+use super::tensor::{Const, Data, FLOAT, INT32, INT64, MAX_TENSOR_ELEMENTS, type_name};
 
 /// Operators supported only on constant inputs.
 pub const CONSTANT_ONLY_OPS: &[&str] = &["Cast", "ConstantOfShape", "Slice", "Transpose"];
@@ -16,7 +16,7 @@ pub const FOLDABLE_OPS: &[&str] = &["Concat", "Reshape", "Squeeze", "Unsqueeze",
 fn numel(dims: &[usize]) -> Option<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= super::MAX_TENSOR_ELEMENTS)
+        .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
 }
 
 fn strides(dims: &[usize]) -> Vec<usize> {

@@ -9,136 +9,25 @@
 //! under PyTorch names (`{layer}.weight`, …; batch norm stays batch norm).
 
 mod emit;
+mod error;
 mod fold;
-mod import;
+mod lower;
 pub mod proto;
 mod tensor;
+mod types;
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-use adcnn_core::ops::Shape;
-
+pub use error::ImportError;
 pub use fold::CONSTANT_ONLY_OPS;
-pub use import::SUPPORTED_OPS;
+pub use lower::SUPPORTED_OPS;
+pub use tensor::MAX_TENSOR_ELEMENTS;
+pub use types::{Entry, Imported, Tensor};
 
 /// Largest model file accepted (protobuf's own limit).
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;
-
-/// Largest tensor accepted, in elements.
-pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
-
-/// Why a model could not be imported. Node errors name the node (its ONNX name, or `#index`
-/// when it has none) and its op type.
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("the model is {size} bytes; models larger than {limit} bytes are not supported")]
-    TooLarge { size: u64, limit: u64 },
-    #[error("not a valid ONNX model: {reason}")]
-    Decode { reason: String },
-    #[error("the model has no graph")]
-    NoGraph,
-    #[error("the model declares ONNX opset {version}; supported: opsets {min} to {max}")]
-    Opset { version: i64, min: i64, max: i64 },
-    #[error("the model declares no ONNX (ai.onnx) opset")]
-    NoOpset,
-    #[error("tensor `{tensor}`: {reason}")]
-    Tensor { tensor: String, reason: String },
-    #[error("tensor `{tensor}` is {found}, expected {expected}")]
-    TensorType {
-        tensor: String,
-        expected: &'static str,
-        found: String,
-    },
-    #[error(
-        "tensor `{tensor}` keeps its data in an external file, which is not supported; \
-         export the model with its weights inside (onnx.save(..., save_as_external_data=False))"
-    )]
-    ExternalData { tensor: String },
-    #[error(
-        "node `{node}`: operator `{op_type}`{domain} is not supported; supported operators: {supported}"
-    )]
-    UnsupportedOp {
-        op_type: String,
-        node: String,
-        domain: String,
-        supported: String,
-    },
-    #[error(
-        "node `{node}` ({op_type}): attribute `{attribute}` = {value} is not supported; supported: {supported}"
-    )]
-    UnsupportedAttribute {
-        op_type: String,
-        node: String,
-        attribute: String,
-        value: String,
-        supported: String,
-    },
-    #[error("node `{node}` ({op_type}): {reason}")]
-    Unsupported {
-        op_type: String,
-        node: String,
-        reason: String,
-    },
-    #[error(
-        "node `{node}` ({op_type}) reads `{value}`, which no node, initializer or graph input provides"
-    )]
-    MissingValue {
-        op_type: String,
-        node: String,
-        value: String,
-    },
-    #[error("value `{value}` is produced by two nodes, `{first}` and `{second}`")]
-    DuplicateValue {
-        value: String,
-        first: String,
-        second: String,
-    },
-    #[error("the graph has a cycle through node(s) {}", nodes.join(", "))]
-    Cycle { nodes: Vec<String> },
-    #[error("graph input `{name}`: {reason}")]
-    Input { name: String, reason: String },
-    #[error("graph output: {reason}")]
-    Output { reason: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("writing the weights: {reason}")]
-    Write { reason: String },
-}
-
-/// One named float32 tensor for the weights file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub name: String,
-    pub dims: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
-/// A DSL entry: `- name: expression`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    pub name: String,
-    pub expression: String,
-}
-
-/// An imported model: the DSL entries and the weights.
-#[derive(Clone, Debug)]
-pub struct Imported {
-    pub name: String,
-    pub input: Shape,
-    pub entries: Vec<Entry>,
-    /// Number of layers (an entry may hold several).
-    pub layers: usize,
-    pub weights: Vec<Tensor>,
-    /// Learned parameters (batch-norm running statistics are buffers, as PyTorch counts).
-    pub parameters: usize,
-    /// `producer_name producer_version, opset N`, for the file header.
-    pub provenance: String,
-}
 
 impl Imported {
     /// The DSL file, naming `weights_file` (relative to the YAML file) when there are weights.
@@ -180,7 +69,17 @@ pub fn decode(bytes: &[u8]) -> Result<proto::ModelProto, ImportError> {
 /// Imports a model; `name` becomes the network's name.
 pub fn import(bytes: &[u8], name: &str) -> Result<Imported, ImportError> {
     let model = decode(bytes)?;
-    import::lower(&model, name)
+    let net = lower::lower(&model)?;
+    let (entries, layers) = emit::entries(&net.layers);
+    Ok(Imported {
+        name: name.to_string(),
+        input: net.input,
+        entries,
+        layers,
+        weights: net.weights,
+        parameters: net.parameters,
+        provenance: net.provenance,
+    })
 }
 
 /// The operator types of a model in order of first appearance, with counts and support.
@@ -199,8 +98,8 @@ pub fn inventory(bytes: &[u8]) -> Result<Vec<OpSupport>, ImportError> {
                 op_type: op.to_string(),
                 domain: domain.to_string(),
                 count: 1,
-                supported: import::is_supported(domain, op),
-                constant_only: import::is_default_domain(domain) && CONSTANT_ONLY_OPS.contains(&op),
+                supported: lower::is_supported(domain, op),
+                constant_only: lower::is_default_domain(domain) && CONSTANT_ONLY_OPS.contains(&op),
             }),
         }
     }

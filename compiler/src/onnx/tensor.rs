@@ -1,7 +1,11 @@
 //! Tensor data: ONNX `TensorProto` → checked dims and values; weights → safetensors.
 
+use super::error::ImportError;
 use super::proto::TensorProto;
-use super::{ImportError, MAX_TENSOR_ELEMENTS, Tensor};
+use super::types::Tensor;
+
+/// Largest tensor accepted, in elements.
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 31;
 
 /// ONNX element types (`TensorProto.DataType`).
 pub const FLOAT: i32 = 1;
