@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use adcnn_core::format::DecodedPlan;
+use adcnn_core::format::{DecodedPlan, PlanHeader};
 use adcnn_core::program::Program;
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use ndarray::Array3;
@@ -105,10 +105,13 @@ impl Drop for LocalTransport {
 }
 
 /// A whole plan run in this process: a [`Worker`] per worker node (threads of its own) and
-/// the coordinator on the calling thread, over a [`LocalTransport`].
+/// the coordinator on the calling thread, over a [`LocalTransport`]. Each program is held
+/// once, shared by the workers that run its tiles.
 #[derive(Debug)]
 pub struct LocalCluster {
-    plan: Arc<DecodedPlan>,
+    header: Arc<PlanHeader>,
+    segments: Vec<Arc<Program>>,
+    tail: Arc<Program>,
     coordinator: Coordinator<LocalTransport>,
     workers: Vec<Option<Arc<Worker>>>,
     compile_error: Option<String>,
@@ -123,16 +126,13 @@ impl LocalCluster {
     /// Loads `plan` with `kernels`, `threads` threads per node. A node whose kernels fail
     /// to compile runs the reference kernels ([`Self::compile_error`] says why).
     pub fn with_kernels(plan: DecodedPlan, kernels: Kernels, threads: usize) -> Self {
-        let plan = Arc::new(plan);
-        let programs: HashMap<usize, Arc<Program>> = plan
-            .segments
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i, Arc::new(p.clone())))
-            .collect();
+        let hash = plan.hash;
+        let header = Arc::new(plan.header);
+        let tail = Arc::new(plan.tail);
+        let segments: Vec<Arc<Program>> = plan.segments.into_iter().map(Arc::new).collect();
+        let programs: HashMap<usize, Arc<Program>> = segments.iter().cloned().enumerate().collect();
         let epoch = Instant::now();
         let mut compile_error = None;
-        let header = &plan.header;
         let workers: Vec<Option<Arc<Worker>>> = header
             .plan
             .cluster
@@ -143,29 +143,36 @@ impl LocalCluster {
                 if !node.worker {
                     return None;
                 }
-                let w = Worker::new(i, header, plan.hash, &programs, kernels, epoch).or_else(|e| {
+                let w = Worker::new(i, &header, hash, &programs, kernels, epoch).or_else(|e| {
                     compile_error = Some(format!("node {}: {e}", node.name));
-                    Worker::new(i, header, plan.hash, &programs, Kernels::Reference, epoch)
+                    Worker::new(i, &header, hash, &programs, Kernels::Reference, epoch)
                 });
                 w.ok().map(Arc::new)
             })
             .collect();
         let transport = LocalTransport::start(&workers, threads, epoch);
-        let coordinator = Coordinator::new(
-            Arc::new(plan.header.clone()),
-            Arc::new(plan.tail.clone()),
-            transport,
-        );
+        let coordinator = Coordinator::new(Arc::clone(&header), Arc::clone(&tail), transport);
         LocalCluster {
-            plan,
+            header,
+            segments,
+            tail,
             coordinator,
             workers,
             compile_error,
         }
     }
 
-    pub fn plan(&self) -> &DecodedPlan {
-        &self.plan
+    pub fn header(&self) -> &PlanHeader {
+        &self.header
+    }
+
+    /// The segments' programs, in order.
+    pub fn segments(&self) -> &[Arc<Program>] {
+        &self.segments
+    }
+
+    pub fn tail(&self) -> &Program {
+        &self.tail
     }
 
     /// Per node: the worker (`None` for nodes that only coordinate).

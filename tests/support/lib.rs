@@ -64,17 +64,21 @@ pub fn read_safetensors(path: &Path) -> std::collections::BTreeMap<String, ndarr
         .collect()
 }
 
-/// ‖a − b‖₂ / ‖b‖₂ over all elements (in f64); `a` and `b` must have the same length.
+/// ‖a − b‖₂ / ‖b‖₂ over all elements (in f64; `adcnn_core::tensor::rel_l2`), for tensors
+/// that must not be empty.
 pub fn relative_l2<'a>(
     a: impl IntoIterator<Item = &'a f32>,
     b: impl IntoIterator<Item = &'a f32>,
 ) -> f64 {
-    let (mut num, mut den, mut n) = (0f64, 0f64, 0usize);
-    for (x, y) in a.into_iter().zip(b) {
-        num += (f64::from(*x) - f64::from(*y)).powi(2);
-        den += f64::from(*y).powi(2);
-        n += 1;
-    }
-    assert!(n > 0, "empty tensors");
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        a.into_iter().copied().collect(),
+        b.into_iter().copied().collect(),
+    );
+    assert!(
+        !b.is_empty() && a.len() == b.len(),
+        "tensors of {} and {} values",
+        a.len(),
+        b.len()
+    );
+    adcnn_core::tensor::rel_l2(&a, &b)
 }

@@ -470,7 +470,8 @@ impl<'a> PlanFile<'a> {
             .segments
             .get(i)
             .ok_or_else(|| FormatError::Missing(kind.to_string()))?;
-        let p = decode_program(&self.section(kind)?, kind)?;
+        let e = self.entry(kind)?;
+        let p = decode_program(&self.section(kind)?, kind)?.with_id(e.hash);
         p.check_tiles(seg)
             .map_err(|r| corrupt(&kind.to_string(), r))?;
         Ok(p)

@@ -13,6 +13,11 @@ impl LayerId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The layer after this one.
+    pub fn next(self) -> LayerId {
+        LayerId(self.0 + 1)
+    }
 }
 
 /// Where a layer's input comes from.

@@ -5,7 +5,7 @@
 
 use ndarray::Array3;
 
-use crate::eval::{EvalError, eval_op};
+use crate::eval::{EvalError, check_input, eval_op};
 use crate::geometry::{input_region, tile_op};
 use crate::net::{Layer, LayerId, Source};
 use crate::ops::Shape;
@@ -25,6 +25,8 @@ pub struct Program {
     weights: Weights,
     /// Per layer: the layers of this program that read it.
     consumers: Vec<Vec<LayerId>>,
+    /// What identifies its content (the hash of its plan section), when it came from one.
+    id: Option<u64>,
 }
 
 /// A program whose layers do not fit together.
@@ -103,7 +105,22 @@ impl Program {
             input,
             weights,
             consumers,
+            id: None,
         })
+    }
+
+    /// The program, identified by `id`: a hash of its content (the plan decoder uses its
+    /// section's), under which nodes may share what they prepare from it.
+    pub fn with_id(self, id: u64) -> Program {
+        Program {
+            id: Some(id),
+            ..self
+        }
+    }
+
+    /// What identifies its content, if anything does.
+    pub fn id(&self) -> Option<u64> {
+        self.id
     }
 
     /// The first layer's id.
@@ -184,7 +201,7 @@ impl Program {
         input: &Array3<f32>,
         mut eval: impl FnMut(&Layer, &[&Array3<f32>]) -> Result<Array3<f32>, EvalError>,
     ) -> Result<Array3<f32>, EvalError> {
-        check_shape(self.input, input)?;
+        check_input("program", self.input, input)?;
         let mut remaining: Vec<usize> = self.consumers.iter().map(Vec::len).collect();
         let mut values: Vec<Option<Array3<f32>>> = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
@@ -377,18 +394,6 @@ impl Program {
         }
         Ok(())
     }
-}
-
-fn check_shape(want: Shape, x: &Array3<f32>) -> Result<(), EvalError> {
-    if x.dim() != (want.c, want.h, want.w) {
-        let (c, h, w) = x.dim();
-        return Err(EvalError::InputShape {
-            op: "program",
-            shapes: vec![[c, h, w]],
-            reason: format!("the program takes {want}"),
-        });
-    }
-    Ok(())
 }
 
 fn missing(what: &str) -> EvalError {

@@ -47,7 +47,7 @@ pub fn execute(
     keep_all: bool,
     mut eval: impl FnMut(&Layer, &[&Array3<f32>]) -> Result<Array3<f32>, EvalError>,
 ) -> Result<Vec<Option<Array3<f32>>>, EvalError> {
-    check_input(graph, input)?;
+    adcnn_core::eval::check_input("network", graph.input.shape, input)?;
     let mut remaining: Vec<usize> = (0..graph.layers().len())
         .map(|i| graph.consumers(LayerId(i as u32)).len())
         .collect();
@@ -70,19 +70,6 @@ pub fn execute(
         values.push(Some(out));
     }
     Ok(values)
-}
-
-fn check_input(graph: &LayerGraph, input: &Array3<f32>) -> Result<(), EvalError> {
-    let s = graph.input.shape;
-    if input.dim() != (s.c, s.h, s.w) {
-        let (c, h, w) = input.dim();
-        return Err(EvalError::InputShape {
-            op: "network",
-            shapes: vec![[c, h, w]],
-            reason: format!("the network takes {s}"),
-        });
-    }
-    Ok(())
 }
 
 fn gather<'a>(

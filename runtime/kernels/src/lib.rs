@@ -23,7 +23,9 @@ pub mod kernel;
 pub mod winograd;
 pub mod wire;
 
-pub use kernel::{BAND_BYTES, CompileError, CompileOptions, CompiledKernels, KernelStats, Profile};
+pub use kernel::{
+    BAND_BYTES, CompileError, CompileOptions, CompiledKernels, KernelKind, KernelStats, Profile,
+};
 
 /// Relative L2 distance `‖a − b‖ / ‖b‖` (0 when both are zero).
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -33,7 +33,7 @@ use adcnn_kernels::jit::{
     max_pool_clif,
 };
 use adcnn_kernels::wire::{self, QuantError, Quantised};
-use adcnn_kernels::{CompileOptions, CompiledKernels, KernelStats, Profile, rel_l2};
+use adcnn_kernels::{CompileOptions, CompiledKernels, KernelKind, KernelStats, Profile, rel_l2};
 use ndarray::{Array3, s};
 use proptest::prelude::{Just, ProptestConfig, TestCaseError, any, prop_oneof, proptest};
 use proptest::strategy::Strategy as _;
@@ -570,11 +570,10 @@ proptest! {
 }
 
 /// The profile's names for the host kernels' work.
-const BLOCK: &str = "inverted residual block over row bands (host gemm + depthwise avx2)";
-const BLOCK_INTERLEAVED: &str =
-    "inverted residual block over row bands, channel-interleaved (host gemm + depthwise avx2)";
-const HOST_DEPTHWISE: &str = "conv depthwise 3x3 (host avx2)";
-const DIRECT: &str = "conv direct, few input channels (host avx2)";
+const BLOCK: &str = KernelKind::Block.name();
+const BLOCK_INTERLEAVED: &str = KernelKind::BlockInterleaved.name();
+const HOST_DEPTHWISE: &str = KernelKind::DepthwiseHost.name();
+const DIRECT: &str = KernelKind::Direct.name();
 
 /// A MobileNetV2-like stem (3×3/2 on 3 channels, batch norm, relu6) on a whole map and on
 /// halo tiles: the direct kernel's output is compared, and it ran (wide enough tiles).

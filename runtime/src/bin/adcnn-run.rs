@@ -113,12 +113,15 @@ fn kernels(name: &str) -> Result<Kernels, String> {
 
 /// The network the plan computes, whole (every segment's program on whole tensors, then the
 /// tail): what an approximate plan or a compressed wire deviates from.
-fn exact(plan: &DecodedPlan, x: &Array3<f32>) -> Result<Array3<f32>, String> {
+fn exact(cluster: &LocalCluster, x: &Array3<f32>) -> Result<Array3<f32>, String> {
     let mut current = x.clone();
-    for p in &plan.segments {
+    for p in cluster.segments() {
         current = p.run(&current).map_err(|e| format!("error: {e}"))?;
     }
-    plan.tail.run(&current).map_err(|e| format!("error: {e}"))
+    cluster
+        .tail()
+        .run(&current)
+        .map_err(|e| format!("error: {e}"))
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
@@ -132,8 +135,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     // One warm-up run: first-touch allocations and thread start-up are not the plan's cost.
     cluster.run(&x).map_err(|e| format!("error: {e}"))?;
     let r = cluster.run(&x).map_err(|e| format!("error: {e}"))?;
-    let lp = cluster.plan();
-    let plan = &lp.header.plan;
+    let plan = &cluster.header().plan;
     outln!(
         "{} on {} (in-process, strategy {}, compression {})",
         plan.network,
@@ -169,7 +171,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         );
     }
     if !plan.is_exact() || plan.compression != Compression::None {
-        let want = exact(lp, &x)?;
+        let want = exact(&cluster, &x)?;
         let dev = rel_l2(r.output.iter(), want.iter());
         outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
     }

@@ -21,8 +21,21 @@ mod tests;
 
 use ndarray::{Array3, Axis, s};
 
-use crate::ops::{Op, Pad2, WeightRole};
+use crate::ops::{Op, Pad2, Shape, WeightRole};
 use crate::weights::Weights;
+
+/// Checks that `x` has shape `want`, the input of `what` (a network, a program).
+pub fn check_input(what: &'static str, want: Shape, x: &Array3<f32>) -> Result<(), EvalError> {
+    if x.dim() != (want.c, want.h, want.w) {
+        let (c, h, w) = x.dim();
+        return Err(EvalError::InputShape {
+            op: what,
+            shapes: vec![[c, h, w]],
+            reason: format!("the {what} takes {want}"),
+        });
+    }
+    Ok(())
+}
 
 /// Evaluate one layer. `layer` is the layer's name, used to look up its weights
 /// (`weights.get(layer, WeightRole::Weight)` etc., PyTorch naming: conv/linear `weight`
