@@ -1,5 +1,6 @@
 //! Intermediate tensors of a tile, recycled per thread.
 
+use adcnn_core::ops::Pad2;
 use ndarray::{Array3, ShapeError, s};
 
 // Intermediate tensors of a tile are recycled per thread: large allocations come from mmap in
@@ -78,4 +79,20 @@ pub(super) fn recycle_vec(v: Vec<f32>) {
             *smallest = v;
         }
     });
+}
+
+/// `x` (`[c, h, w]`) inside a border of `value`: `[c, h + top + bottom, w + left + right]`.
+pub(super) fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec<f32> {
+    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    // May be longer than `c·ph·pw` (a recycled buffer); the pool reads only that much.
+    let mut out = overwritten(c * ph * pw);
+    out[..c * ph * pw].fill(value);
+    if w > 0 {
+        for (r, src) in x.chunks_exact(w).take(c * h).enumerate() {
+            let (ch, y) = (r / h, r % h);
+            let at = (ch * ph + y + pad.top) * pw + pad.left;
+            out[at..at + w].copy_from_slice(src);
+        }
+    }
+    out
 }

@@ -12,7 +12,7 @@ use super::buffers::{overwritten, recycle, recycle_vec, tensor, zeroed};
 use super::choice::Kernel;
 use super::compiled::CompiledKernels;
 use super::prepare::ConvKernel;
-use super::run::{Wired, quantised};
+use super::wired::{Wired, quantised};
 use crate::act::Act;
 use crate::depthwise::{self as host_dw, bias_act};
 use crate::direct;
@@ -215,22 +215,6 @@ impl CompiledKernels {
         let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
         Ok((t, quantised))
     }
-}
-
-/// `x` (`[c, h, w]`) inside a border of `value`: `[c, h + top + bottom, w + left + right]`.
-pub(super) fn padded(x: &[f32], c: usize, h: usize, w: usize, pad: Pad2, value: f32) -> Vec<f32> {
-    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
-    // May be longer than `c·ph·pw` (a recycled buffer); the pool reads only that much.
-    let mut out = overwritten(c * ph * pw);
-    out[..c * ph * pw].fill(value);
-    if w > 0 {
-        for (r, src) in x.chunks_exact(w).take(c * h).enumerate() {
-            let (ch, y) = (r / h, r % h);
-            let at = (ch * ph + y + pad.top) * pw + pad.left;
-            out[at..at + w].copy_from_slice(src);
-        }
-    }
-    out
 }
 
 pub(super) struct Geo {

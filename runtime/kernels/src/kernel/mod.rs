@@ -24,8 +24,9 @@
 //! (weights packed or transformed, what is fused into each convolution, inverted-residual
 //! blocks), [`geometry`] (each layer's operator and input on a tile; specs of the generated
 //! functions), [`compile`] (the driver), [`run`] (a tile, layer by layer), [`conv`] (one
-//! convolution on the path chosen for it), [`tail`] (the coordinator's layers) and
-//! [`buffers`] (intermediate tensors recycled per thread).
+//! convolution on the path chosen for it), [`tail`] (the coordinator's layers), [`wired`]
+//! (outputs quantised by the epilogue) and [`buffers`] (intermediate tensors recycled per
+//! thread).
 
 mod buffers;
 mod choice;
@@ -36,6 +37,7 @@ mod geometry;
 mod prepare;
 mod run;
 mod tail;
+mod wired;
 
 pub use choice::KernelKind;
 pub use compiled::{

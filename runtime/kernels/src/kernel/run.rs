@@ -14,15 +14,14 @@ use adcnn_core::program::Program;
 use adcnn_core::tensor::{crop, empty};
 use ndarray::Array3;
 
-use super::buffers::{overwritten, recycle, recycle_vec, tensor};
+use super::buffers::{overwritten, padded, recycle, recycle_vec, tensor};
 use super::choice::{Kernel, KernelKind};
 use super::compiled::{CompiledKernels, Profile};
-use super::conv::padded;
 use super::geometry::{depthwise_spec, tile_geometry};
 use super::prepare::{BlockConvs, ConvKernel, Interleaved};
+use super::wired::{Wired, quantised};
 use crate::block::{self, Block};
-use crate::jit::{EpilogueSpec, Handle, JitCode};
-use crate::wire::{self, QuantError, Quantised, WireTile};
+use crate::wire::{self, QuantError, WireTile};
 
 impl CompiledKernels {
     /// Computes `tile` of `seg` (whose program is `prog`) from `input`, like
@@ -393,34 +392,6 @@ pub(super) fn run_block(
     block::run(b, xs, rs, &mut y[..len], [s0, s1, s2, s3]);
     scratch.into_iter().for_each(recycle_vec);
     tensor(y, dim).map_err(|e| bad(&e.to_string()))
-}
-
-/// A tile output quantised by its last epilogue, and the error that made.
-pub(super) type Wired = (Quantised, QuantError);
-
-/// Runs the quantising epilogue `h` (compiled from `spec`) on `y`, a `dim` tensor: the
-/// codes, each channel's `[lo, step]` from the kernel's stats, and the summed error.
-pub(super) fn quantised(
-    code: &JitCode,
-    h: Handle,
-    spec: &EpilogueSpec,
-    dim: (usize, usize, usize),
-    y: &mut [f32],
-    bias: &[f32],
-    residual: Option<&[f32]>,
-) -> Wired {
-    let mut q = Quantised::zeroed(spec.wire, dim);
-    let mut stats = vec![[0.0; 4]; dim.0];
-    code.run_quantising(h, spec, y, bias, residual, &mut q.codes, &mut stats);
-    let mut e = QuantError::default();
-    for (r, s) in q.ranges.iter_mut().zip(&stats) {
-        *r = [s[0], s[1]];
-        e.add(QuantError {
-            err: f64::from(s[2]),
-            sq: f64::from(s[3]),
-        });
-    }
-    (q, e)
 }
 
 pub(super) fn missing(what: &str) -> EvalError {
