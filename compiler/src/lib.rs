@@ -3,7 +3,7 @@
 //! The front end reads the YAML DSL ([`dsl`], with [`diag`] for its diagnostics) or imports
 //! ONNX ([`onnx`]); [`graph`] builds the validated layer graph with shapes and figures;
 //! [`weights`] binds its weights (a safetensors file, or seeded and batch-norm-calibrated);
-//! [`reference`] is the interpreter every faster path is checked against; [`plan`] is the
+//! [`reference`](mod@reference) is the interpreter every faster path is checked against; [`plan`] is the
 //! pure partition planner; [`lower`] turns a plan into self-contained programs (batch norms
 //! folded) and [`build`] writes them with `adcnn_core::format`. See ARCHITECTURE.md.
 

@@ -8,7 +8,7 @@
 //! - [`geometry`], [`plan`] — regions and tile geometry; plans, segments, tiles;
 //! - [`program`] — a segment's or the tail's layers with their weights, self-contained,
 //!   and the plain tile runner;
-//! - [`format`] — `plan.bin`, sectioned so a node reads only its segments;
+//! - [`format`](mod@format) — `plan.bin`, sectioned so a node reads only its segments;
 //! - [`input`] — input tensors from `.npy` files and images; [`report`] — top-k classes;
 //! - [`tensor`], [`npy`], [`cluster`], [`stdout`] — small shared parts.
 //!

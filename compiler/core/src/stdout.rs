@@ -17,7 +17,7 @@ pub fn write(args: std::fmt::Arguments) {
     }
 }
 
-/// `print!` through [`write`].
+/// `print!` through [`write()`].
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => {
@@ -25,7 +25,7 @@ macro_rules! out {
     };
 }
 
-/// `println!` through [`write`].
+/// `println!` through [`write()`].
 #[macro_export]
 macro_rules! outln {
     () => {

@@ -10,7 +10,7 @@
 //! products, plus the transforms, which cost `O(cin + cout)` per tile, not `O(cin · cout)`.
 //!
 //! Tiles are processed in blocks (so `V` and `M` stay in the last-level cache) and the
-//! transforms run on [`LANES`] tiles at a time, lane-parallel arrays that the compiler
+//! transforms run on `LANES` tiles at a time, lane-parallel arrays that the compiler
 //! vectorises. Rounding: the transforms' constants (¼, ⅙, 1/24 …) and the longer sums add
 //! error of the order of 1e-6 relative to a direct convolution in f32 (measured in the tests
 //! of this module and `compiler/tests/codegen.rs`).

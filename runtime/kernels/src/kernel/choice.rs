@@ -36,7 +36,7 @@ pub(super) enum Kernel {
     Plain,
 }
 
-/// What ran, as profiles and tests name it: a [`Kernel`] without its data, and the kinds of
+/// What ran, as profiles and tests name it: the kernel chosen, without its data, and the kinds of
 /// work outside single layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelKind {

@@ -53,7 +53,7 @@ impl CompiledKernels {
     }
 
     /// `tile`'s output as it goes on the wire with `how`, and the error quantisation made.
-    /// With kernels compiled for `how` ([`CompileOptions::wire`]), the epilogue of a segment's
+    /// With kernels compiled for `how` ([`CompileOptions::wire`](super::CompileOptions::wire)), the epilogue of a segment's
     /// last convolution quantises each channel right after computing it (while it is in L1);
     /// other outputs take a generated quantising pass (the host [`wire::quantise`] for shapes
     /// that were not compiled). The codes equal [`wire::encode`] of [`Self::run_tile`]'s
