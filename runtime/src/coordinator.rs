@@ -14,7 +14,8 @@ use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{QuantError, WireError};
 use ndarray::Array3;
 
-use crate::trace::{Event as Span, Trace};
+use crate::telemetry::Telemetry;
+use crate::trace::{Event as Span, Flow, Trace};
 use crate::transport::{Event, TileDone, TileJob, Transport, TransportError};
 use crate::worker::tile_input;
 
@@ -32,6 +33,9 @@ pub enum RunError {
     Wire { node: String, source: WireError },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A frame could not be read (the message says which and why).
+    #[error("{0}")]
+    Input(String),
 }
 
 /// What one frame produced and measured.
@@ -49,6 +53,8 @@ pub struct RunReport {
     /// Relative L2 error that compression added to the tile outputs (0 without compression).
     pub compression_error: f64,
     pub trace: Trace,
+    /// What was measured of the nodes while the frame ran.
+    pub telemetry: Vec<Telemetry>,
 }
 
 /// A frame on its way through the plan.
@@ -66,6 +72,7 @@ struct Frame {
     wire: u64,
     quant: QuantError,
     trace: Trace,
+    telemetry: Vec<Telemetry>,
 }
 
 /// Where [`Coordinator::advance`] left a frame.
@@ -81,6 +88,8 @@ pub struct Coordinator<T: Transport> {
     tail: Arc<Program>,
     transport: T,
     next_frame: u64,
+    /// Measurements that belong to no frame (pings), for the next frame's report.
+    pending: Vec<Telemetry>,
 }
 
 impl<T: Transport> std::fmt::Debug for Coordinator<T> {
@@ -98,6 +107,7 @@ impl<T: Transport> Coordinator<T> {
             tail,
             transport,
             next_frame: 0,
+            pending: Vec::new(),
         }
     }
 
@@ -190,6 +200,7 @@ impl<T: Transport> Coordinator<T> {
                         reason,
                     });
                 }
+                Event::Rtt { node, rtt_us } => self.pending.push(Telemetry::Rtt { node, rtt_us }),
             }
         }
     }
@@ -227,6 +238,7 @@ impl<T: Transport> Coordinator<T> {
             wire: 0,
             quant: QuantError::default(),
             trace: Trace::new(cluster.nodes.iter().map(|n| n.name.clone()).collect()),
+            telemetry: Vec::new(),
         })
     }
 
@@ -281,6 +293,8 @@ impl<T: Transport> Coordinator<T> {
         }
         let measured_ms = (self.transport.now_us() - frame.start_us) / 1e3;
         let q = frame.quant;
+        let mut telemetry = std::mem::take(&mut self.pending);
+        telemetry.extend(frame.telemetry);
         Ok(Step::Done(RunReport {
             frame: frame.id,
             output,
@@ -293,6 +307,7 @@ impl<T: Transport> Coordinator<T> {
                 0.0
             },
             trace: frame.trace,
+            telemetry,
         }))
     }
 
@@ -324,11 +339,41 @@ impl<T: Transport> Coordinator<T> {
         if let Some(b) = frame.busy.get_mut(d.node) {
             *b += (d.end_us - d.start_us) / 1e3;
         }
+        let name = format!("segment {} tile {},{}", d.segment, tile.row, tile.col);
         frame.trace.push(Span {
             node: d.node,
-            name: format!("segment {} tile {},{}", d.segment, tile.row, tile.col),
+            name: name.clone(),
             start_us: d.start_us,
             dur_us: d.end_us - d.start_us,
+        });
+        // The transfers, when the tile went to another node over a link.
+        let coord = plan.cluster.coordinator;
+        if d.node != coord && d.received_us > d.sent_us {
+            frame.trace.flows.push(Flow {
+                name: format!("{name} in"),
+                from_node: coord,
+                from_us: d.sent_us,
+                to_node: d.node,
+                to_us: d.start_us,
+            });
+            frame.trace.flows.push(Flow {
+                name: format!("{name} out"),
+                from_node: d.node,
+                from_us: d.end_us,
+                to_node: coord,
+                to_us: d.received_us,
+            });
+        }
+        frame.telemetry.push(Telemetry::Tile {
+            frame: d.frame,
+            node: d.node,
+            segment: d.segment,
+            tile: d.tile,
+            compute_us: d.end_us - d.start_us,
+            round_trip_us: d.received_us - d.sent_us,
+            bytes_in: d.bytes_in,
+            bytes_out: d.bytes_out,
+            flops: tile.flops,
         });
         frame.pending -= 1;
         Ok(())

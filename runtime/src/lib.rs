@@ -14,6 +14,8 @@
 
 pub mod coordinator;
 pub mod local;
+pub mod net;
+pub mod telemetry;
 pub mod trace;
 pub mod transport;
 pub mod worker;

@@ -32,6 +32,12 @@ pub struct TileDone {
     /// transport started).
     pub start_us: f64,
     pub end_us: f64,
+    /// When the job left the coordinator and its result came back (the same clock).
+    pub sent_us: f64,
+    pub received_us: f64,
+    /// Bytes of the job's input and of the result as they crossed the wire.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// What a transport reports.
@@ -43,6 +49,11 @@ pub enum Event {
     Lost {
         node: usize,
         reason: String,
+    },
+    /// A round trip to a node measured (a ping and its answer), in µs.
+    Rtt {
+        node: usize,
+        rtt_us: f64,
     },
 }
 

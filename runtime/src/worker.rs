@@ -19,7 +19,7 @@ use ndarray::Array3;
 use crate::transport::{TileDone, TileJob};
 
 /// Which tile kernels a worker runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Kernels {
     /// Compiled kernels (host GEMM, Winograd, Cranelift JIT), compiled per node when the plan
     /// loads.
@@ -146,6 +146,7 @@ impl Worker {
             Ok((t, e)) => (Ok(t), e),
             Err(e) => (Err(e), QuantError::default()),
         };
+        let bytes_out = output.as_ref().map_or(0, |t| t.wire_bytes() as u64);
         TileDone {
             frame: job.frame,
             segment: job.segment,
@@ -155,6 +156,10 @@ impl Worker {
             quant_error,
             start_us,
             end_us,
+            sent_us: start_us,
+            received_us: end_us,
+            bytes_in: 4 * job.input.len() as u64,
+            bytes_out,
         }
     }
 

@@ -38,6 +38,7 @@ fn runs_a_plan_with_top_k_node_times_and_a_trace() {
     let trace = plan.with_extension("trace.json");
     let (code, stdout, stderr) = adcnn_run(&[
         plan.to_str().expect("utf-8"),
+        "--local",
         "--input",
         "dsl-examples/images/coffee.jpg",
         "--trace",
@@ -69,6 +70,7 @@ fn an_approximate_plan_reports_its_deviation() {
     let plan = plan_file("resnet18", adcnn_compiler::plan::Strategy::Fdsp, "fdsp");
     let (code, stdout, stderr) = adcnn_run(&[
         plan.to_str().expect("utf-8"),
+        "--local",
         "--input",
         "dsl-examples/images/chelsea.jpg",
     ]);
@@ -88,7 +90,7 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
     let npy = plan.with_extension("npy");
     adcnn_core::npy::write_f32_file(&npy, &ndarray::ArrayD::zeros(ndarray::IxDyn(&[3, 10, 10])))
         .expect("npy");
-    let (code, _, stderr) = adcnn_run(&[p, "--input", npy.to_str().expect("utf-8")]);
+    let (code, _, stderr) = adcnn_run(&[p, "--local", "--input", npy.to_str().expect("utf-8")]);
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
@@ -96,14 +98,14 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
         "{stderr}"
     );
     // Unreadable image.
-    let (code, _, stderr) = adcnn_run(&[p, "--input", "Cargo.toml"]);
+    let (code, _, stderr) = adcnn_run(&[p, "--local", "--input", "Cargo.toml"]);
     assert_eq!(code, 1);
     assert!(
         stderr.starts_with("error: Cargo.toml: not a readable image"),
         "{stderr}"
     );
     // Missing input.
-    let (code, _, stderr) = adcnn_run(&[p, "--input", "missing.png"]);
+    let (code, _, stderr) = adcnn_run(&[p, "--local", "--input", "missing.png"]);
     assert_eq!(code, 1);
     assert!(
         stderr.starts_with("error: cannot read missing.png"),
@@ -114,7 +116,8 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&plan, &bytes).expect("write");
-    let (code, _, stderr) = adcnn_run(&[p, "--input", "dsl-examples/images/chelsea.jpg"]);
+    let (code, _, stderr) =
+        adcnn_run(&[p, "--local", "--input", "dsl-examples/images/chelsea.jpg"]);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("the plan file is corrupted: the ")
@@ -125,7 +128,8 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
     bytes[mid] ^= 0xff;
     bytes[8..12].copy_from_slice(&7u32.to_le_bytes());
     std::fs::write(&plan, &bytes).expect("write");
-    let (code, _, stderr) = adcnn_run(&[p, "--input", "dsl-examples/images/chelsea.jpg"]);
+    let (code, _, stderr) =
+        adcnn_run(&[p, "--local", "--input", "dsl-examples/images/chelsea.jpg"]);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("this plan uses plan format 7 (written by adcnn"),
@@ -166,7 +170,7 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     let fields: Vec<&str> = stdout.split_whitespace().collect();
-    assert_eq!(fields.len(), 6, "{stdout}");
+    assert_eq!(fields.len(), 7, "{stdout}");
     // Reference kernels prepare no weights.
     assert_eq!(fields[5], "0.0", "{stdout}");
     let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
@@ -186,6 +190,7 @@ fn runs_a_classifier_on_an_image_and_prints_top_5() {
     let out_s = out.to_str().expect("utf-8 path");
     let (code, stdout, stderr) = adcnn_run(&[
         p,
+        "--local",
         "--input",
         "dsl-examples/images/chelsea.jpg",
         "--output",
@@ -201,7 +206,7 @@ fn runs_a_classifier_on_an_image_and_prints_top_5() {
     let saved = adcnn_core::npy::read_f32_file(&out).expect("output written");
     assert_eq!(saved.shape(), &[1000, 1, 1]);
     // The saved output is a valid input for nothing else: feeding it back is a shape error.
-    let (code, _, stderr) = adcnn_run(&[p, "--input", out_s]);
+    let (code, _, stderr) = adcnn_run(&[p, "--local", "--input", out_s]);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("the tensor has shape [1000, 1, 1]; the network takes [3, 224, 224]"),

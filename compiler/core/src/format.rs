@@ -104,7 +104,8 @@ pub enum SectionKind {
 }
 
 impl SectionKind {
-    fn code(self) -> (u8, u32) {
+    /// The kind's number and id in the section index.
+    pub fn code(self) -> (u8, u32) {
         match self {
             SectionKind::Plan => (0, 0),
             SectionKind::Segment(i) => (1, i),
@@ -112,7 +113,8 @@ impl SectionKind {
         }
     }
 
-    fn from_code(kind: u8, id: u32) -> Option<SectionKind> {
+    /// The kind a section index entry names.
+    pub fn from_code(kind: u8, id: u32) -> Option<SectionKind> {
         match kind {
             0 => Some(SectionKind::Plan),
             1 => Some(SectionKind::Segment(id)),
@@ -438,13 +440,7 @@ impl<'a> PlanFile<'a> {
     /// The plan section, checked against itself (segments cover the head, tiles name
     /// workers, regions per layer).
     pub fn header(&self) -> Result<PlanHeader, FormatError> {
-        let bytes = self.section(SectionKind::Plan)?;
-        if bytes.len() as u64 > MAX_JSON_BYTES {
-            return Err(corrupt("plan", format!("{} bytes of JSON", bytes.len())));
-        }
-        let h: PlanHeader =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt("plan", e.to_string()))?;
-        h.check()?;
+        let h = decode_header(&self.section(SectionKind::Plan)?)?;
         let segments = self
             .sections
             .iter()
@@ -586,6 +582,17 @@ fn parse_index(
         ));
     }
     Ok((sections, sum))
+}
+
+/// Decodes a plan section into a checked [`PlanHeader`].
+pub fn decode_header(bytes: &[u8]) -> Result<PlanHeader, FormatError> {
+    if bytes.len() as u64 > MAX_JSON_BYTES {
+        return Err(corrupt("plan", format!("{} bytes of JSON", bytes.len())));
+    }
+    let h: PlanHeader =
+        serde_json::from_slice(bytes).map_err(|e| corrupt("plan", e.to_string()))?;
+    h.check()?;
+    Ok(h)
 }
 
 /// Decodes a segment or tail section into a checked [`Program`].

@@ -10,6 +10,8 @@ use ndarray::{Array3, Ix3};
 
 /// Largest image accepted, in pixels per side (bounded before decoding).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most values an input tensor may have (a network's input is limited the same way).
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {

@@ -143,6 +143,77 @@ pub fn read_f32(bytes: &[u8]) -> Result<ArrayD<f32>, NpyError> {
         .map_err(|e| NpyError::Header(format!("shape {shape:?}: {e}")))
 }
 
+/// Reads the next `.npy` array of a stream of them (`… | adcnn-run plan.bin --input -`):
+/// `None` at the end of the stream, an error for a truncated one or an array of more than
+/// `max_elements` values (checked before its data is read).
+pub fn read_f32_from(
+    r: &mut impl std::io::Read,
+    max_elements: usize,
+) -> Result<Option<ArrayD<f32>>, NpyError> {
+    let io = |e: std::io::Error| NpyError::Io {
+        path: PathBuf::from("-"),
+        source: e,
+    };
+    let mut head = vec![0u8; MAGIC.len() + 2];
+    let mut got = 0;
+    while got < head.len() {
+        match r.read(&mut head[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(NpyError::Truncated(
+                    "the stream ends inside a header".into(),
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if &head[..MAGIC.len()] != MAGIC {
+        return Err(NpyError::BadMagic);
+    }
+    let len_bytes = match head[MAGIC.len()] {
+        1 => 2,
+        2 | 3 => 4,
+        major => {
+            return Err(NpyError::UnsupportedVersion {
+                major,
+                minor: head[MAGIC.len() + 1],
+            });
+        }
+    };
+    let mut len = vec![0u8; len_bytes];
+    r.read_exact(&mut len).map_err(io)?;
+    let header_len = len
+        .iter()
+        .rev()
+        .fold(0usize, |n, b| n << 8 | usize::from(*b));
+    if header_len > MAX_HEADER_LEN {
+        return Err(NpyError::Header(format!(
+            "header of {header_len} bytes exceeds the {MAX_HEADER_LEN}-byte limit"
+        )));
+    }
+    let mut header = vec![0u8; header_len];
+    r.read_exact(&mut header).map_err(io)?;
+    let text =
+        std::str::from_utf8(&header).map_err(|_| NpyError::Header("header is not UTF-8".into()))?;
+    let Header { dtype, shape } = parse_header(text)?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= max_elements)
+        .ok_or_else(|| NpyError::TooLarge {
+            shape: shape.clone(),
+        })?;
+    let mut bytes = head;
+    bytes.extend_from_slice(&len);
+    bytes.extend_from_slice(&header);
+    let start = bytes.len();
+    bytes.resize(start + count * dtype.size(), 0);
+    r.read_exact(&mut bytes[start..]).map_err(io)?;
+    read_f32(&bytes).map(Some)
+}
+
 /// Serialises an array as a version 1.0 `.npy` file of little-endian `float32` in C order
 /// (version 2.0 if the header is too long for version 1, which needs a very high rank).
 pub fn write_f32(array: &ArrayD<f32>) -> Vec<u8> {
@@ -196,10 +267,27 @@ pub fn read_f32_file(path: impl AsRef<Path>) -> Result<ArrayD<f32>, NpyError> {
 /// Writes a `.npy` file (see [`write_f32`]).
 pub fn write_f32_file(path: impl AsRef<Path>, array: &ArrayD<f32>) -> Result<(), NpyError> {
     let path = path.as_ref();
-    std::fs::write(path, write_f32(array)).map_err(|source| NpyError::Io {
+    write_atomically(path, &write_f32(array)).map_err(|source| NpyError::Io {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, renamed into place
+/// once complete: a reader never sees half a file, and a failed write leaves none.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| std::ffi::OsString::from("out"), |n| n.to_os_string());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// What the header says.

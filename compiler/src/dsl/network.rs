@@ -15,7 +15,7 @@ use adcnn_core::ops::{Op, Shape};
 pub const INPUT: &str = "input";
 
 /// Largest input tensor accepted (elements), so that shape arithmetic stays far from overflow.
-pub const MAX_INPUT_ELEMENTS: usize = 1 << 28;
+pub use adcnn_core::input::MAX_INPUT_ELEMENTS;
 
 /// Most layers in one network.
 pub const MAX_LAYERS: usize = 100_000;

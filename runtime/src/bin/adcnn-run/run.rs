@@ -1,0 +1,347 @@
+//! `adcnn-run PLAN --input …`: frames through a plan, on the cluster's workers or in this
+//! process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use adcnn_core::format::decode;
+use adcnn_core::plan::Compression;
+use adcnn_core::program::Program;
+use adcnn_core::tensor::rel_l2;
+use adcnn_core::{npy, outln, report};
+use adcnn_runtime::coordinator::{Coordinator, RunReport};
+use adcnn_runtime::local::LocalCluster;
+use adcnn_runtime::telemetry::Figures;
+use adcnn_runtime::trace::Trace;
+use adcnn_runtime::transport::Transport;
+use adcnn_runtime::worker::Kernels;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array3;
+
+use crate::frames::{self, Frame};
+use crate::remote::{Remote, open_plan, plan_error};
+
+/// Run a plan built by `adcnnc build` on a cluster of edge devices: the coordinator here, the
+/// workers on the hosts the plan's cluster names (gRPC, mutual TLS, the cluster token), or
+/// every node in this process with `--local`.
+///
+/// Start a worker on each device first: `adcnn-run worker --listen HOST:PORT --token-file TOKEN
+/// [--tls-dir CERTS --name NODE]`; make the certificates once with `adcnn-run certs`.
+///
+/// The input is a .npy float32 tensor ([C, H, W] or [1, C, H, W]), an image (PNG, JPEG —
+/// resized and normalised as the network's `input.image` says), a folder of them (run in
+/// name order), or `-` for a stream of .npy arrays on stdin. (A network file runs on the
+/// reference interpreter with `adcnnc run`.)
+///
+/// Other commands: `adcnn-run worker`, `adcnn-run certs`, `adcnn-run bench` (each with
+/// --help).
+#[derive(Debug, clap::Parser)]
+#[command(name = "adcnn-run", version, about, long_about)]
+pub struct Cli {
+    /// plan.bin
+    pub plan: PathBuf,
+    /// The input: .npy tensor, image, folder, or `-` (stdin).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Write the output tensor here (.npy); for a folder or stream of inputs, a folder that
+    /// gets one NAME.npy per frame.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// How many classes to print for a classifier.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Frames on their way at once (pipelining: the next frame's tiles are on the workers
+    /// while this one's tail runs).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Write a Chrome trace-event JSON of the run (one track per node, arrows for
+    /// transfers; open in Perfetto).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Write per-frame and per-node figures (JSON): latency, busy time, bytes, achieved
+    /// GFLOP/s, link rate and round trip.
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Tile kernels: `jit` (compiled: host GEMM, Winograd for 3×3 convolutions, Cranelift),
+    /// `gemm` (compiled, no Winograd: a quarter of the 3×3 layers' prepared weight memory)
+    /// or `reference` (the plain operators).
+    #[arg(long, default_value = "jit")]
+    pub kernels: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub fn kernels(name: &str) -> Result<Kernels, String> {
+    Kernels::from_name(name).ok_or_else(|| {
+        let names = Kernels::NAMES.map(|n| format!("`{n}`")).join(", ");
+        format!("error: --kernels takes {names}, not `{name}`")
+    })
+}
+
+/// The network the plan computes, whole (every segment's program on whole tensors, then the
+/// tail): what an approximate plan or a compressed wire deviates from.
+fn exact(
+    segments: &[Arc<Program>],
+    tail: &Program,
+    x: &Array3<f32>,
+) -> Result<Array3<f32>, String> {
+    let mut current = x.clone();
+    for p in segments {
+        current = p.run(&current).map_err(|e| format!("error: {e}"))?;
+    }
+    tail.run(&current).map_err(|e| format!("error: {e}"))
+}
+
+pub fn main(cli: &Cli) -> Result<(), String> {
+    let which = kernels(&cli.kernels)?;
+    if cli.remote.local {
+        let bytes = std::fs::read(&cli.plan)
+            .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
+        let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
+        let mut cluster = LocalCluster::with_kernels(plan, which, 1);
+        if let Some(e) = cluster.compile_error() {
+            eprintln!("warning: {e}; that node runs the reference kernels");
+        }
+        let segments = cluster.segments().to_vec();
+        let tail = Arc::new(cluster.tail().clone());
+        return frames_through(cli, cluster.coordinator(), "in-process", &segments, &tail);
+    }
+    let (file, header) = open_plan(&cli.plan)?;
+    let tail = Arc::new(file.tail(&header).map_err(|e| plan_error(&cli.plan, &e))?);
+    // The segments, for the deviation of an approximate or compressed plan only.
+    let segments: Vec<Arc<Program>> =
+        if header.plan.is_exact() && header.plan.compression == Compression::None {
+            Vec::new()
+        } else {
+            (0..header.plan.segments.len())
+                .map(|i| file.segment(&header, i).map(Arc::new))
+                .collect::<Result<_, _>>()
+                .map_err(|e| plan_error(&cli.plan, &e))?
+        };
+    let transport = cli.remote.connect(&file, &header, which)?;
+    for l in &transport.links {
+        let shipped = if l.shipped_sections == 0 {
+            "plan cached".to_string()
+        } else {
+            format!(
+                "{} section(s), {:.1} MiB shipped",
+                l.shipped_sections,
+                l.shipped_bytes as f64 / (1 << 20) as f64
+            )
+        };
+        let compiled = if l.cached {
+            "kernels cached".to_string()
+        } else {
+            format!("kernels compiled in {:.0} ms", l.compile_ms)
+        };
+        outln!(
+            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s)",
+            l.name,
+            l.address,
+            l.threads
+        );
+    }
+    let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
+    frames_through(cli, &mut coordinator, "gRPC", &segments, &tail)
+}
+
+/// Runs the frames `cli.input` names through `coordinator` and reports them.
+fn frames_through<T: Transport>(
+    cli: &Cli,
+    coordinator: &mut Coordinator<T>,
+    how: &str,
+    segments: &[Arc<Program>],
+    tail: &Program,
+) -> Result<(), String> {
+    let header = coordinator.header().clone();
+    let plan = &header.plan;
+    let input: Box<dyn Iterator<Item = Frame>> = frames::frames(&cli.input, &header.network.input)?;
+    let many = cli.input.is_dir() || cli.input.as_os_str() == "-";
+    if let Some(out) = cli.output.as_ref().filter(|_| many) {
+        std::fs::create_dir_all(out)
+            .map_err(|e| format!("error: cannot create {}: {e}", out.display()))?;
+    }
+    outln!(
+        "{} on {} ({how}, strategy {}, compression {})",
+        plan.network,
+        plan.cluster.name,
+        plan.strategy.name(),
+        plan.compression.name()
+    );
+    let names: Vec<String> = plan.cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut figures = Figures::new(&names, 0.2);
+    let mut trace = Trace::new(names.clone());
+    let mut latencies = Vec::new();
+    let mut frame_metrics = Vec::new();
+    let mut stems: Vec<String> = Vec::new();
+    let mut inputs: Vec<Array3<f32>> = Vec::new();
+    let mut first_error: Option<String> = None;
+    // A single frame runs twice: first-touch allocations and thread start-up are not the
+    // plan's cost.
+    let frames: Vec<Frame> = if many { Vec::new() } else { input.collect() };
+    let single = !many;
+    if single {
+        let (_, x) = frames.first().cloned().ok_or("error: no input")??;
+        coordinator.run(&x).map_err(|e| format!("error: {e}"))?;
+    }
+    let source: Box<dyn Iterator<Item = Frame>> = if single {
+        Box::new(frames.into_iter())
+    } else {
+        frames::frames(&cli.input, &header.network.input)?
+    };
+    let bar = if many {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {pos} frames, {per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let mut stream = source.map(|f| match f {
+        Ok((stem, x)) => {
+            stems.push(stem);
+            if !segments.is_empty() {
+                inputs.push(x.clone());
+            }
+            Ok(x)
+        }
+        Err(e) => {
+            first_error.get_or_insert(e.clone());
+            Err(adcnn_runtime::coordinator::RunError::Input(e))
+        }
+    });
+    let mut reports: Vec<RunReport> = Vec::new();
+    let in_flight = cli.in_flight.max(1);
+    let result = coordinator.run_stream(&mut stream, in_flight, |r| {
+        for e in &r.telemetry {
+            figures.add(e);
+        }
+        bar.inc(1);
+        bar.set_message(
+            figures
+                .nodes
+                .iter()
+                .filter(|n| n.tiles > 0)
+                .map(|n| format!("{} {:.1} GFLOP/s", n.name, n.gflops))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        reports.push(r);
+        Ok(())
+    });
+    drop(stream);
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    result.map_err(|e| format!("error: {e}"))?;
+    for (i, r) in reports.into_iter().enumerate() {
+        let stem = stems.get(i).cloned().unwrap_or_default();
+        latencies.push(r.measured_ms);
+        if single {
+            report::print_top_k(&r.output, cli.top_k);
+            outln!("per node: busy measured / predicted");
+            for (i, n) in plan.cluster.nodes.iter().enumerate() {
+                outln!(
+                    "  {:<10} {:>9.2} ms / {:>9.2} ms",
+                    n.name,
+                    r.node_busy_ms[i],
+                    plan.node_busy_ms[i]
+                );
+            }
+            outln!(
+                "latency: measured {:.2} ms ({how}), predicted {:.2} ms on {}",
+                r.measured_ms,
+                plan.predicted_ms,
+                plan.cluster.name
+            );
+            outln!(
+                "tile outputs on the wire: {:.1} KiB",
+                r.wire_bytes as f64 / 1024.0
+            );
+        } else {
+            let top = report::top_k(&r.output, 1)
+                .and_then(|t| t.first().copied())
+                .map_or(String::new(), |(c, p)| {
+                    format!("  class {c:>4}  p = {p:.4}")
+                });
+            outln!("{stem:<24} {:>9.2} ms{top}", r.measured_ms);
+        }
+        if plan.compression != Compression::None && single {
+            outln!(
+                "{} compression error on tile outputs: relative L2 {:.2e}",
+                plan.compression.name(),
+                r.compression_error
+            );
+        }
+        if let Some(x) = inputs.get(i).filter(|_| !segments.is_empty()) {
+            let want = exact(segments, tail, x)?;
+            let dev = rel_l2(r.output.iter(), want.iter());
+            outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
+        }
+        if let Some(out) = &cli.output {
+            let path = frames::output_path(out, &stem, many);
+            npy::write_f32_file(&path, &r.output.clone().into_dyn())
+                .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+            if single {
+                outln!("wrote {}", path.display());
+            }
+        }
+        frame_metrics.push(serde_json::json!({
+            "frame": i,
+            "name": stem,
+            "latency_ms": r.measured_ms,
+            "node_busy_ms": r.node_busy_ms,
+            "wire_bytes": r.wire_bytes,
+            "compression_error": r.compression_error,
+        }));
+        trace.extend(r.trace);
+    }
+    if many {
+        let mut sorted = latencies.clone();
+        sorted.sort_by(f64::total_cmp);
+        let pick = |p: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        outln!(
+            "{} frames in {elapsed:.2} s: {:.2} frames/s, latency p50 {:.2} ms, p99 {:.2} ms ({} in flight)",
+            sorted.len(),
+            sorted.len() as f64 / elapsed.max(1e-9),
+            pick(0.5),
+            pick(0.99),
+            in_flight
+        );
+        if let Some(out) = &cli.output {
+            outln!("wrote {} outputs to {}", sorted.len(), out.display());
+        }
+    }
+    if let Some(path) = &cli.trace {
+        npy::write_atomically(path, trace.to_json().as_bytes())
+            .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+        outln!("wrote trace {}", path.display());
+    }
+    if let Some(path) = &cli.metrics {
+        let json = serde_json::json!({
+            "plan": { "network": plan.network, "cluster": plan.cluster.name,
+                      "strategy": plan.strategy.name(), "compression": plan.compression.name(),
+                      "predicted_ms": plan.predicted_ms },
+            "transport": how,
+            "in_flight": in_flight,
+            "elapsed_s": elapsed,
+            "frames": frame_metrics,
+            "nodes": figures.nodes,
+        });
+        let text = serde_json::to_string_pretty(&json).map_err(|e| format!("error: {e}"))?;
+        npy::write_atomically(path, text.as_bytes())
+            .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+        outln!("wrote metrics {}", path.display());
+    }
+    Ok(())
+}
