@@ -119,6 +119,10 @@ impl<T: Transport> Coordinator<T> {
         &self.transport
     }
 
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
     /// Runs one frame.
     pub fn run(&mut self, input: &Array3<f32>) -> Result<RunReport, RunError> {
         let mut result = None;

@@ -48,7 +48,8 @@ coordinator command \`adcnn-run ADCNN-RUN-ARGS...\` on it:
             nodes, to compete with other work on the machine like that many processes.
   workers   in each worker node's namespace and cgroup:
               \$ADCNN_RUN worker --listen <address> --token-file <rundir>/token
-                                 [--tls-dir <rundir>/certs | --insecure] --threads <n>
+                                 [--tls-dir <rundir>/certs --name <node> | --insecure]
+                                 --threads <n>
             logging to <rundir>/<node>.log; the script waits until each one accepts TCP
             connections from the coordinator's namespace, else stops and shows its log.
   coordinator  in the coordinator's namespace and cgroup, stdin/stdout/stderr passed through:
@@ -914,8 +915,11 @@ for ((i = 0; i < N; i++)); do
   ns=$(ns_of "${N_NAME[i]}")
   log=$RUNDIR/${N_NAME[i]}.log
   node_env "$i" worker
+  # With TLS a worker serves its own node's certificate, NAME.pem in the certificates folder.
+  WORKER_SECURITY=("${SECURITY[@]}")
+  [[ ${SECURITY[0]} == --tls-dir ]] && WORKER_SECURITY+=(--name "${N_NAME[i]}")
   in_cgroup "$(cg_of "${N_NAME[i]}")" ip netns exec "$ns" "${NODE_ENV[@]}" \
-    "$BIN" worker --listen "${N_IP[i]}:${N_PORT[i]}" --token-file "$TOKEN" "${SECURITY[@]}" --threads "${N_THREADS[i]}"
+    "$BIN" worker --listen "${N_IP[i]}:${N_PORT[i]}" --token-file "$TOKEN" "${WORKER_SECURITY[@]}" --threads "${N_THREADS[i]}"
   if [[ $DRY_RUN -eq 1 ]]; then
     printf '%s > %s 2>&1 < /dev/null &\n' "$(show "${CG_CMD[@]}")" "$log"
   else

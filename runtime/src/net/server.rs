@@ -37,6 +37,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that authenticated but has not started running tiles blocks other
 /// coordinators for this long.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30);
+/// How long Open waits for a running session to end before refusing.
+pub const OPEN_WAIT: Duration = Duration::from_secs(5);
 /// The metadata key that carries the session id.
 pub const SESSION_KEY: &str = "adcnn-session";
 
@@ -61,6 +63,10 @@ struct Inner {
     config: DaemonConfig,
     state: Mutex<State>,
     epoch: Instant,
+    /// Set when the daemon is stopping: running sessions end.
+    stopping: tokio::sync::watch::Sender<bool>,
+    /// Told whenever a session ends.
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -103,8 +109,16 @@ impl Daemon {
                 config,
                 state: Mutex::new(State::default()),
                 epoch: Instant::now(),
+                stopping: tokio::sync::watch::channel(false).0,
+                ended: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Ends every running session (its coordinator is told the worker is shutting down) and
+    /// refuses new ones.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -148,6 +162,19 @@ impl Daemon {
             state.session = None;
             tracing::info!(session = id, "session ended");
         }
+        drop(state);
+        self.inner.ended.notify_waiters();
+    }
+
+    /// Whether a session other than a new one holds the worker: running tiles, or opened
+    /// and still setting up.
+    fn busy(&self) -> Option<String> {
+        let state = self.state();
+        state
+            .session
+            .as_ref()
+            .filter(|s| s.running || s.active.elapsed() < SESSION_IDLE)
+            .map(|s| s.node_name.clone())
     }
 }
 
@@ -246,6 +273,18 @@ impl proto::worker_server::Worker for Daemon {
         let id = Self::session_id(&req)?;
         let peer = req.remote_addr();
         let r = req.into_inner();
+        if *self.inner.stopping.borrow() {
+            return Err(Status::unavailable("the worker is shutting down"));
+        }
+        // A coordinator that just closed its session may reconnect before this worker has
+        // seen the close: wait for a running session to end, a little.
+        let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+        while self.busy().is_some() {
+            let ended = self.inner.ended.notified();
+            if self.busy().is_none() || tokio::time::timeout_at(deadline, ended).await.is_err() {
+                break;
+            }
+        }
         let mut state = self.state();
         let Some(h) = state.handshakes.remove(&id) else {
             return Err(Status::unauthenticated(
@@ -466,9 +505,19 @@ impl proto::worker_server::Worker for Daemon {
         }
         drop(job_rx);
         let this = self.clone();
+        let stopping = stopped(self.inner.stopping.subscribe());
         tokio::spawn(async move {
+            tokio::pin!(stopping);
             loop {
-                let next = incoming.next().await;
+                let next = tokio::select! {
+                    next = incoming.next() => next,
+                    () = &mut stopping => {
+                        let _ = out_tx
+                            .send(Err(Status::unavailable("the worker is shutting down")))
+                            .await;
+                        break;
+                    }
+                };
                 let msg = match next {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
@@ -525,13 +574,26 @@ impl proto::worker_server::Worker for Daemon {
                     None => {}
                 }
             }
-            // The compute threads end when the job channel closes; the response stream
-            // ends when they and this task have dropped their senders.
+            // The session ends first, so that a coordinator that sees its stream end can
+            // open the next one at once; the compute threads end when the job channel
+            // closes, and the response stream when they and this task drop their senders.
+            this.end(&id);
             drop(job_tx);
             drop(out_tx);
-            this.end(&id);
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// Resolves once the daemon is stopping.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

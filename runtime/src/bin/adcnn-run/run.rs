@@ -178,8 +178,12 @@ fn frames_through<T: Transport>(
     let mut first_error: Option<String> = None;
     // A single frame runs twice: first-touch allocations and thread start-up are not the
     // plan's cost.
-    let frames: Vec<Frame> = if many { Vec::new() } else { input.collect() };
     let single = !many;
+    let (frames, input): (Vec<Frame>, Box<dyn Iterator<Item = Frame>>) = if single {
+        (input.collect(), Box::new(std::iter::empty()))
+    } else {
+        (Vec::new(), input)
+    };
     if single {
         let (_, x) = frames.first().cloned().ok_or("error: no input")??;
         coordinator.run(&x).map_err(|e| format!("error: {e}"))?;
@@ -187,7 +191,7 @@ fn frames_through<T: Transport>(
     let source: Box<dyn Iterator<Item = Frame>> = if single {
         Box::new(frames.into_iter())
     } else {
-        frames::frames(&cli.input, &header.network.input)?
+        input
     };
     let bar = if many {
         let b = ProgressBar::new_spinner();

@@ -101,7 +101,14 @@ pub fn main(cli: &WorkerCli) -> Result<(), String> {
             }
             tracing::info!("shutting down");
         };
-        server::serve(listener, Daemon::new(config), tls, shutdown)
+        let daemon = Daemon::new(config);
+        let stopping = daemon.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Running sessions end now; the server then stops once their streams close.
+            stopping.stop();
+        };
+        server::serve(listener, daemon, tls, shutdown)
             .await
             .map_err(|e| format!("error: {e}"))
     })

@@ -1,0 +1,297 @@
+//! The coordinator over gRPC, against worker daemons on loopback ports: the same bits as in
+//! process, sections shipped once, frames in flight in order, and every way a session can go
+//! wrong refused clearly while the worker keeps serving.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use adcnn_compiler::plan::{Compression, Strategy};
+use adcnn_runtime::coordinator::RunError;
+use adcnn_runtime::net::client::ConnectError;
+use adcnn_runtime::net::proto::{self, worker_client::WorkerClient};
+use adcnn_runtime::net::server::MAX_MESSAGE_BYTES;
+use support::{TOKEN, TempDir, Workers, certificates, grpc, input, local, plan_bytes};
+
+#[test]
+fn grpc_gives_the_in_process_bits_for_every_strategy() {
+    let workers = Workers::start(3, TOKEN, None);
+    for strategy in Strategy::ALL {
+        let bytes = plan_bytes("resnet18", strategy, Compression::None);
+        let x = input(&bytes, 3);
+        let want = local(&bytes).run(&x).expect("in process");
+        let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+        let got = c.run(&x).expect("over gRPC");
+        let same = got
+            .output
+            .iter()
+            .zip(want.output.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: outputs differ", strategy.name());
+        assert_eq!(got.wire_bytes, want.wire_bytes, "{}", strategy.name());
+    }
+}
+
+#[test]
+fn compressed_plans_give_the_in_process_bits_too() {
+    let workers = Workers::start(3, TOKEN, None);
+    for how in [Compression::Q8, Compression::Q4] {
+        let bytes = plan_bytes("mobilenetv2", Strategy::Halo, how);
+        let x = input(&bytes, 4);
+        let want = local(&bytes).run(&x).expect("in process");
+        let got = grpc(&bytes, &workers.options(TOKEN, None))
+            .expect("connects")
+            .run(&x)
+            .expect("over gRPC");
+        assert_eq!(got.output, want.output, "{how:?}");
+        assert_eq!(got.compression_error, want.compression_error, "{how:?}");
+    }
+}
+
+#[test]
+fn a_second_run_ships_and_compiles_nothing() {
+    let workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    let first = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+    let links = first.transport().links.clone();
+    drop(first);
+    assert!(
+        links.iter().all(|l| l.shipped_sections > 0 && !l.cached),
+        "{links:?}"
+    );
+    let second = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+    for l in &second.transport().links {
+        assert_eq!(l.shipped_sections, 0, "{l:?}");
+        assert_eq!(l.shipped_bytes, 0, "{l:?}");
+        assert!(l.cached, "{l:?}");
+    }
+    drop(second);
+    // Another plan ships only what the workers lack: its own segments.
+    let other = plan_bytes("alexnet", Strategy::Layerwise, Compression::None);
+    let third = grpc(&other, &workers.options(TOKEN, None)).expect("connects");
+    assert!(
+        third
+            .transport()
+            .links
+            .iter()
+            .any(|l| l.shipped_sections > 0)
+    );
+}
+
+#[test]
+fn frames_in_flight_come_back_complete_in_order_once() {
+    let workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("mobilenetv2", Strategy::Auto, Compression::None);
+    let inputs: Vec<_> = (0..8).map(|s| input(&bytes, 100 + s)).collect();
+    let mut one = local(&bytes);
+    let want: Vec<_> = inputs
+        .iter()
+        .map(|x| one.run(x).expect("runs").output)
+        .collect();
+    for in_flight in [1, 3, 8] {
+        let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+        let mut got = Vec::new();
+        c.run_stream(inputs.iter().cloned().map(Ok), in_flight, |r| {
+            got.push(r);
+            Ok(())
+        })
+        .expect("runs");
+        assert_eq!(got.len(), inputs.len(), "{in_flight} in flight");
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(
+                r.frame, i as u64,
+                "{in_flight} in flight: frames out of order"
+            );
+            assert_eq!(r.output, want[i], "{in_flight} in flight, frame {i}");
+        }
+    }
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_the_worker_serves_the_next_session() {
+    let workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("alexnet", Strategy::Single, Compression::None);
+    let e = grpc(
+        &bytes,
+        &workers.options(b"not the cluster's token at all", None),
+    )
+    .expect_err("refused");
+    assert!(matches!(e, ConnectError::WrongToken { .. }), "{e}");
+    assert!(
+        e.to_string().contains("does not hold this cluster's token"),
+        "{e}"
+    );
+    let x = input(&bytes, 1);
+    grpc(&bytes, &workers.options(TOKEN, None))
+        .expect("the next session connects")
+        .run(&x)
+        .expect("and runs");
+}
+
+#[test]
+fn a_wrong_protocol_version_is_refused_naming_both() {
+    let workers = Workers::start(1, TOKEN, None);
+    let address = format!("http://{}", workers.addresses[0]);
+    let status = workers.runtime().block_on(async {
+        let mut client = WorkerClient::connect(address).await.expect("connects");
+        client
+            .hello(proto::HelloRequest {
+                protocol: 999,
+                coordinator_nonce: vec![0u8; 32].into(),
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().contains("protocol version 999"),
+        "{status:?}"
+    );
+    assert!(status.message().contains("speaks version 1"), "{status:?}");
+}
+
+#[test]
+fn a_certificate_of_another_cluster_is_refused() {
+    let (ours, theirs) = (TempDir::new("certs-ours"), TempDir::new("certs-theirs"));
+    certificates(&ours.0);
+    certificates(&theirs.0);
+    let names = ["w1", "w2", "w3"];
+    let workers = Workers::start(3, TOKEN, Some((&ours.0, &names)));
+    let bytes = plan_bytes("alexnet", Strategy::Single, Compression::None);
+    let e = grpc(&bytes, &workers.options(TOKEN, Some(&theirs.0))).expect_err("refused");
+    assert!(matches!(e, ConnectError::Unreachable { .. }), "{e}");
+    assert!(e.to_string().contains("cannot reach worker"), "{e}");
+    // Plain text to a TLS worker is refused too.
+    assert!(grpc(&bytes, &workers.options(TOKEN, None)).is_err());
+    let x = input(&bytes, 1);
+    grpc(&bytes, &workers.options(TOKEN, Some(&ours.0)))
+        .expect("the cluster's own certificates connect")
+        .run(&x)
+        .expect("and run");
+}
+
+#[test]
+fn an_oversize_message_is_refused_and_the_worker_serves_on() {
+    let workers = Workers::start(1, TOKEN, None);
+    let address = format!("http://{}", workers.addresses[0]);
+    let status = workers.runtime().block_on(async {
+        let mut client = WorkerClient::connect(address)
+            .await
+            .expect("connects")
+            .max_encoding_message_size(usize::MAX);
+        client
+            .hello(proto::HelloRequest {
+                protocol: 1,
+                coordinator_nonce: vec![0u8; MAX_MESSAGE_BYTES + 1].into(),
+            })
+            .await
+            .expect_err("refused")
+    });
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{status:?}"
+    );
+    let mut three = Workers::start(2, TOKEN, None);
+    three.addresses.insert(0, workers.addresses[0].clone());
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    grpc(&bytes, &three.options(TOKEN, None))
+        .expect("connects")
+        .run(&input(&bytes, 1))
+        .expect("runs");
+}
+
+#[test]
+fn garbage_bytes_on_the_port_leave_the_worker_serving() {
+    let workers = Workers::start(3, TOKEN, None);
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x01\x00\x00\x00\x00\x00"[..],
+    ] {
+        for a in &workers.addresses {
+            let mut s = std::net::TcpStream::connect(a).expect("connects");
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let _ = s.write_all(garbage);
+        }
+    }
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    grpc(&bytes, &workers.options(TOKEN, None))
+        .expect("connects")
+        .run(&input(&bytes, 1))
+        .expect("runs");
+}
+
+#[test]
+fn a_coordinator_that_leaves_mid_frame_leaves_the_worker_serving() {
+    let workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("resnet18", Strategy::Halo, Compression::None);
+    let x = input(&bytes, 9);
+    {
+        let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+        // Tiles go out; the coordinator is dropped before any result is read.
+        let header = c.header().clone();
+        let seg = &header.plan.segments[0];
+        use adcnn_runtime::transport::{TileJob, Transport};
+        let (_, h, w) = x.dim();
+        let full = adcnn_core::plan::Region {
+            r0: 0,
+            r1: h,
+            c0: 0,
+            c1: w,
+        };
+        for (i, t) in seg.tiles.iter().enumerate() {
+            let job = TileJob {
+                frame: 0,
+                segment: 0,
+                tile: i as u32,
+                input: adcnn_core::tensor::crop(&x, &full, &t.input),
+            };
+            c.transport_mut().send(t.node, job).expect("sent");
+        }
+    }
+    let want = local(&bytes).run(&x).expect("in process").output;
+    let got = grpc(&bytes, &workers.options(TOKEN, None))
+        .expect("the next session connects")
+        .run(&x)
+        .expect("and runs")
+        .output;
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_worker_that_goes_away_is_a_clear_error() {
+    let mut workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    let x = input(&bytes, 1);
+    let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+    c.run(&x).expect("runs");
+    workers.stop(1);
+    let e = c.run(&x).expect_err("a worker is gone");
+    assert!(matches!(e, RunError::WorkerLost { .. }), "{e}");
+    assert!(e.to_string().contains("w2"), "{e}");
+}
+
+#[test]
+fn an_unreachable_worker_names_its_address_and_how_to_start_one() {
+    // A loopback port where nothing listens: bind one, note it, close it.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let address = free.local_addr().expect("address").to_string();
+    drop(free);
+    let workers = Workers::start(2, TOKEN, None);
+    let mut opts = workers.options(TOKEN, None);
+    opts.addresses.push(Some(address.clone()));
+    opts.connect_timeout = Duration::from_secs(5);
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    let e = grpc(&bytes, &opts).expect_err("unreachable");
+    let m = e.to_string();
+    assert!(
+        m.contains(&format!("cannot reach worker `w3` at {address}")),
+        "{m}"
+    );
+    assert!(m.contains("adcnn-run worker --listen"), "{m}");
+    assert!(m.contains("--local"), "{m}");
+}
