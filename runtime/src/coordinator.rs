@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use adcnn_core::eval::EvalError;
 use adcnn_core::format::PlanHeader;
+use adcnn_core::input::Frame;
 use adcnn_core::program::Program;
 use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{QuantError, WireError};
@@ -16,8 +17,8 @@ use ndarray::Array3;
 
 use crate::telemetry::Telemetry;
 use crate::trace::{Event as Span, Flow, Trace};
-use crate::transport::{Event, TileDone, TileJob, Transport, TransportError};
-use crate::worker::tile_input;
+use crate::transport::{Event, TileDone, TileInput, TileJob, Transport, TransportError};
+use crate::worker::{tile_input, tile_pixels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -58,8 +59,10 @@ pub struct RunReport {
 }
 
 /// A frame on its way through the plan.
-struct Frame {
+struct InFlight {
     id: u64,
+    /// The input image's pixels, which the first segment's tiles travel as.
+    pixels: Option<Array3<u8>>,
     /// The segment whose tiles are out.
     segment: usize,
     /// That segment's input, whole.
@@ -78,7 +81,7 @@ struct Frame {
 /// Where [`Coordinator::advance`] left a frame.
 enum Step {
     /// Tiles are out.
-    Waiting(Frame),
+    Waiting(InFlight),
     Done(RunReport),
 }
 
@@ -125,8 +128,13 @@ impl<T: Transport> Coordinator<T> {
 
     /// Runs one frame.
     pub fn run(&mut self, input: &Array3<f32>) -> Result<RunReport, RunError> {
+        self.run_frame(Frame::from(input.clone()))
+    }
+
+    /// Runs one frame, its first segment's tiles as pixels when it has them.
+    pub fn run_frame(&mut self, input: Frame) -> Result<RunReport, RunError> {
         let mut result = None;
-        self.run_stream(std::iter::once(Ok(input.clone())), 1, |r| {
+        self.run_stream(std::iter::once(Ok(input)), 1, |r| {
             result = Some(r);
             Ok(())
         })?;
@@ -136,17 +144,18 @@ impl<T: Transport> Coordinator<T> {
     /// Runs `inputs` with at most `in_flight` frames on their way at once, handing each
     /// frame's report to `done` in input order. Stops at the first error (of an input, a
     /// node, or `done`).
-    pub fn run_stream<I>(
+    pub fn run_stream<I, F>(
         &mut self,
         inputs: I,
         in_flight: usize,
         mut done: impl FnMut(RunReport) -> Result<(), RunError>,
     ) -> Result<(), RunError>
     where
-        I: IntoIterator<Item = Result<Array3<f32>, RunError>>,
+        I: IntoIterator<Item = Result<F, RunError>>,
+        F: Into<Frame>,
     {
         let mut inputs = inputs.into_iter();
-        let mut frames: HashMap<u64, Frame> = HashMap::new();
+        let mut frames: HashMap<u64, InFlight> = HashMap::new();
         let mut finished: BTreeMap<u64, RunReport> = BTreeMap::new();
         let mut next_out = self.next_frame;
         let mut exhausted = false;
@@ -155,7 +164,7 @@ impl<T: Transport> Coordinator<T> {
                 match inputs.next() {
                     None => exhausted = true,
                     Some(x) => {
-                        let frame = self.admit(x?)?;
+                        let frame = self.admit(x?.into())?;
                         match self.advance(frame)? {
                             Step::Waiting(f) => {
                                 frames.insert(f.id, f);
@@ -219,8 +228,13 @@ impl<T: Transport> Coordinator<T> {
     }
 
     /// A new frame for `input`, checked against the network's input shape.
-    fn admit(&mut self, input: Array3<f32>) -> Result<Frame, RunError> {
+    fn admit(&mut self, input: Frame) -> Result<InFlight, RunError> {
         let s = self.header.network.input.shape;
+        let Frame {
+            tensor: input,
+            pixels,
+        } = input;
+        let pixels = pixels.filter(|p| p.dim() == input.dim());
         if input.dim() != (s.c, s.h, s.w) {
             let (c, h, w) = input.dim();
             return Err(RunError::InputShape {
@@ -231,8 +245,9 @@ impl<T: Transport> Coordinator<T> {
         let id = self.next_frame;
         self.next_frame += 1;
         let cluster = &self.header.plan.cluster;
-        Ok(Frame {
+        Ok(InFlight {
             id,
+            pixels,
             segment: 0,
             current: input,
             out: Array3::zeros((0, 0, 0)),
@@ -248,18 +263,23 @@ impl<T: Transport> Coordinator<T> {
 
     /// Scatters the frame's current segment, or — past the last — runs the tail and returns
     /// the frame's report.
-    fn advance(&mut self, mut frame: Frame) -> Result<Step, RunError> {
+    fn advance(&mut self, mut frame: InFlight) -> Result<Step, RunError> {
         let plan = &self.header.plan;
         let coord = plan.cluster.coordinator;
         if let Some(seg) = plan.segments.get(frame.segment) {
             let t0 = self.transport.now_us();
             let si = frame.segment;
             for (ti, tile) in seg.tiles.iter().enumerate() {
+                // The first segment reads the input image: its pixels travel when there are.
+                let input = match (&frame.pixels, si) {
+                    (Some(p), 0) => TileInput::Pixels(tile_pixels(p, tile)),
+                    _ => TileInput::Values(tile_input(&frame.current, tile)),
+                };
                 let job = TileJob {
                     frame: frame.id,
                     segment: si as u32,
                     tile: ti as u32,
-                    input: tile_input(&frame.current, tile),
+                    input,
                 };
                 self.transport.send(tile.node, job).map_err(|e| match e {
                     TransportError::Unreachable { reason, .. } => RunError::WorkerLost {
@@ -316,7 +336,7 @@ impl<T: Transport> Coordinator<T> {
     }
 
     /// Puts a returned tile into its place in the frame's segment output.
-    fn stitch(&self, frame: &mut Frame, d: TileDone) -> Result<(), RunError> {
+    fn stitch(&self, frame: &mut InFlight, d: TileDone) -> Result<(), RunError> {
         let plan = &self.header.plan;
         let node = self.node_name(d.node);
         let t = d.output.map_err(|message| RunError::Kernel {

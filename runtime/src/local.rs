@@ -219,4 +219,9 @@ impl LocalCluster {
     pub fn run(&mut self, input: &Array3<f32>) -> Result<RunReport, RunError> {
         self.coordinator.run(input)
     }
+
+    /// Runs one frame (an image's pixels travel to the first segment's tiles).
+    pub fn run_frame(&mut self, input: adcnn_core::input::Frame) -> Result<RunReport, RunError> {
+        self.coordinator.run_frame(input)
+    }
 }

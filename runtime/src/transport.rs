@@ -13,7 +13,35 @@ pub struct TileJob {
     pub frame: u64,
     pub segment: u32,
     pub tile: u32,
-    pub input: Array3<f32>,
+    pub input: TileInput,
+}
+
+/// A tile's input as it travels.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TileInput {
+    /// The values.
+    Values(Array3<f32>),
+    /// A region of the network's input image as 8-bit pixels, which the node normalises as
+    /// the plan's input section says (a quarter of the bytes, the same bits).
+    Pixels(Array3<u8>),
+}
+
+impl TileInput {
+    /// `[C, H, W]`.
+    pub fn dim(&self) -> (usize, usize, usize) {
+        match self {
+            TileInput::Values(a) => a.dim(),
+            TileInput::Pixels(p) => p.dim(),
+        }
+    }
+
+    /// Bytes of its data.
+    pub fn bytes(&self) -> usize {
+        match self {
+            TileInput::Values(a) => 4 * a.len(),
+            TileInput::Pixels(p) => p.len(),
+        }
+    }
 }
 
 /// A computed tile, as it comes back.

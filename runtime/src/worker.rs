@@ -10,13 +10,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use adcnn_core::format::PlanHeader;
+use adcnn_core::input;
+use adcnn_core::net::ImagePreprocess;
+use adcnn_core::ops::Shape;
+use adcnn_core::plan::Region;
 use adcnn_core::plan::{Compression, Segment};
 use adcnn_core::program::Program;
 use adcnn_kernels::wire::{self, QuantError, WireTile};
 use adcnn_kernels::{CompileError, CompileOptions, CompiledKernels};
 use ndarray::Array3;
 
-use crate::transport::{TileDone, TileJob};
+use crate::transport::{TileDone, TileInput, TileJob};
 
 /// Which tile kernels a worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -64,6 +68,8 @@ impl Kernels {
 pub struct Worker {
     node: usize,
     compression: Compression,
+    /// How input pixels become the network's input, if the network takes images.
+    image: Option<ImagePreprocess>,
     /// By segment: the segment's geometry and program, for segments this node has tiles in.
     segments: Vec<Option<(Segment, Arc<Program>)>>,
     kernels: Option<Arc<CompiledKernels>>,
@@ -118,6 +124,7 @@ impl Worker {
         Ok(Worker {
             node,
             compression: plan.compression,
+            image: header.network.input.image.clone(),
             segments,
             kernels,
             compile_ms,
@@ -158,7 +165,7 @@ impl Worker {
             end_us,
             sent_us: start_us,
             received_us: end_us,
-            bytes_in: 4 * job.input.len() as u64,
+            bytes_in: job.input.bytes() as u64,
             bytes_out,
         }
     }
@@ -186,11 +193,22 @@ impl Worker {
                 job.input.dim()
             ));
         }
+        let normalized;
+        let input = match &job.input {
+            TileInput::Values(a) => a,
+            TileInput::Pixels(p) => match (&self.image, job.segment) {
+                (Some(pre), 0) => {
+                    normalized = input::normalize(p.view(), pre);
+                    &normalized
+                }
+                _ => return Err("pixels for a tile that does not read the input image".into()),
+            },
+        };
         let how = self.compression;
         let r = match &self.kernels {
-            Some(k) => k.run_tile_wire(prog, seg, tile, &job.input, how),
+            Some(k) => k.run_tile_wire(prog, seg, tile, input, how),
             None => prog
-                .run_tile(seg, tile, &job.input)
+                .run_tile(seg, tile, input)
                 .map(|t| wire::encode(t, how)),
         };
         r.map_err(|e| e.to_string())
@@ -236,11 +254,16 @@ fn cached_kernels(
 /// The input of a job: the part of `current` (the segment's input, whole) its tile needs.
 pub fn tile_input(current: &Array3<f32>, tile: &adcnn_core::plan::Tile) -> Array3<f32> {
     let (_, h, w) = current.dim();
-    let full = adcnn_core::plan::Region {
-        r0: 0,
-        r1: h,
-        c0: 0,
-        c1: w,
-    };
-    adcnn_core::tensor::crop(current, &full, &tile.input)
+    adcnn_core::tensor::crop(current, &Region::full(Shape::new(0, h, w)), &tile.input)
+}
+
+/// The same for pixels of the input image.
+pub fn tile_pixels(
+    pixels: &ndarray::Array3<u8>,
+    tile: &adcnn_core::plan::Tile,
+) -> ndarray::Array3<u8> {
+    let r = tile.input;
+    pixels
+        .slice(ndarray::s![.., r.r0..r.r1, r.c0..r.c1])
+        .to_owned()
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::net::{ImagePreprocess, Input};
 use crate::npy;
 use image::imageops::FilterType;
-use ndarray::{Array3, Ix3};
+use ndarray::{Array3, ArrayView3, Ix3};
 
 /// Largest image accepted, in pixels per side (bounded before decoding).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
@@ -97,6 +97,72 @@ pub fn from_image_bytes(
     spec: &Input,
     pre: &ImagePreprocess,
 ) -> Result<Array3<f32>, String> {
+    Ok(normalize(image_pixels(bytes, spec, pre)?.view(), pre))
+}
+
+/// An input frame: the network's input tensor, and for an image the 8-bit pixels it was
+/// normalised from (`[C, H, W]`), which can travel in a quarter of the tensor's bytes and
+/// be normalised where they arrive, to the same bits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Frame {
+    pub tensor: Array3<f32>,
+    pub pixels: Option<Array3<u8>>,
+}
+
+impl From<Array3<f32>> for Frame {
+    fn from(tensor: Array3<f32>) -> Frame {
+        Frame {
+            tensor,
+            pixels: None,
+        }
+    }
+}
+
+/// [`load`], keeping an image's pixels.
+pub fn load_frame(path: &Path, spec: &Input) -> Result<Frame, InputError> {
+    let is_npy = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    let pre = match (&spec.image, is_npy) {
+        (Some(pre), false) => pre,
+        _ => return load(path, spec).map(Frame::from),
+    };
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| InputError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let pixels = image_pixels(&bytes, spec, pre).map_err(|reason| InputError::Image {
+        path: shown,
+        reason,
+    })?;
+    Ok(Frame {
+        tensor: normalize(pixels.view(), pre),
+        pixels: Some(pixels),
+    })
+}
+
+/// Pixels as the network's input: `(p / 255 − mean[c]) / std[c]`, the same f32 operations
+/// wherever it runs.
+pub fn normalize(pixels: ArrayView3<u8>, pre: &ImagePreprocess) -> Array3<f32> {
+    let mut out = Array3::zeros(pixels.dim());
+    for ((ch, y, x), v) in out.indexed_iter_mut() {
+        let p = f32::from(pixels[(ch, y, x)]) / 255.0;
+        let (m, s) = (
+            pre.mean.get(ch).copied().unwrap_or(0.0),
+            pre.std.get(ch).copied().unwrap_or(1.0),
+        );
+        *v = (p - m) / s;
+    }
+    out
+}
+
+/// Decodes an image, resized and cropped as the network says, as `[C, H, W]` pixels.
+pub fn image_pixels(
+    bytes: &[u8],
+    spec: &Input,
+    pre: &ImagePreprocess,
+) -> Result<Array3<u8>, String> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -127,8 +193,15 @@ pub fn from_image_bytes(
         img.to_rgb8().into_raw()
     };
     let (hh, ww) = (spec.shape.h, spec.shape.w);
+    if pixels.len() != c * hh * ww || pre.mean.len() < c || pre.std.len() < c {
+        return Err(format!(
+            "the image decodes to {} values, the network takes {c}×{hh}×{ww} with {} means and {} deviations",
+            pixels.len(),
+            pre.mean.len(),
+            pre.std.len()
+        ));
+    }
     Ok(Array3::from_shape_fn((c, hh, ww), |(ch, y, x)| {
-        let v = f32::from(pixels[(y * ww + x) * c + ch]) / 255.0;
-        (v - pre.mean[ch]) / pre.std[ch]
+        pixels[(y * ww + x) * c + ch]
     }))
 }

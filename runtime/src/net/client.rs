@@ -542,7 +542,7 @@ impl Transport for GrpcTransport {
             .get(node)
             .and_then(Option::as_ref)
             .ok_or(TransportError::NotAWorker(node))?;
-        let input = codec::encode_f32(&job.input, self.coder);
+        let input = codec::encode_input(&job.input, self.coder);
         let bytes = codec::wire_bytes(&input);
         let now = self.now_us();
         self.sent

@@ -8,6 +8,7 @@ use adcnn_kernels::wire::{MAX_VALUES, Quantised, WireTile};
 use ndarray::Array3;
 
 use super::proto;
+use crate::transport::TileInput;
 
 /// The lossless coder applied after quantisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -152,6 +153,41 @@ pub fn decode_f32(t: &proto::Tensor) -> Result<Array3<f32>, CodecError> {
     })
 }
 
+/// A tile's input for the wire: its values, or its pixels.
+pub fn encode_input(input: &TileInput, coder: Coder) -> proto::Tensor {
+    match input {
+        TileInput::Values(a) => encode_f32(a, coder),
+        TileInput::Pixels(p) => {
+            let (c, h, w) = p.dim();
+            let raw: Vec<u8> = p.iter().copied().collect();
+            let (data, coder, raw_length) = compress(raw, coder);
+            proto::Tensor {
+                dims: vec![c as u32, h as u32, w as u32],
+                encoding: proto::Encoding::Pixels as i32,
+                ranges: Vec::new(),
+                data: data.into(),
+                coder: coder.proto() as i32,
+                raw_length,
+            }
+        }
+    }
+}
+
+/// A tile's input from the wire.
+pub fn decode_input(t: &proto::Tensor) -> Result<TileInput, CodecError> {
+    if t.encoding != proto::Encoding::Pixels as i32 {
+        return decode_f32(t).map(TileInput::Values);
+    }
+    let (c, h, w) = dims(t)?;
+    let raw = decompress(t, c * h * w)?;
+    Array3::from_shape_vec((c, h, w), raw)
+        .map(TileInput::Pixels)
+        .map_err(|_| CodecError::Length {
+            expected: c * h * w,
+            found: 0,
+        })
+}
+
 /// A tile output for the wire.
 pub fn encode_tile(t: &WireTile, coder: Coder) -> proto::Tensor {
     match t {
@@ -180,7 +216,7 @@ pub fn decode_tile(t: &proto::Tensor) -> Result<WireTile, CodecError> {
         Ok(proto::Encoding::F32) => return decode_f32(t).map(WireTile::Exact),
         Ok(proto::Encoding::Q8) => Compression::Q8,
         Ok(proto::Encoding::Q4) => Compression::Q4,
-        Err(_) => return Err(CodecError::Encoding(t.encoding)),
+        Ok(proto::Encoding::Pixels) | Err(_) => return Err(CodecError::Encoding(t.encoding)),
     };
     let (c, h, w) = dims(t)?;
     if t.ranges.len() != 2 * c {
@@ -221,6 +257,17 @@ mod tests {
                 let (t, _) = wire::encode(a.clone(), how);
                 let back = decode_tile(&encode_tile(&t, coder)).expect("decodes");
                 assert_eq!(back, t, "{coder:?} {how:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn inputs_round_trip_as_values_and_as_pixels() {
+        let pixels = Array3::from_shape_fn((3, 4, 5), |(c, h, w)| (c * 20 + h * 5 + w) as u8);
+        for input in [TileInput::Values(sample()), TileInput::Pixels(pixels)] {
+            for coder in [Coder::None, Coder::Lz4, Coder::Zstd] {
+                let t = encode_input(&input, coder);
+                assert_eq!(decode_input(&t).expect("decodes"), input);
             }
         }
     }

@@ -530,7 +530,7 @@ impl proto::worker_server::Worker for Daemon {
                     Some(to_worker::Message::Job(job)) => {
                         let arrived = Instant::now();
                         let input = job.input.as_ref().ok_or(codec::CodecError::Rank(0));
-                        match input.and_then(codec::decode_f32) {
+                        match input.and_then(codec::decode_input) {
                             Ok(input) => {
                                 let job = TileJob {
                                     frame: job.frame,

@@ -8,8 +8,8 @@ use adcnn_core::net::Input;
 use adcnn_core::npy;
 use ndarray::{Array3, Ix3};
 
-/// One frame: a name (the input file's stem, or its number in a stream) and its tensor.
-pub type Frame = Result<(String, Array3<f32>), String>;
+/// One frame: a name (the input file's stem, or its number in a stream) and its input.
+pub type Frame = Result<(String, input::Frame), String>;
 
 fn is_input_file(p: &Path) -> bool {
     p.extension().is_some_and(|x| {
@@ -28,7 +28,7 @@ pub fn frames(path: &Path, spec: &Input) -> Result<Box<dyn Iterator<Item = Frame
             let next = npy::read_f32_from(&mut stdin, MAX_INPUT_ELEMENTS);
             let frame = match next {
                 Ok(None) => return None,
-                Ok(Some(a)) => to_input(a, &spec).map(|a| (format!("{n:06}"), a)),
+                Ok(Some(a)) => to_input(a, &spec).map(|a| (format!("{n:06}"), a.into())),
                 Err(e) => Err(format!("error: stdin, frame {n}: {e}")),
             };
             n += 1;
@@ -58,7 +58,7 @@ fn load(path: &Path, spec: &Input) -> Frame {
     let stem = path
         .file_stem()
         .map_or_else(|| "frame".to_string(), |s| s.to_string_lossy().into_owned());
-    input::load(path, spec)
+    input::load_frame(path, spec)
         .map(|a| (stem, a))
         .map_err(|e| format!("error: {e}"))
 }

@@ -186,7 +186,9 @@ fn frames_through<T: Transport>(
     };
     if single {
         let (_, x) = frames.first().cloned().ok_or("error: no input")??;
-        coordinator.run(&x).map_err(|e| format!("error: {e}"))?;
+        coordinator
+            .run_frame(x.clone())
+            .map_err(|e| format!("error: {e}"))?;
     }
     let source: Box<dyn Iterator<Item = Frame>> = if single {
         Box::new(frames.into_iter())
@@ -208,7 +210,7 @@ fn frames_through<T: Transport>(
         Ok((stem, x)) => {
             stems.push(stem);
             if !segments.is_empty() {
-                inputs.push(x.clone());
+                inputs.push(x.tensor.clone());
             }
             Ok(x)
         }
