@@ -10,9 +10,10 @@ use std::sync::Arc;
 use adcnn_core::eval::EvalError;
 use adcnn_core::format::PlanHeader;
 use adcnn_core::input::Frame;
+use adcnn_core::plan::Compression;
 use adcnn_core::program::Program;
 use adcnn_core::tensor::region_mut;
-use adcnn_kernels::wire::{QuantError, WireError};
+use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
 use ndarray::Array3;
 
 use crate::telemetry::Telemetry;
@@ -51,7 +52,8 @@ pub struct RunReport {
     pub node_busy_ms: Vec<f64>,
     /// Bytes of tile outputs that crossed the wire.
     pub wire_bytes: u64,
-    /// Relative L2 error that compression added to the tile outputs (0 without compression).
+    /// Relative L2 error that compression added to what crossed the wire: tile outputs and
+    /// later segments' inputs (0 without compression).
     pub compression_error: f64,
     pub trace: Trace,
     /// What was measured of the nodes while the frame ran.
@@ -271,9 +273,19 @@ impl<T: Transport> Coordinator<T> {
             let si = frame.segment;
             for (ti, tile) in seg.tiles.iter().enumerate() {
                 // The first segment reads the input image: its pixels travel when there are.
-                let input = match (&frame.pixels, si) {
-                    (Some(p), 0) => TileInput::Pixels(tile_pixels(p, tile)),
-                    _ => TileInput::Values(tile_input(&frame.current, tile)),
+                // Later segments' inputs are compressed as the plan's outputs are.
+                let input = match (&frame.pixels, si, plan.compression) {
+                    (Some(p), 0, _) => TileInput::Pixels(tile_pixels(p, tile)),
+                    (_, 0, _) | (_, _, Compression::None) => {
+                        TileInput::Values(tile_input(&frame.current, tile))
+                    }
+                    (_, _, how) => match wire::encode(tile_input(&frame.current, tile), how) {
+                        (WireTile::Quantised(q), e) => {
+                            frame.quant.add(e);
+                            TileInput::Quantised(q)
+                        }
+                        (WireTile::Exact(a), _) => TileInput::Values(a),
+                    },
                 };
                 let job = TileJob {
                     frame: frame.id,

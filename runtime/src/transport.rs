@@ -3,7 +3,7 @@
 //! ([`crate::local`]) moves messages over channels between threads, the gRPC transport over
 //! the network, and both behave the same — a test of the coordinator runs on either.
 
-use adcnn_kernels::wire::{QuantError, WireTile};
+use adcnn_kernels::wire::{QuantError, Quantised, WireTile};
 use ndarray::Array3;
 
 /// One tile for a node to compute: frame `frame`'s input region of segment `segment`'s
@@ -24,6 +24,8 @@ pub enum TileInput {
     /// A region of the network's input image as 8-bit pixels, which the node normalises as
     /// the plan's input section says (a quarter of the bytes, the same bits).
     Pixels(Array3<u8>),
+    /// A later segment's input quantised as the plan's q8/q4 compression says.
+    Quantised(Quantised),
 }
 
 impl TileInput {
@@ -32,6 +34,7 @@ impl TileInput {
         match self {
             TileInput::Values(a) => a.dim(),
             TileInput::Pixels(p) => p.dim(),
+            TileInput::Quantised(q) => q.dim,
         }
     }
 
@@ -40,6 +43,7 @@ impl TileInput {
         match self {
             TileInput::Values(a) => 4 * a.len(),
             TileInput::Pixels(p) => p.len(),
+            TileInput::Quantised(q) => q.codes.len() + 8 * q.ranges.len(),
         }
     }
 }

@@ -193,13 +193,17 @@ impl Worker {
                 job.input.dim()
             ));
         }
-        let normalized;
+        let decoded;
         let input = match &job.input {
             TileInput::Values(a) => a,
+            TileInput::Quantised(q) => {
+                decoded = q.decode();
+                &decoded
+            }
             TileInput::Pixels(p) => match (&self.image, job.segment) {
                 (Some(pre), 0) => {
-                    normalized = input::normalize(p.view(), pre);
-                    &normalized
+                    decoded = input::normalize(p.view(), pre);
+                    &decoded
                 }
                 _ => return Err("pixels for a tile that does not read the input image".into()),
             },

@@ -157,6 +157,7 @@ pub fn decode_f32(t: &proto::Tensor) -> Result<Array3<f32>, CodecError> {
 pub fn encode_input(input: &TileInput, coder: Coder) -> proto::Tensor {
     match input {
         TileInput::Values(a) => encode_f32(a, coder),
+        TileInput::Quantised(q) => encode_tile(&WireTile::Quantised(q.clone()), coder),
         TileInput::Pixels(p) => {
             let (c, h, w) = p.dim();
             let raw: Vec<u8> = p.iter().copied().collect();
@@ -176,7 +177,10 @@ pub fn encode_input(input: &TileInput, coder: Coder) -> proto::Tensor {
 /// A tile's input from the wire.
 pub fn decode_input(t: &proto::Tensor) -> Result<TileInput, CodecError> {
     if t.encoding != proto::Encoding::Pixels as i32 {
-        return decode_f32(t).map(TileInput::Values);
+        return decode_tile(t).map(|w| match w {
+            WireTile::Exact(a) => TileInput::Values(a),
+            WireTile::Quantised(q) => TileInput::Quantised(q),
+        });
     }
     let (c, h, w) = dims(t)?;
     let raw = decompress(t, c * h * w)?;
@@ -264,7 +268,14 @@ mod tests {
     #[test]
     fn inputs_round_trip_as_values_and_as_pixels() {
         let pixels = Array3::from_shape_fn((3, 4, 5), |(c, h, w)| (c * 20 + h * 5 + w) as u8);
-        for input in [TileInput::Values(sample()), TileInput::Pixels(pixels)] {
+        let WireTile::Quantised(q) = wire::encode(sample(), Compression::Q4).0 else {
+            panic!("q4 quantises");
+        };
+        for input in [
+            TileInput::Values(sample()),
+            TileInput::Pixels(pixels),
+            TileInput::Quantised(q),
+        ] {
             for coder in [Coder::None, Coder::Lz4, Coder::Zstd] {
                 let t = encode_input(&input, coder);
                 assert_eq!(decode_input(&t).expect("decodes"), input);
