@@ -35,8 +35,10 @@ pub struct Remote {
     /// Talk to workers that are not on this machine in plain text (no TLS).
     #[arg(long)]
     pub insecure: bool,
-    /// Lossless coder for tensors on the wire: none, zstd or lz4.
-    #[arg(long, default_value = "lz4")]
+    /// Lossless coder for tensors on the wire: none, zstd, lz4, or auto (zstd when some
+    /// worker's link is under 1 Gbit/s, where its smaller messages save more time than its
+    /// extra CPU costs; lz4 on faster links).
+    #[arg(long, default_value = "auto")]
     pub coder: String,
     /// Seconds to wait for each worker to accept a connection.
     #[arg(long, default_value_t = 10.0)]
@@ -50,10 +52,19 @@ fn is_loopback(address: &str) -> bool {
 }
 
 impl Remote {
-    pub fn coder(&self) -> Result<Coder, String> {
+    pub fn coder(&self, header: &PlanHeader) -> Result<Coder, String> {
+        if self.coder == "auto" {
+            let cluster = &header.plan.cluster;
+            let slow = cluster
+                .nodes
+                .iter()
+                .filter(|n| n.worker)
+                .any(|n| n.mbps.is_some_and(|m| m < 1000.0));
+            return Ok(if slow { Coder::Zstd } else { Coder::Lz4 });
+        }
         Coder::from_name(&self.coder).ok_or_else(|| {
             format!(
-                "error: --coder takes {}, not `{}`",
+                "error: --coder takes auto, {}, not `{}`",
                 Coder::NAMES.join(", "),
                 self.coder
             )
@@ -114,7 +125,7 @@ impl Remote {
             token,
             tls: self.tls_dir.clone(),
             kernels,
-            coder: self.coder()?,
+            coder: self.coder(header)?,
             connect_timeout: Duration::from_secs_f64(self.connect_timeout.max(0.1)),
             ping_every: Duration::from_secs(1),
         };
