@@ -15,6 +15,7 @@ use ndarray::Array3;
 
 use crate::remote::{Remote, open_plan, plan_error};
 use crate::run::kernels;
+use crate::status::Status;
 
 /// `adcnn-run bench PLAN`: latency of a plan on a seeded random input (a benchmark: it
 /// measures and prints; nothing is asserted).
@@ -203,8 +204,11 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
         .run_stream(frames(2), 1, |_| Ok(()))
         .map_err(|e| format!("error: {e}"))?;
     let mut times = Vec::with_capacity(runs);
+    let names: Vec<String> = header.plan.cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut status = Status::new(&names, !cli.quiet);
     coordinator
         .run_stream(frames(runs), 1, |r| {
+            status.frame(&r);
             times.push(r.measured_ms);
             Ok(())
         })
@@ -212,8 +216,12 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let in_flight = cli.in_flight.max(1);
     let t0 = Instant::now();
     coordinator
-        .run_stream(frames(runs), in_flight, |_| Ok(()))
+        .run_stream(frames(runs), in_flight, |r| {
+            status.frame(&r);
+            Ok(())
+        })
         .map_err(|e| format!("error: {e}"))?;
+    status.finish();
     let fps = runs as f64 / t0.elapsed().as_secs_f64();
     times.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));

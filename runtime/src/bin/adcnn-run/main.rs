@@ -6,6 +6,7 @@ mod certs;
 mod frames;
 mod remote;
 mod run;
+mod status;
 mod worker;
 
 use std::process::ExitCode;

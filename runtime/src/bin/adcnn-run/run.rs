@@ -11,15 +11,14 @@ use adcnn_core::tensor::rel_l2;
 use adcnn_core::{npy, outln, report};
 use adcnn_runtime::coordinator::{Coordinator, RunReport};
 use adcnn_runtime::local::LocalCluster;
-use adcnn_runtime::telemetry::Figures;
 use adcnn_runtime::trace::Trace;
 use adcnn_runtime::transport::Transport;
 use adcnn_runtime::worker::Kernels;
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array3;
 
 use crate::frames::{self, Frame};
 use crate::remote::{Remote, open_plan, plan_error};
+use crate::status::Status;
 
 /// Run a plan built by `adcnnc build` on a cluster of edge devices: the coordinator here, the
 /// workers on the hosts the plan's cluster names (gRPC, mutual TLS, the cluster token), or
@@ -169,7 +168,6 @@ fn frames_through<T: Transport>(
         plan.compression.name()
     );
     let names: Vec<String> = plan.cluster.nodes.iter().map(|n| n.name.clone()).collect();
-    let mut figures = Figures::new(&names, 0.2);
     let mut trace = Trace::new(names.clone());
     let mut latencies = Vec::new();
     let mut frame_metrics = Vec::new();
@@ -195,16 +193,7 @@ fn frames_through<T: Transport>(
     } else {
         input
     };
-    let bar = if many {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {pos} frames, {per_sec} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    let mut status = Status::new(&names, many);
     let started = std::time::Instant::now();
     let mut stream = source.map(|f| match f {
         Ok((stem, x)) => {
@@ -222,24 +211,12 @@ fn frames_through<T: Transport>(
     let mut reports: Vec<RunReport> = Vec::new();
     let in_flight = cli.in_flight.max(1);
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
-        for e in &r.telemetry {
-            figures.add(e);
-        }
-        bar.inc(1);
-        bar.set_message(
-            figures
-                .nodes
-                .iter()
-                .filter(|n| n.tiles > 0)
-                .map(|n| format!("{} {:.1} GFLOP/s", n.name, n.gflops))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
+        status.frame(&r);
         reports.push(r);
         Ok(())
     });
     drop(stream);
-    bar.finish_and_clear();
+    status.finish();
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(e) = first_error {
         return Err(e);
@@ -342,7 +319,7 @@ fn frames_through<T: Transport>(
             "in_flight": in_flight,
             "elapsed_s": elapsed,
             "frames": frame_metrics,
-            "nodes": figures.nodes,
+            "nodes": status.figures.nodes,
         });
         let text = serde_json::to_string_pretty(&json).map_err(|e| format!("error: {e}"))?;
         npy::write_atomically(path, text.as_bytes())

@@ -1,0 +1,60 @@
+//! The live status line of long runs (`adcnn-run` on a folder or stream, `bench`): frames
+//! done, their rate, and each working node's achieved GFLOP/s and link rate, from the run's
+//! telemetry. Drawn on stderr only when it is a terminal.
+
+use adcnn_runtime::coordinator::RunReport;
+use adcnn_runtime::telemetry::Figures;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Status {
+    bar: ProgressBar,
+    pub figures: Figures,
+}
+
+impl Status {
+    /// A status line over the nodes `names` (hidden when `show` is false).
+    pub fn new(names: &[String], show: bool) -> Status {
+        let bar = if show {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {pos} frames, {per_sec} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Status {
+            bar,
+            figures: Figures::new(names, 0.2),
+        }
+    }
+
+    /// Takes a finished frame's telemetry into the figures and the line.
+    pub fn frame(&mut self, r: &RunReport) {
+        for e in &r.telemetry {
+            self.figures.add(e);
+        }
+        self.bar.inc(1);
+        let nodes: Vec<String> = self
+            .figures
+            .nodes
+            .iter()
+            .filter(|n| n.tiles > 0)
+            .map(|n| {
+                let link = if n.link_bytes_per_s > 0.0 {
+                    format!(" {:.0} Mbit/s", n.link_bytes_per_s * 8.0 / 1e6)
+                } else {
+                    String::new()
+                };
+                format!("{} {:.1} GFLOP/s{link}", n.name, n.gflops)
+            })
+            .collect();
+        self.bar
+            .set_message(format!("{:.1} ms | {}", r.measured_ms, nodes.join(", ")));
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
