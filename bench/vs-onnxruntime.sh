@@ -22,7 +22,9 @@ cargo build --release --quiet -p adcnn-compiler --bin adcnnc -p adcnn-runtime --
 OUT="$ROOT/bench/out"
 mkdir -p "$OUT"
 for m in $MODELS; do
-  [ -f "$OUT/$m.plan.bin" ] || "$CARGO_TARGET_DIR/release/adcnnc" build "dsl-examples/$m.yaml" \
+  # Plans are rebuilt every time: one left by another version (another plan format) would be
+  # refused.
+  "$CARGO_TARGET_DIR/release/adcnnc" build "dsl-examples/$m.yaml" \
       --strategy single -o "$OUT/$m.plan.bin" >/dev/null
 done
 echo "loadavg: $(cat /proc/loadavg)"

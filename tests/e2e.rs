@@ -25,7 +25,7 @@ const EXACT: f64 = 1e-5;
 /// The same for compiled kernels on whole networks. They fold batch norm into the conv
 /// weights, sum in another order (blocked GEMM with FMA) and compute 3×3 convolutions as
 /// Winograd F(4×4, 3×3) (~1e-6 per layer): each layer is within 1e-5 of the reference
-/// (`compiler/tests/codegen.rs` checks that per tile), but rounding differences compound with
+/// (`runtime/kernels/tests/codegen.rs` checks that per tile), but rounding differences compound with
 /// depth — ResNet-50 (53 convolutions) measures 4.2e-5 to 4.4e-5, YOLOv2-tiny 1.1e-5 to
 /// 1.2e-5, the other examples stay under 1e-5. A wrong kernel shows errors of 1e-3 and more.
 const EXACT_JIT: f64 = 1e-4;
@@ -141,9 +141,6 @@ fn exact_strategies_equal_the_reference_on_every_example() {
     }
 }
 
-/// FDSP segments compute each tile as an image of its own; the expected output is built here
-/// independently of the runtime: each tile's block through the segment's layers on the
-/// reference interpreter, stitched.
 /// `--kernels gemm`: compiled kernels without Winograd give the same outputs and prepare
 /// less weight memory (a quarter for the 3×3 layers Winograd would take).
 #[test]
@@ -203,6 +200,9 @@ fn a_plan_loaded_again_reuses_its_compiled_kernels() {
     assert_eq!(a.output, b.output);
 }
 
+/// FDSP segments compute each tile as an image of its own; the expected output is built here
+/// independently of the runtime: each tile's block through the segment's layers on the
+/// plain operators, stitched.
 #[test]
 fn fdsp_equals_direct_tile_by_tile_computation() {
     let mut approximate = 0;

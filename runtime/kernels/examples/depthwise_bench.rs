@@ -1,6 +1,6 @@
 //! MobileNetV2's depthwise layers (3×3, pad 1, relu6) on the generated kernel and on the
 //! host AVX2+FMA kernel, best of 30 × 5 calls each, interleaved; checks both give the same
-//! bits. `cargo run --release -p adcnn-compiler --example depthwise_bench`
+//! bits. `cargo run --release -p adcnn-kernels --example depthwise_bench`
 use adcnn_kernels::depthwise;
 use adcnn_kernels::jit::{Act, DepthwiseSpec, JitSession};
 use std::time::Instant;

@@ -1,7 +1,7 @@
-//! Measures the host SGEMM (`codegen::gemm`) against ndarray's `general_mat_mul` (the
+//! Measures the host SGEMM (`adcnn_kernels::gemm`) against ndarray's `general_mat_mul` (the
 //! reference interpreter's GEMM, matrixmultiply) on one thread, in GFLOP/s.
 //!
-//! `cargo run --release -p adcnn-compiler --example gemm_bench` — a benchmark, not a test:
+//! `cargo run --release -p adcnn-kernels --example gemm_bench` — a benchmark, not a test:
 //! it prints best-of and median figures and asserts nothing.
 
 use std::time::Instant;

@@ -1,6 +1,6 @@
 //! Network stems with few input channels (MobileNetV2's 3×3/2 on RGB, ResNet's 7×7/2,
 //! YOLOv2-tiny's and VGG16's 3×3/1), as
-//! one-layer plans on one thread: the direct kernel (`codegen::direct`) against im2col +
+//! one-layer plans on one thread: the direct kernel (`adcnn_kernels::direct`) against im2col +
 //! GEMM + epilogue (`CompileOptions::direct` off), interleaved, best and median of 40 runs.
 //!
 //! `cargo run --release -p adcnn-kernels --example stem_bench` — a benchmark: it prints and

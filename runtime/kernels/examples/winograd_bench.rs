@@ -1,9 +1,9 @@
-//! Measures Winograd F(4×4, 3×3) convolutions (`codegen::winograd`) on the 3×3 stride-1
+//! Measures Winograd F(4×4, 3×3) convolutions (`adcnn_kernels::winograd`) on the 3×3 stride-1
 //! layer shapes of the example networks, one thread: milliseconds and "effective" GFLOP/s
 //! (the direct convolution's FLOPs over the time taken, so above the GEMM's rate when the
 //! saved products outweigh the transforms).
 //!
-//! `cargo run --release -p adcnn-compiler --example winograd_bench` — a benchmark: it prints
+//! `cargo run --release -p adcnn-kernels --example winograd_bench` — a benchmark: it prints
 //! best-of and median figures and asserts nothing.
 
 use std::time::Instant;

@@ -1,6 +1,6 @@
 //! Host depthwise 3×3 convolutions (stride 1×1 or 2×2, undilated, any padding) in AVX2+FMA,
 //! chosen at run time where the CPU has them; every other depthwise shape, and every CPU
-//! without AVX2+FMA, runs the Cranelift kernel (`jit.rs`), whose f32x4 code is limited to
+//! without AVX2+FMA, runs the Cranelift kernel (`jit/`), whose f32x4 code is limited to
 //! 128-bit vectors (Cranelift 0.135 has no 256-bit types on x86-64).
 //!
 //! Per channel the plane is copied into a scratch plane whose padding (and an 8-float slack

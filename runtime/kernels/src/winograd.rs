@@ -13,7 +13,7 @@
 //! transforms run on `LANES` tiles at a time, lane-parallel arrays that the compiler
 //! vectorises. Rounding: the transforms' constants (¼, ⅙, 1/24 …) and the longer sums add
 //! error of the order of 1e-6 relative to a direct convolution in f32 (measured in the tests
-//! of this module and `compiler/tests/codegen.rs`).
+//! of this module and `runtime/kernels/tests/codegen.rs`).
 
 #![allow(
     unsafe_code,

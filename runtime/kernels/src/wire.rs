@@ -10,7 +10,7 @@
 //! decoded v'[i] = lo + q[i] · step
 //! ```
 //!
-//! in f32, operation for operation, in the generated epilogues (`codegen::jit`) and in
+//! in f32, operation for operation, in the generated epilogues (`jit/clif/epilogue.rs`) and in
 //! [`quantise`] (the host version and the oracle), so both give the same codes. `q8` stores a
 //! channel's codes one per byte; `q4` two per byte, low nibble first, each channel starting
 //! on a byte (a channel of odd size leaves the last high nibble zero).

@@ -9,7 +9,7 @@
 //! kernel's shapes: widths 3–40, padding 0–2 per side, residual adds, relu6; asserted to
 //! run on that kernel where the CPU has it), planned with forced halo grids (edge tiles
 //! smaller than the rest, tiles narrower than one f32x4) and as FDSP tiles, every tile
-//! compared with `reference::tile::run_tile` — with kernels compiled for it, with kernels
+//! compared with the oracle, `Program::run_tile` on the unfolded program — with kernels compiled for it, with kernels
 //! that generate no code (the host fallbacks), and with generated depthwise kernels in
 //! place of the host AVX2 one. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
 //! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).

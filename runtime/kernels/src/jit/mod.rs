@@ -4,7 +4,7 @@
 //!
 //! What is generated (everything specialised on its constant shapes and parameters):
 //! - conv/linear **epilogues**: per output channel, bias (batch norm already folded into the
-//!   weights and bias at compile time), optional residual add, and relu / clip / leaky relu,
+//!   weights and bias when the plan was built), optional residual add, and relu / clip / leaky relu,
 //!   in f32x4 with a scalar remainder — run on the GEMM's output while it is in cache;
 //! - **max pooling** (padding is a −∞ border the caller copies in): the whole loop nest with
 //!   constant trip counts;
@@ -18,7 +18,7 @@
 //! Cranelift 0.135 has no 256-bit vectors on x86-64, and its f32x4 FMA kernels reach about
 //! a third of it. Depthwise 3×3 convolutions with stride 1 or 2 — every depthwise layer of
 //! MobileNetV2 — run on a host AVX2+FMA kernel (`depthwise.rs`) where the CPU has it:
-//! measured per layer (`compiler/examples/depthwise_bench.rs`), the generated kernel takes
+//! measured per layer (`runtime/kernels/examples/depthwise_bench.rs`), the generated kernel takes
 //! 0.80–1.05 ns per output at stride 1 and the host kernel, with 8-lane vectors and two
 //! output rows per pass, 0.48–0.95; at stride 2, bound by the deinterleaving copy of four
 //! inputs per output, both take 1.2–1.7. The generated kernel stays for every other shape

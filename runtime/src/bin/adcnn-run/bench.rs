@@ -204,7 +204,13 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
         .run_stream(frames(2), 1, |_| Ok(()))
         .map_err(|e| format!("error: {e}"))?;
     let mut times = Vec::with_capacity(runs);
-    let names: Vec<String> = header.plan.cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let names: Vec<String> = header
+        .plan
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
     let mut status = Status::new(&names, !cli.quiet);
     coordinator
         .run_stream(frames(runs), 1, |r| {
