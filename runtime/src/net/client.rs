@@ -22,6 +22,7 @@ use tonic::{Request, Status};
 
 use super::auth::{self, Role, Token};
 use super::codec::{self, Coder};
+use super::emulate;
 use super::proto::{self, from_worker, to_worker, worker_client::WorkerClient};
 use super::server::{CHUNK_BYTES, MAX_MESSAGE_BYTES, SESSION_KEY};
 use super::{PROTOCOL_VERSION, tls};
@@ -58,6 +59,9 @@ pub struct NodeLink {
     /// Its kernels were already compiled (the same plan ran there before).
     pub cached: bool,
     pub threads: u32,
+    /// One-way latency the coordinator adds towards it (the testbed's emulation; 0 on real
+    /// links).
+    pub emulated_latency_ms: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,14 +230,21 @@ impl GrpcTransport {
             let (tx, rx) = mpsc::channel::<proto::ToWorker>(1024);
             let mut client = o.client;
             let session = o.session;
+            let latency = emulate::latency(&emulate::variable_for(&o.link.name));
+            let mut link = o.link;
+            link.emulated_latency_ms = latency.map_or(0.0, |d| d.as_secs_f64() * 1e3);
             let stream = runtime.block_on(async {
+                let rx = match latency {
+                    Some(d) => emulate::delayed(rx, d),
+                    None => rx,
+                };
                 let mut req = Request::new(ReceiverStream::new(rx));
                 set_session(&mut req, &session)?;
                 client.run(req).await
             });
             let stream = stream.map_err(|s| ConnectError::Refused {
-                node: o.link.name.clone(),
-                address: o.link.address.clone(),
+                node: link.name.clone(),
+                address: link.address.clone(),
                 reason: status_reason(&s),
             })?;
             let reader = Reader {
@@ -245,7 +256,7 @@ impl GrpcTransport {
             readers.push(runtime.spawn(reader.read(stream.into_inner())));
             pingers.push(runtime.spawn(ping(tx.clone(), opts.ping_every, epoch)));
             senders[node] = Some(tx);
-            links.push(o.link);
+            links.push(link);
         }
         Ok(GrpcTransport {
             runtime: Some(runtime),
@@ -445,6 +456,7 @@ async fn open_node(
             weight_bytes: loaded.weight_bytes,
             cached: loaded.cached,
             threads: loaded.threads,
+            emulated_latency_ms: 0.0,
         },
     })
 }

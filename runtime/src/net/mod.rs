@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod cluster_file;
 pub mod codec;
+pub mod emulate;
 pub mod server;
 pub mod tls;
 

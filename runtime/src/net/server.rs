@@ -50,6 +50,9 @@ pub struct DaemonConfig {
     pub threads: usize,
     /// Bytes of plan sections kept between sessions.
     pub cache_bytes: usize,
+    /// An emulated one-way latency added to every message this worker sends (the testbed's,
+    /// see [`super::emulate`]); `None` on real links.
+    pub latency: Option<Duration>,
 }
 
 /// The gRPC service of a worker.
@@ -581,6 +584,10 @@ impl proto::worker_server::Worker for Daemon {
             drop(job_tx);
             drop(out_tx);
         });
+        let out_rx = match self.inner.config.latency {
+            Some(d) => super::emulate::delayed(out_rx, d),
+            None => out_rx,
+        };
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 }

@@ -133,8 +133,16 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         } else {
             format!("kernels compiled in {:.0} ms", l.compile_ms)
         };
+        let emulated = if l.emulated_latency_ms > 0.0 {
+            format!(
+                ", {:.1} ms latency emulated each way",
+                l.emulated_latency_ms
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s)",
+            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s){emulated}",
             l.name,
             l.address,
             l.threads

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use adcnn_runtime::net::auth::Token;
 use adcnn_runtime::net::server::{self, Daemon, DaemonConfig};
-use adcnn_runtime::net::tls;
+use adcnn_runtime::net::{emulate, tls};
 
 /// Serve tiles to a coordinator: a long-running worker for one device of the cluster.
 ///
@@ -72,7 +72,14 @@ pub fn main(cli: &WorkerCli) -> Result<(), String> {
         token,
         threads: threads.max(1),
         cache_bytes: cli.cache_mib.saturating_mul(1 << 20),
+        latency: emulate::latency("ADCNN_EMULATED_LATENCY_MS"),
     };
+    if let Some(d) = config.latency {
+        tracing::info!(
+            ms = d.as_secs_f64() * 1e3,
+            "emulating link latency (ADCNN_EMULATED_LATENCY_MS)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("adcnn-io")
