@@ -170,7 +170,7 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     let fields: Vec<&str> = stdout.split_whitespace().collect();
-    assert_eq!(fields.len(), 7, "{stdout}");
+    assert_eq!(fields.len(), 9, "{stdout}");
     // Reference kernels prepare no weights.
     assert_eq!(fields[5], "0.0", "{stdout}");
     let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
