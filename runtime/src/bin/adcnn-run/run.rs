@@ -66,6 +66,10 @@ pub struct Cli {
     /// or `reference` (the plain operators).
     #[arg(long, default_value = "jit")]
     pub kernels: String,
+    /// Run every node in this process (threads, no network) instead of on the cluster's
+    /// workers.
+    #[arg(long)]
+    pub local: bool,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -93,7 +97,7 @@ fn exact(
 
 pub fn main(cli: &Cli) -> Result<(), String> {
     let which = kernels(&cli.kernels)?;
-    if cli.remote.local {
+    if cli.local {
         let bytes = std::fs::read(&cli.plan)
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
         let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
