@@ -220,12 +220,21 @@ impl GrpcTransport {
             }
             Ok::<_, ConnectError>(out)
         })?;
-        let mut opened = Vec::new();
+        let (mut opened, mut failed) = (Vec::new(), Vec::new());
         for r in results {
-            opened.push(r?);
+            match r {
+                Ok(o) => opened.push(o),
+                Err(e) => failed.push(e),
+            }
         }
         opened.sort_by_key(|o| o.link.node);
-        for o in opened {
+        if let Some(e) = failed.into_iter().next() {
+            // Let the workers that did set up serve the next coordinator at once.
+            runtime.block_on(close_all(opened));
+            return Err(e);
+        }
+        let mut opened = opened.into_iter();
+        while let Some(o) = opened.next() {
             let node = o.link.node;
             let (tx, rx) = mpsc::channel::<proto::ToWorker>(1024);
             let mut client = o.client;
@@ -242,11 +251,17 @@ impl GrpcTransport {
                 set_session(&mut req, &session)?;
                 client.run(req).await
             });
-            let stream = stream.map_err(|s| ConnectError::Refused {
-                node: link.name.clone(),
-                address: link.address.clone(),
-                reason: status_reason(&s),
-            })?;
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(s) => {
+                    runtime.block_on(close_all(opened.collect()));
+                    return Err(ConnectError::Refused {
+                        node: link.name.clone(),
+                        address: link.address.clone(),
+                        reason: status_reason(&s),
+                    });
+                }
+            };
             let reader = Reader {
                 node,
                 events: event_tx.clone(),
@@ -271,6 +286,15 @@ impl GrpcTransport {
             links,
         })
     }
+}
+
+/// Closes the sessions of workers that set up when the whole cluster cannot run.
+async fn close_all(opened: Vec<Opened>) {
+    let mut set = tokio::task::JoinSet::new();
+    for mut o in opened {
+        set.spawn(async move { close(&mut o.client, &o.session).await });
+    }
+    while set.join_next().await.is_some() {}
 }
 
 fn set_session<T>(req: &mut Request<T>, session: &str) -> Result<(), Status> {
@@ -403,15 +427,65 @@ async fn open_node(
         .map_err(refused)?
         .into_inner()
         .missing;
+    // The worker now holds the session for us: release it if the rest fails.
+    let link = async {
+        let (shipped_bytes, loaded) =
+            ship_and_load(&mut client, &session, &refs, &missing, payloads, opts)
+                .await
+                .map_err(refused)?;
+        Ok(NodeLink {
+            node,
+            name: name.clone(),
+            address: address.clone(),
+            shipped_sections: missing.len() as u32,
+            shipped_bytes,
+            compile_ms: loaded.compile_ms,
+            weight_bytes: loaded.weight_bytes,
+            cached: loaded.cached,
+            threads: loaded.threads,
+            emulated_latency_ms: 0.0,
+        })
+    }
+    .await;
+    match link {
+        Ok(link) => Ok(Opened {
+            client,
+            session,
+            link,
+        }),
+        Err(e) => {
+            close(&mut client, &session).await;
+            Err(e)
+        }
+    }
+}
+
+/// Ends a session that will not run (best effort: the worker also lets it go when idle).
+async fn close(client: &mut WorkerClient<Channel>, session: &str) {
+    let mut req = Request::new(proto::CloseRequest {});
+    if set_session(&mut req, session).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.close(req)).await;
+    }
+}
+
+/// Ships the sections the worker lacks and has it load the plan; returns the bytes shipped.
+async fn ship_and_load(
+    client: &mut WorkerClient<Channel>,
+    session: &str,
+    refs: &[proto::SectionRef],
+    missing: &[u32],
+    payloads: &HashMap<u64, Arc<Vec<u8>>>,
+    opts: &ConnectOptions,
+) -> Result<(u64, proto::LoadReply), Status> {
     let mut chunks = Vec::new();
     let mut shipped_bytes = 0u64;
-    for &m in &missing {
+    for &m in missing {
         let r = refs
             .get(m as usize)
-            .ok_or_else(|| refused(Status::internal("asked for a section that was not offered")))?;
+            .ok_or_else(|| Status::internal("asked for a section that was not offered"))?;
         let bytes = payloads
             .get(&r.hash)
-            .ok_or_else(|| refused(Status::internal("a section we do not have")))?;
+            .ok_or_else(|| Status::internal("a section we do not have"))?;
         shipped_bytes += bytes.len() as u64;
         let mut offset = 0usize;
         loop {
@@ -429,8 +503,8 @@ async fn open_node(
     }
     if !chunks.is_empty() {
         let mut req = Request::new(tokio_stream::iter(chunks));
-        set_session(&mut req, &session).map_err(refused)?;
-        client.ship(req).await.map_err(refused)?;
+        set_session(&mut req, session)?;
+        client.ship(req).await?;
     }
     let mut req = Request::new(proto::LoadRequest {
         kernels: match opts.kernels {
@@ -441,24 +515,9 @@ async fn open_node(
         .into(),
         coder: opts.coder.name().into(),
     });
-    set_session(&mut req, &session).map_err(refused)?;
-    let loaded = client.load(req).await.map_err(refused)?.into_inner();
-    Ok(Opened {
-        client,
-        session,
-        link: NodeLink {
-            node,
-            name,
-            address,
-            shipped_sections: missing.len() as u32,
-            shipped_bytes,
-            compile_ms: loaded.compile_ms,
-            weight_bytes: loaded.weight_bytes,
-            cached: loaded.cached,
-            threads: loaded.threads,
-            emulated_latency_ms: 0.0,
-        },
-    })
+    set_session(&mut req, session)?;
+    let loaded = client.load(req).await?.into_inner();
+    Ok((shipped_bytes, loaded))
 }
 
 /// Pings a worker every `every` on its tile stream.
