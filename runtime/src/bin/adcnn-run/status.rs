@@ -58,6 +58,11 @@ impl Status {
             .set_message(format!("{:.1} ms | {}", r.measured_ms, nodes.join(", ")));
     }
 
+    /// Runs `f` (which prints) with the line cleared, then draws it again.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
