@@ -1,5 +1,6 @@
 //! `adcnn-run worker`: the daemon on each device.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -42,12 +43,18 @@ pub struct WorkerCli {
     pub cache_mib: usize,
 }
 
+/// The worker's log filter when ADCNN_LOG is not set.
+const DEFAULT_LOG: &str = "warn,adcnn_run=info,adcnn_runtime=info,adcnn_kernels=info,adcnn_core=info";
+
 pub fn main(cli: &WorkerCli) -> Result<(), String> {
+    // adcnn's own events at info; the libraries' (Cranelift logs every function it compiles,
+    // h2 and tonic every frame at debug) only when they warn, unless ADCNN_LOG says more.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ADCNN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     let token = Token::load(cli.token_file.as_deref()).map_err(|e| format!("error: {e}"))?;
     let addr: SocketAddr = cli.listen.parse().map_err(|_| {
