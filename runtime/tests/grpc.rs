@@ -162,10 +162,18 @@ fn a_certificate_of_another_cluster_is_refused() {
     let workers = Workers::start(3, TOKEN, Some((&ours.0, &names)));
     let bytes = plan_bytes("alexnet", Strategy::Single, Compression::None);
     let e = grpc(&bytes, &workers.options(TOKEN, Some(&theirs.0))).expect_err("refused");
-    assert!(matches!(e, ConnectError::Unreachable { .. }), "{e}");
-    assert!(e.to_string().contains("cannot reach worker"), "{e}");
-    // Plain text to a TLS worker is refused too.
-    assert!(grpc(&bytes, &workers.options(TOKEN, None)).is_err());
+    assert!(matches!(e, ConnectError::Handshake { .. }), "{e}");
+    assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+    assert!(e.to_string().contains("ca.pem"), "{e}");
+    // Plain text to a TLS worker is refused too, with the advice to pass --tls-dir.
+    let e = grpc(&bytes, &workers.options(TOKEN, None)).expect_err("plain text refused");
+    assert!(matches!(e, ConnectError::Handshake { .. }), "{e}");
+    assert!(e.to_string().contains("pass --tls-dir"), "{e}");
+    // TLS to plain-text workers: told that they answer in plain text.
+    let plain = Workers::start(3, TOKEN, None);
+    let e = grpc(&bytes, &plain.options(TOKEN, Some(&ours.0))).expect_err("TLS to plain text");
+    assert!(matches!(e, ConnectError::Handshake { .. }), "{e}");
+    assert!(e.to_string().contains("answers in plain text"), "{e}");
     let x = input(&bytes, 1);
     grpc(&bytes, &workers.options(TOKEN, Some(&ours.0)))
         .expect("the cluster's own certificates connect")

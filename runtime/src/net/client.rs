@@ -75,6 +75,13 @@ pub enum ConnectError {
         reason: String,
         tls: &'static str,
     },
+    #[error("cannot talk to worker `{node}` at {address}: {reason}\n  {advice}")]
+    Handshake {
+        node: String,
+        address: String,
+        reason: String,
+        advice: &'static str,
+    },
     #[error("worker `{node}` at {address} refused the session: {reason}")]
     Refused {
         node: String,
@@ -117,13 +124,52 @@ pub struct GrpcTransport {
     pub links: Vec<NodeLink>,
 }
 
+/// An error and its causes, each once ("a: b: c"; libraries often repeat a cause's text in
+/// their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        source = s.source();
+    }
+    reason
+}
+
+/// Whether a connection failed in the TLS handshake (a certificate that does not verify,
+/// TLS against plain text).
+fn is_tls_failure(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|k| r.contains(k))
+}
+
 fn status_reason(s: &Status) -> String {
     let m = s.message();
-    if m.is_empty() {
+    let mut reason = if m.is_empty() {
         format!("{:?}", s.code())
     } else {
         m.to_string()
+    };
+    if let Some(cause) = std::error::Error::source(s) {
+        let cause = error_chain(cause);
+        if cause.contains(&reason) {
+            reason = cause;
+        } else if !reason.contains(&cause) {
+            reason = format!("{reason}: {cause}");
+        }
     }
+    reason
 }
 
 impl GrpcTransport {
@@ -351,7 +397,8 @@ async fn open_node(
         address: address.clone(),
         reason: status_reason(&s),
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let secure = tls.is_some();
+    let scheme = if secure { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| unreachable(format!("not an address: {e}")))?
         .connect_timeout(opts.connect_timeout)
@@ -366,14 +413,29 @@ async fn open_node(
             .tls_config(t)
             .map_err(|e| unreachable(format!("TLS: {e}")))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
+    let handshake = |reason: String| {
+        let r = reason.to_ascii_lowercase();
+        let advice = if !secure {
+            "the worker serves TLS (it was started with --tls-dir): pass --tls-dir CERTS here too"
+        } else if r.contains("invalidcontenttype") || r.contains("corrupt message") {
+            "the worker answers in plain text (it was started without --tls-dir): start it with --tls-dir CERTS --name NODE, or leave --tls-dir off here (loopback only)"
+        } else {
+            "its certificate must come from the same `adcnn-run certs` as --tls-dir's ca.pem, issued for this node's name and address (the worker's --name)"
+        };
+        ConnectError::Handshake {
+            node: name.clone(),
+            address: address.clone(),
+            reason,
+            advice,
         }
-        unreachable(reason)
+    };
+    let channel = endpoint.connect().await.map_err(|e| {
+        let reason = error_chain(&e);
+        if is_tls_failure(&reason) {
+            handshake(reason)
+        } else {
+            unreachable(reason)
+        }
     })?;
     let mut client = WorkerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -385,11 +447,24 @@ async fn open_node(
             coordinator_nonce: ours.clone().into(),
         })
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown if s.message().contains("connect") => {
-                unreachable(status_reason(&s))
+        .map_err(|s| {
+            let reason = status_reason(&s);
+            match s.code() {
+                _ if is_tls_failure(&reason) => handshake(reason),
+                // Plain text to a TLS worker: it drops the connection at the HTTP/2 preface.
+                tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
+                    if !secure
+                        && !reason.contains("tcp connect")
+                        && (reason.contains("h2 protocol error")
+                            || reason.starts_with("transport error")) =>
+                {
+                    handshake(reason)
+                }
+                tonic::Code::Unavailable | tonic::Code::Unknown if reason.contains("connect") => {
+                    unreachable(reason)
+                }
+                _ => refused(s),
             }
-            _ => refused(s),
         })?
         .into_inner();
     if hello.protocol != PROTOCOL_VERSION {

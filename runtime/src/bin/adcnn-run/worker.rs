@@ -43,8 +43,11 @@ pub struct WorkerCli {
     pub cache_mib: usize,
 }
 
-/// The worker's log filter when ADCNN_LOG is not set.
-const DEFAULT_LOG: &str = "warn,adcnn_run=info,adcnn_runtime=info,adcnn_kernels=info,adcnn_core=info";
+/// The worker's log filter when ADCNN_LOG is not set. tonic reports a refused TLS handshake
+/// (a coordinator with another cluster's certificate, or plain text) only at debug, in
+/// `io_stream`; that one target is kept so the worker's side of the refusal is logged too.
+const DEFAULT_LOG: &str = "warn,adcnn_run=info,adcnn_runtime=info,adcnn_kernels=info,\
+     adcnn_core=info,tonic::transport::server::io_stream=debug";
 
 pub fn main(cli: &WorkerCli) -> Result<(), String> {
     // adcnn's own events at info; the libraries' (Cranelift logs every function it compiles,
