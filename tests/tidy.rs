@@ -340,3 +340,128 @@ fn cycles(graph: &BTreeMap<Module, BTreeSet<Module>>) -> Vec<Vec<Module>> {
     }
     s.found
 }
+
+/// The commands a document gives to run: the lines of its fenced code blocks (a Markdown
+/// page) or of its comments (a YAML example), without a shell prompt.
+fn commands(path: &Path, text: &str) -> Vec<String> {
+    let yaml = path.extension().is_some_and(|e| e == "yaml");
+    let mut in_block = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if yaml {
+            if let Some(c) = t.strip_prefix('#') {
+                out.push(c.trim().to_string());
+            }
+        } else if t.starts_with("```") {
+            in_block = !in_block;
+        } else if in_block {
+            out.push(t.strip_prefix("$ ").unwrap_or(t).to_string());
+        }
+    }
+    out
+}
+
+/// Commands that would make this machine connect to a cluster's addresses that exist only
+/// inside the testbed (or on real devices): `adcnn-run PLAN` (or `bench PLAN --remote`) of a
+/// plan the same document built for a bundled cluster file with addresses off loopback,
+/// without `--local` or an address override. `off_loopback` says whether a cluster file
+/// names such addresses (`None`: not a bundled file).
+fn network_rule_violations(
+    commands: &[String],
+    off_loopback: &dyn Fn(&str) -> Option<bool>,
+) -> Vec<String> {
+    let mut built: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for c in commands {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+        };
+        match words.as_slice() {
+            ["adcnnc", "build", ..] => {
+                if let (Some(cluster), Some(plan)) = (after("--cluster"), after("-o")) {
+                    built.insert(plan.to_string(), cluster.to_string());
+                }
+            }
+            ["adcnn-run", first, rest @ ..] => {
+                let (plan, remote) = match (*first, rest.first()) {
+                    ("bench", Some(plan)) => (*plan, words.contains(&"--remote")),
+                    ("worker" | "certs", _) => continue,
+                    (plan, _) => (plan, !words.contains(&"--local")),
+                };
+                let overridden = words.contains(&"--worker") || words.contains(&"--cluster");
+                let Some(cluster) = built.get(plan) else {
+                    continue;
+                };
+                if remote && !overridden && off_loopback(cluster) == Some(true) {
+                    out.push(format!("`{c}` (plan built for {cluster})"));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The network rule: documents never tell this machine to connect to `edge4`'s or `lan8`'s
+/// 10.x hosts, which exist only inside the testbed's network namespaces.
+#[test]
+fn no_documented_command_reaches_the_testbeds_addresses_from_the_host() {
+    let root = repo_root();
+    let off_loopback = |cluster: &str| {
+        let text = std::fs::read_to_string(root.join(cluster)).ok()?;
+        Some(text.lines().any(|l| {
+            l.split("address: \"")
+                .nth(1)
+                .is_some_and(|a| !a.starts_with("127.") && !a.starts_with("[::1]"))
+        }))
+    };
+    let mut docs = vec![root.join("README.md")];
+    for dir in ["book/src", "dsl-examples"] {
+        let entries = std::fs::read_dir(root.join(dir)).expect(dir);
+        docs.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    docs.sort();
+    let mut bad = Vec::new();
+    for doc in docs
+        .iter()
+        .filter(|d| d.extension().is_some_and(|e| e == "md" || e == "yaml"))
+    {
+        let text = std::fs::read_to_string(doc).expect("readable");
+        for v in network_rule_violations(&commands(doc, &text), &off_loopback) {
+            bad.push(format!("{}: {v}", doc.display()));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "run these with --local (or under testbed/run.sh):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_network_rule_check_finds_a_planted_command() {
+    let lines = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+    let edge = |c: &str| Some(c.contains("edge4"));
+    let doc = lines(
+        "adcnnc build net.yaml --cluster dsl-examples/edge4.yaml -o plan.bin\n\
+         adcnn-run plan.bin --local --input x.npy\n\
+         adcnn-run plan.bin --input x.npy\n\
+         adcnn-run plan.bin --worker edge1=127.0.0.1:7301 --input x.npy\n\
+         adcnn-run bench plan.bin --remote\n\
+         adcnn-run bench plan.bin\n\
+         adcnnc build net.yaml --cluster dsl-examples/loopback3.yaml -o near.bin\n\
+         adcnn-run near.bin --input x.npy",
+    );
+    assert_eq!(
+        network_rule_violations(&doc, &edge),
+        [
+            "`adcnn-run plan.bin --input x.npy` (plan built for dsl-examples/edge4.yaml)",
+            "`adcnn-run bench plan.bin --remote` (plan built for dsl-examples/edge4.yaml)",
+        ]
+    );
+}
