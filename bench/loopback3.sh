@@ -49,10 +49,10 @@ echo
 echo "latency and throughput (compression none; p50/p99 ms of $RUNS frames, frames/s)"
 printf '%-34s %9s %9s %10s\n' transport p50 p99 frames/s
 for round in 1 2; do
-  read -r _ p50 p99 _ _ _ fps < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --threads 4 --runs "$RUNS" --quiet)
+  read -r _ p50 p99 _ _ _ fps _ < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --threads 4 --runs "$RUNS" --quiet)
   printf '%-34s %9.1f %9.1f %10.2f\n' "in process (round $round)" "$p50" "$p99" "$fps"
   for inflight in 1 4; do
-    read -r _ p50 p99 _ _ _ fps < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --remote "${REMOTE[@]}" \
+    read -r _ p50 p99 _ _ _ fps _ < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --remote "${REMOTE[@]}" \
       --runs "$RUNS" --in-flight "$inflight" --quiet)
     printf '%-34s %9.1f %9.1f %10.2f\n' "gRPC, $inflight in flight (round $round)" "$p50" "$p99" "$fps"
   done

@@ -38,6 +38,10 @@ pub enum RunError {
     /// A frame could not be read (the message says which and why).
     #[error("{0}")]
     Input(String),
+    /// A finished frame could not be delivered: the consumer of [`Coordinator::run_stream`]
+    /// failed (the message says why), and the stream stops.
+    #[error("{0}")]
+    Output(String),
 }
 
 /// What one frame produced and measured.

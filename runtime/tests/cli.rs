@@ -170,7 +170,7 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     let fields: Vec<&str> = stdout.split_whitespace().collect();
-    assert_eq!(fields.len(), 7, "{stdout}");
+    assert_eq!(fields.len(), 9, "{stdout}");
     // Reference kernels prepare no weights.
     assert_eq!(fields[5], "0.0", "{stdout}");
     let (code, _, stderr) = adcnn_run(&["bench", p, "--kernels", "fast"]);
@@ -231,4 +231,69 @@ fn a_network_file_is_pointed_to_the_compiler() {
         stderr.contains("adcnnc build") && stderr.contains("adcnnc run"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_stream_reports_and_writes_each_frame_as_it_finishes() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let plan = plan_file("alexnet", adcnn_compiler::plan::Strategy::Halo, "stream");
+    let out = std::env::temp_dir().join(format!("adcnn-run-stream-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adcnn-run"))
+        .args([plan.to_str().expect("utf-8"), "--local", "--input", "-"])
+        .args(["--output", out.to_str().expect("utf-8")])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runs");
+    // Killed whatever happens below.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Lines through a channel, so that a run that never prints fails the test (after a
+    // generous bound, a fail-safe against hanging, not a timing) rather than hanging it.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let child = Kill(child);
+    let hang = std::time::Duration::from_secs(300);
+    let frame = |v: f32| {
+        let x = ndarray::Array3::<f32>::from_elem((3, 224, 224), v);
+        adcnn_core::npy::write_f32(&x.into_dyn())
+    };
+    // One frame, stdin still open: its line and its output file come before the next frame
+    // is even sent (a run that held them to the end would never print it).
+    stdin.write_all(&frame(0.1)).expect("writes");
+    stdin.flush().expect("flushes");
+    let first = std::iter::from_fn(|| lines.recv_timeout(hang).ok())
+        .find(|l| l.starts_with("000000"))
+        .expect("frame 0 reported while the stream is open");
+    assert!(first.contains(" ms"), "{first}");
+    assert!(out.join("000000.npy").is_file(), "frame 0 written");
+    assert!(!out.join("000001.npy").exists());
+    stdin.write_all(&frame(0.2)).expect("writes");
+    drop(stdin);
+    let rest: Vec<String> = std::iter::from_fn(|| lines.recv_timeout(hang).ok()).collect();
+    assert!(rest.iter().any(|l| l.starts_with("000001")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("2 frames in")), "{rest:?}");
+    assert!(out.join("000001.npy").is_file(), "frame 1 written");
+    drop(child);
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_file(&plan);
 }

@@ -22,6 +22,7 @@ use tonic::{Request, Status};
 
 use super::auth::{self, Role, Token};
 use super::codec::{self, Coder};
+use super::emulate;
 use super::proto::{self, from_worker, to_worker, worker_client::WorkerClient};
 use super::server::{CHUNK_BYTES, MAX_MESSAGE_BYTES, SESSION_KEY};
 use super::{PROTOCOL_VERSION, tls};
@@ -58,6 +59,9 @@ pub struct NodeLink {
     /// Its kernels were already compiled (the same plan ran there before).
     pub cached: bool,
     pub threads: u32,
+    /// One-way latency the coordinator adds towards it (the testbed's emulation; 0 on real
+    /// links).
+    pub emulated_latency_ms: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,13 @@ pub enum ConnectError {
         address: String,
         reason: String,
         tls: &'static str,
+    },
+    #[error("cannot talk to worker `{node}` at {address}: {reason}\n  {advice}")]
+    Handshake {
+        node: String,
+        address: String,
+        reason: String,
+        advice: &'static str,
     },
     #[error("worker `{node}` at {address} refused the session: {reason}")]
     Refused {
@@ -113,13 +124,52 @@ pub struct GrpcTransport {
     pub links: Vec<NodeLink>,
 }
 
+/// An error and its causes, each once ("a: b: c"; libraries often repeat a cause's text in
+/// their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !reason.contains(&text) {
+            reason = format!("{reason}: {text}");
+        }
+        source = s.source();
+    }
+    reason
+}
+
+/// Whether a connection failed in the TLS handshake (a certificate that does not verify,
+/// TLS against plain text).
+fn is_tls_failure(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "certificate",
+        "tls",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|k| r.contains(k))
+}
+
 fn status_reason(s: &Status) -> String {
     let m = s.message();
-    if m.is_empty() {
+    let mut reason = if m.is_empty() {
         format!("{:?}", s.code())
     } else {
         m.to_string()
+    };
+    if let Some(cause) = std::error::Error::source(s) {
+        let cause = error_chain(cause);
+        if cause.contains(&reason) {
+            reason = cause;
+        } else if !reason.contains(&cause) {
+            reason = format!("{reason}: {cause}");
+        }
     }
+    reason
 }
 
 impl GrpcTransport {
@@ -216,26 +266,48 @@ impl GrpcTransport {
             }
             Ok::<_, ConnectError>(out)
         })?;
-        let mut opened = Vec::new();
+        let (mut opened, mut failed) = (Vec::new(), Vec::new());
         for r in results {
-            opened.push(r?);
+            match r {
+                Ok(o) => opened.push(o),
+                Err(e) => failed.push(e),
+            }
         }
         opened.sort_by_key(|o| o.link.node);
-        for o in opened {
+        if let Some(e) = failed.into_iter().next() {
+            // Let the workers that did set up serve the next coordinator at once.
+            runtime.block_on(close_all(opened));
+            return Err(e);
+        }
+        let mut opened = opened.into_iter();
+        while let Some(o) = opened.next() {
             let node = o.link.node;
             let (tx, rx) = mpsc::channel::<proto::ToWorker>(1024);
             let mut client = o.client;
             let session = o.session;
+            let latency = emulate::latency(&emulate::variable_for(&o.link.name));
+            let mut link = o.link;
+            link.emulated_latency_ms = latency.map_or(0.0, |d| d.as_secs_f64() * 1e3);
             let stream = runtime.block_on(async {
+                let rx = match latency {
+                    Some(d) => emulate::delayed(rx, d),
+                    None => rx,
+                };
                 let mut req = Request::new(ReceiverStream::new(rx));
                 set_session(&mut req, &session)?;
                 client.run(req).await
             });
-            let stream = stream.map_err(|s| ConnectError::Refused {
-                node: o.link.name.clone(),
-                address: o.link.address.clone(),
-                reason: status_reason(&s),
-            })?;
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(s) => {
+                    runtime.block_on(close_all(opened.collect()));
+                    return Err(ConnectError::Refused {
+                        node: link.name.clone(),
+                        address: link.address.clone(),
+                        reason: status_reason(&s),
+                    });
+                }
+            };
             let reader = Reader {
                 node,
                 events: event_tx.clone(),
@@ -245,7 +317,7 @@ impl GrpcTransport {
             readers.push(runtime.spawn(reader.read(stream.into_inner())));
             pingers.push(runtime.spawn(ping(tx.clone(), opts.ping_every, epoch)));
             senders[node] = Some(tx);
-            links.push(o.link);
+            links.push(link);
         }
         Ok(GrpcTransport {
             runtime: Some(runtime),
@@ -260,6 +332,15 @@ impl GrpcTransport {
             links,
         })
     }
+}
+
+/// Closes the sessions of workers that set up when the whole cluster cannot run.
+async fn close_all(opened: Vec<Opened>) {
+    let mut set = tokio::task::JoinSet::new();
+    for mut o in opened {
+        set.spawn(async move { close(&mut o.client, &o.session).await });
+    }
+    while set.join_next().await.is_some() {}
 }
 
 fn set_session<T>(req: &mut Request<T>, session: &str) -> Result<(), Status> {
@@ -316,7 +397,8 @@ async fn open_node(
         address: address.clone(),
         reason: status_reason(&s),
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let secure = tls.is_some();
+    let scheme = if secure { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|e| unreachable(format!("not an address: {e}")))?
         .connect_timeout(opts.connect_timeout)
@@ -331,14 +413,29 @@ async fn open_node(
             .tls_config(t)
             .map_err(|e| unreachable(format!("TLS: {e}")))?;
     }
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
+    let handshake = |reason: String| {
+        let r = reason.to_ascii_lowercase();
+        let advice = if !secure {
+            "the worker serves TLS (it was started with --tls-dir): pass --tls-dir CERTS here too"
+        } else if r.contains("invalidcontenttype") || r.contains("corrupt message") {
+            "the worker answers in plain text (it was started without --tls-dir): start it with --tls-dir CERTS --name NODE, or leave --tls-dir off here (loopback only)"
+        } else {
+            "its certificate must come from the same `adcnn-run certs` as --tls-dir's ca.pem, issued for this node's name and address (the worker's --name)"
+        };
+        ConnectError::Handshake {
+            node: name.clone(),
+            address: address.clone(),
+            reason,
+            advice,
         }
-        unreachable(reason)
+    };
+    let channel = endpoint.connect().await.map_err(|e| {
+        let reason = error_chain(&e);
+        if is_tls_failure(&reason) {
+            handshake(reason)
+        } else {
+            unreachable(reason)
+        }
     })?;
     let mut client = WorkerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -350,11 +447,24 @@ async fn open_node(
             coordinator_nonce: ours.clone().into(),
         })
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown if s.message().contains("connect") => {
-                unreachable(status_reason(&s))
+        .map_err(|s| {
+            let reason = status_reason(&s);
+            match s.code() {
+                _ if is_tls_failure(&reason) => handshake(reason),
+                // Plain text to a TLS worker: it drops the connection at the HTTP/2 preface.
+                tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Unavailable
+                    if !secure
+                        && !reason.contains("tcp connect")
+                        && (reason.contains("h2 protocol error")
+                            || reason.starts_with("transport error")) =>
+                {
+                    handshake(reason)
+                }
+                tonic::Code::Unavailable | tonic::Code::Unknown if reason.contains("connect") => {
+                    unreachable(reason)
+                }
+                _ => refused(s),
             }
-            _ => refused(s),
         })?
         .into_inner();
     if hello.protocol != PROTOCOL_VERSION {
@@ -392,15 +502,65 @@ async fn open_node(
         .map_err(refused)?
         .into_inner()
         .missing;
+    // The worker now holds the session for us: release it if the rest fails.
+    let link = async {
+        let (shipped_bytes, loaded) =
+            ship_and_load(&mut client, &session, &refs, &missing, payloads, opts)
+                .await
+                .map_err(refused)?;
+        Ok(NodeLink {
+            node,
+            name: name.clone(),
+            address: address.clone(),
+            shipped_sections: missing.len() as u32,
+            shipped_bytes,
+            compile_ms: loaded.compile_ms,
+            weight_bytes: loaded.weight_bytes,
+            cached: loaded.cached,
+            threads: loaded.threads,
+            emulated_latency_ms: 0.0,
+        })
+    }
+    .await;
+    match link {
+        Ok(link) => Ok(Opened {
+            client,
+            session,
+            link,
+        }),
+        Err(e) => {
+            close(&mut client, &session).await;
+            Err(e)
+        }
+    }
+}
+
+/// Ends a session that will not run (best effort: the worker also lets it go when idle).
+async fn close(client: &mut WorkerClient<Channel>, session: &str) {
+    let mut req = Request::new(proto::CloseRequest {});
+    if set_session(&mut req, session).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.close(req)).await;
+    }
+}
+
+/// Ships the sections the worker lacks and has it load the plan; returns the bytes shipped.
+async fn ship_and_load(
+    client: &mut WorkerClient<Channel>,
+    session: &str,
+    refs: &[proto::SectionRef],
+    missing: &[u32],
+    payloads: &HashMap<u64, Arc<Vec<u8>>>,
+    opts: &ConnectOptions,
+) -> Result<(u64, proto::LoadReply), Status> {
     let mut chunks = Vec::new();
     let mut shipped_bytes = 0u64;
-    for &m in &missing {
+    for &m in missing {
         let r = refs
             .get(m as usize)
-            .ok_or_else(|| refused(Status::internal("asked for a section that was not offered")))?;
+            .ok_or_else(|| Status::internal("asked for a section that was not offered"))?;
         let bytes = payloads
             .get(&r.hash)
-            .ok_or_else(|| refused(Status::internal("a section we do not have")))?;
+            .ok_or_else(|| Status::internal("a section we do not have"))?;
         shipped_bytes += bytes.len() as u64;
         let mut offset = 0usize;
         loop {
@@ -418,8 +578,8 @@ async fn open_node(
     }
     if !chunks.is_empty() {
         let mut req = Request::new(tokio_stream::iter(chunks));
-        set_session(&mut req, &session).map_err(refused)?;
-        client.ship(req).await.map_err(refused)?;
+        set_session(&mut req, session)?;
+        client.ship(req).await?;
     }
     let mut req = Request::new(proto::LoadRequest {
         kernels: match opts.kernels {
@@ -430,23 +590,9 @@ async fn open_node(
         .into(),
         coder: opts.coder.name().into(),
     });
-    set_session(&mut req, &session).map_err(refused)?;
-    let loaded = client.load(req).await.map_err(refused)?.into_inner();
-    Ok(Opened {
-        client,
-        session,
-        link: NodeLink {
-            node,
-            name,
-            address,
-            shipped_sections: missing.len() as u32,
-            shipped_bytes,
-            compile_ms: loaded.compile_ms,
-            weight_bytes: loaded.weight_bytes,
-            cached: loaded.cached,
-            threads: loaded.threads,
-        },
-    })
+    set_session(&mut req, session)?;
+    let loaded = client.load(req).await?.into_inner();
+    Ok((shipped_bytes, loaded))
 }
 
 /// Pings a worker every `every` on its tile stream.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod cluster_file;
 pub mod codec;
+pub mod emulate;
 pub mod server;
 pub mod tls;
 
@@ -17,4 +18,5 @@ pub mod proto {
 }
 
 /// Bumped whenever the protocol's messages or their meaning change; both ends must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: tile inputs may be q8/q4 (quantised hand-offs) or 8-bit pixels; `Close`.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -50,6 +50,9 @@ pub struct DaemonConfig {
     pub threads: usize,
     /// Bytes of plan sections kept between sessions.
     pub cache_bytes: usize,
+    /// An emulated one-way latency added to every message this worker sends (the testbed's,
+    /// see [`super::emulate`]); `None` on real links.
+    pub latency: Option<Duration>,
 }
 
 /// The gRPC service of a worker.
@@ -95,6 +98,8 @@ struct Session {
     plan_hash: u64,
     node: u32,
     node_name: String,
+    /// The coordinator's address, as this worker sees it (for "busy" messages).
+    coordinator: Option<std::net::SocketAddr>,
     sections: Vec<proto::SectionRef>,
     worker: Option<Arc<Worker>>,
     coder: Coder,
@@ -155,7 +160,7 @@ impl Daemon {
         }
     }
 
-    /// Ends the session `id` (its tile stream ended).
+    /// Ends the session `id` (its tile stream ended, or the coordinator closed it).
     fn end(&self, id: &str) {
         let mut state = self.state();
         if state.session.as_ref().is_some_and(|s| s.id == id) {
@@ -286,7 +291,11 @@ impl proto::worker_server::Worker for Daemon {
             }
         }
         let mut state = self.state();
-        let Some(h) = state.handshakes.remove(&id) else {
+        let Some(h) = state
+            .handshakes
+            .remove(&id)
+            .filter(|h| h.started.elapsed() < HANDSHAKE_TIMEOUT)
+        else {
             return Err(Status::unauthenticated(
                 "no handshake for this session (it expired, or Hello was not called)",
             ));
@@ -306,9 +315,17 @@ impl proto::worker_server::Worker for Daemon {
         if let Some(s) = &state.session
             && (s.running || s.active.elapsed() < SESSION_IDLE)
         {
+            let from = s
+                .coordinator
+                .map_or_else(String::new, |a| format!(" at {a}"));
             return Err(Status::unavailable(format!(
-                "this worker is serving another coordinator session (node `{}`)",
-                s.node_name
+                "this worker is serving another coordinator{from} (as its node `{}`, {})",
+                s.node_name,
+                if s.running {
+                    "running tiles"
+                } else {
+                    "setting up"
+                }
             )));
         }
         if r.sections.len() > format::MAX_SECTIONS as usize
@@ -336,6 +353,7 @@ impl proto::worker_server::Worker for Daemon {
             plan_hash: r.plan_hash,
             node: r.node,
             node_name: r.node_name,
+            coordinator: peer,
             sections: r.sections,
             worker: None,
             coder: Coder::None,
@@ -419,7 +437,7 @@ impl proto::worker_server::Worker for Daemon {
             .ok_or_else(|| Status::invalid_argument(format!("kernels `{}`?", r.kernels)))?;
         let coder = Coder::from_name(&r.coder)
             .ok_or_else(|| Status::invalid_argument(format!("coder `{}`?", r.coder)))?;
-        let (key, refs, bytes, loaded) = self.with_session(&id, |s, cache| {
+        let (key, refs, bytes) = self.with_session(&id, |s, cache| {
             let refs = s.sections.clone();
             let bytes: Option<Vec<Arc<Vec<u8>>>> =
                 refs.iter().map(|r| section(cache, r.hash)).collect();
@@ -427,9 +445,8 @@ impl proto::worker_server::Worker for Daemon {
                 Status::failed_precondition("sections are missing: ship them first")
             })?;
             s.coder = coder;
-            Ok(((s.plan_hash, s.node, kernels), refs, bytes, None::<()>))
+            Ok(((s.plan_hash, s.node, kernels), refs, bytes))
         })?;
-        let _ = loaded;
         let reused = {
             let state = self.state();
             state
@@ -468,6 +485,24 @@ impl proto::worker_server::Worker for Daemon {
             "plan loaded"
         );
         Ok(Response::new(reply))
+    }
+
+    async fn close(
+        &self,
+        req: Request<proto::CloseRequest>,
+    ) -> Result<Response<proto::CloseReply>, Status> {
+        let id = Self::session_id(&req)?;
+        self.with_session(&id, |s, _| {
+            if s.running {
+                Err(Status::failed_precondition(
+                    "this session is running: it ends with its tile stream",
+                ))
+            } else {
+                Ok(())
+            }
+        })?;
+        self.end(&id);
+        Ok(Response::new(proto::CloseReply {}))
     }
 
     type RunStream = ReceiverStream<Result<proto::FromWorker, Status>>;
@@ -581,6 +616,10 @@ impl proto::worker_server::Worker for Daemon {
             drop(job_tx);
             drop(out_tx);
         });
+        let out_rx = match self.inner.config.latency {
+            Some(d) => super::emulate::delayed(out_rx, d),
+            None => out_rx,
+        };
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 }

@@ -106,6 +106,7 @@ impl Workers {
                 token: Token::new(token),
                 threads: 1,
                 cache_bytes: 1 << 30,
+                latency: None,
             });
             let listener = runtime
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -37,7 +37,8 @@ pub struct BenchCli {
     /// Print milliseconds per kind of layer work (one thread, JIT kernels).
     #[arg(long)]
     profile: bool,
-    /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP> <prepared weights MiB> <frames/s>`.
+    /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP>
+    /// <prepared weights MiB> <frames/s> <bytes on the wire per frame> <predicted ms>`.
     #[arg(long)]
     quiet: bool,
     /// Frames on their way at once in the throughput run (with more than one thread or
@@ -71,6 +72,8 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
     let mut profile = Profile::new();
     let compile_ms;
     let weight_bytes;
+    // Bytes on the wire per frame (none when every tile runs on this thread).
+    let mut bytes = 0.0;
     let gflop = lp.header.network.flops() as f64 / 1e9;
     let header = lp.header.clone();
     if cli.threads <= 1 {
@@ -117,22 +120,31 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
         for _ in 0..2 {
             cluster.run(&x).map_err(|e| format!("error: {e}"))?;
         }
+        let names: Vec<String> = cluster
+            .header()
+            .plan
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        let mut status = Status::new(&names, !cli.quiet);
         for _ in 0..runs {
-            times.push(
-                cluster
-                    .run(&x)
-                    .map_err(|e| format!("error: {e}"))?
-                    .measured_ms,
-            );
+            let r = cluster.run(&x).map_err(|e| format!("error: {e}"))?;
+            status.frame(&r);
+            times.push(r.measured_ms);
         }
+        status.finish();
+        bytes = status.bytes_per_frame();
     }
     times.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     if cli.quiet {
         let mib = weight_bytes as f64 / (1 << 20) as f64;
         outln!(
-            "bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1} {:.3}",
-            1e3 / p50
+            "bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1} {:.3} {bytes:.0} {:.3}",
+            1e3 / p50,
+            header.plan.predicted_ms
         );
         return Ok(());
     }
@@ -233,7 +245,11 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let (p50, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
     if cli.quiet {
         let mib = weight_bytes as f64 / (1 << 20) as f64;
-        outln!("bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1} {fps:.3}");
+        let bytes = status.bytes_per_frame();
+        let predicted = header.plan.predicted_ms;
+        outln!(
+            "bench {p50:.3} {p99:.3} {compile_ms:.1} {gflop:.4} {mib:.1} {fps:.3} {bytes:.0} {predicted:.3}"
+        );
         return Ok(());
     }
     let plan = &header.plan;

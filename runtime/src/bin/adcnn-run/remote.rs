@@ -15,10 +15,6 @@ use adcnn_runtime::worker::Kernels;
 /// Where the workers are and how to talk to them.
 #[derive(Debug, clap::Args)]
 pub struct Remote {
-    /// Run every node in this process (threads, no network) instead of on the cluster's
-    /// workers.
-    #[arg(long)]
-    pub local: bool,
     /// A cluster file whose nodes give the workers' addresses, by the plan's node names
     /// (default: the addresses the plan was built with).
     #[arg(long, value_name = "FILE")]

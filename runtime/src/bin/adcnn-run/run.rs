@@ -1,15 +1,17 @@
 //! `adcnn-run PLAN --input …`: frames through a plan, on the cluster's workers or in this
 //! process.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use adcnn_core::format::decode;
-use adcnn_core::plan::Compression;
+use adcnn_core::plan::{Compression, Plan};
 use adcnn_core::program::Program;
 use adcnn_core::tensor::rel_l2;
 use adcnn_core::{npy, outln, report};
-use adcnn_runtime::coordinator::{Coordinator, RunReport};
+use adcnn_runtime::coordinator::{Coordinator, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
 use adcnn_runtime::trace::Trace;
 use adcnn_runtime::transport::Transport;
@@ -66,6 +68,10 @@ pub struct Cli {
     /// or `reference` (the plain operators).
     #[arg(long, default_value = "jit")]
     pub kernels: String,
+    /// Run every node in this process (threads, no network) instead of on the cluster's
+    /// workers.
+    #[arg(long)]
+    pub local: bool,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -75,6 +81,76 @@ pub fn kernels(name: &str) -> Result<Kernels, String> {
         let names = Kernels::NAMES.map(|n| format!("`{n}`")).join(", ");
         format!("error: --kernels takes {names}, not `{name}`")
     })
+}
+
+/// Prints one finished frame's figures and writes its output (`--output`).
+#[allow(clippy::too_many_arguments, reason = "the run's parts, for one frame")]
+fn report_frame(
+    cli: &Cli,
+    r: &RunReport,
+    stem: &str,
+    input: Option<&Array3<f32>>,
+    plan: &Plan,
+    how: &str,
+    segments: &[Arc<Program>],
+    tail: &Program,
+    many: bool,
+) -> Result<(), String> {
+    // The output first: a frame's line means its file is there.
+    let written = match &cli.output {
+        Some(out) => {
+            let path = frames::output_path(out, stem, many);
+            npy::write_f32_file(&path, &r.output.clone().into_dyn())
+                .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
+            (!many).then_some(path)
+        }
+        None => None,
+    };
+    if many {
+        let top = report::top_k(&r.output, 1)
+            .and_then(|t| t.first().copied())
+            .map_or(String::new(), |(c, p)| {
+                format!("  class {c:>4}  p = {p:.4}")
+            });
+        outln!("{stem:<24} {:>9.2} ms{top}", r.measured_ms);
+    } else {
+        report::print_top_k(&r.output, cli.top_k);
+        outln!("per node: busy measured / predicted");
+        for (i, n) in plan.cluster.nodes.iter().enumerate() {
+            outln!(
+                "  {:<10} {:>9.2} ms / {:>9.2} ms",
+                n.name,
+                r.node_busy_ms[i],
+                plan.node_busy_ms[i]
+            );
+        }
+        outln!(
+            "latency: measured {:.2} ms ({how}), predicted {:.2} ms on {}",
+            r.measured_ms,
+            plan.predicted_ms,
+            plan.cluster.name
+        );
+        outln!(
+            "tile outputs on the wire: {:.1} KiB",
+            r.wire_bytes as f64 / 1024.0
+        );
+        if plan.compression != Compression::None {
+            outln!(
+                "{} compression error on tile outputs: relative L2 {:.2e}",
+                plan.compression.name(),
+                r.compression_error
+            );
+        }
+    }
+    if let Some(x) = input.filter(|_| !segments.is_empty()) {
+        let want = exact(segments, tail, x)?;
+        let dev = rel_l2(r.output.iter(), want.iter());
+        outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
+    }
+    if let Some(path) = written {
+        outln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// The network the plan computes, whole (every segment's program on whole tensors, then the
@@ -93,7 +169,7 @@ fn exact(
 
 pub fn main(cli: &Cli) -> Result<(), String> {
     let which = kernels(&cli.kernels)?;
-    if cli.remote.local {
+    if cli.local {
         let bytes = std::fs::read(&cli.plan)
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
         let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
@@ -133,8 +209,16 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         } else {
             format!("kernels compiled in {:.0} ms", l.compile_ms)
         };
+        let emulated = if l.emulated_latency_ms > 0.0 {
+            format!(
+                ", {:.1} ms latency emulated each way",
+                l.emulated_latency_ms
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s)",
+            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s){emulated}",
             l.name,
             l.address,
             l.threads
@@ -171,8 +255,6 @@ fn frames_through<T: Transport>(
     let mut trace = Trace::new(names.clone());
     let mut latencies = Vec::new();
     let mut frame_metrics = Vec::new();
-    let mut stems: Vec<String> = Vec::new();
-    let mut inputs: Vec<Array3<f32>> = Vec::new();
     let mut first_error: Option<String> = None;
     // A single frame runs twice: first-touch allocations and thread start-up are not the
     // plan's cost.
@@ -195,24 +277,44 @@ fn frames_through<T: Transport>(
     };
     let mut status = Status::new(&names, many);
     let started = std::time::Instant::now();
+    // Frames on their way, in order: their names, and their inputs when the deviation from
+    // the exact network is wanted. Each finished frame is reported and written at once, so
+    // a stream's outputs appear as it goes and an error loses no finished frame.
+    let on_the_way: RefCell<VecDeque<(String, Option<Array3<f32>>)>> = RefCell::default();
     let mut stream = source.map(|f| match f {
         Ok((stem, x)) => {
-            stems.push(stem);
-            if !segments.is_empty() {
-                inputs.push(x.tensor.clone());
-            }
+            let keep = (!segments.is_empty()).then(|| x.tensor.clone());
+            on_the_way.borrow_mut().push_back((stem, keep));
             Ok(x)
         }
         Err(e) => {
             first_error.get_or_insert(e.clone());
-            Err(adcnn_runtime::coordinator::RunError::Input(e))
+            Err(RunError::Input(e))
         }
     });
-    let mut reports: Vec<RunReport> = Vec::new();
     let in_flight = cli.in_flight.max(1);
+    let mut i = 0usize;
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
+        let (stem, x) = on_the_way.borrow_mut().pop_front().unwrap_or_default();
         status.frame(&r);
-        reports.push(r);
+        latencies.push(r.measured_ms);
+        let delivered = status
+            .suspend(|| report_frame(cli, &r, &stem, x.as_ref(), plan, how, segments, tail, many));
+        delivered.map_err(RunError::Output)?;
+        if cli.metrics.is_some() {
+            frame_metrics.push(serde_json::json!({
+                "frame": i,
+                "name": stem,
+                "latency_ms": r.measured_ms,
+                "node_busy_ms": r.node_busy_ms,
+                "wire_bytes": r.wire_bytes,
+                "compression_error": r.compression_error,
+            }));
+        }
+        if cli.trace.is_some() {
+            trace.extend(r.trace);
+        }
+        i += 1;
         Ok(())
     });
     drop(stream);
@@ -221,69 +323,10 @@ fn frames_through<T: Transport>(
     if let Some(e) = first_error {
         return Err(e);
     }
-    result.map_err(|e| format!("error: {e}"))?;
-    for (i, r) in reports.into_iter().enumerate() {
-        let stem = stems.get(i).cloned().unwrap_or_default();
-        latencies.push(r.measured_ms);
-        if single {
-            report::print_top_k(&r.output, cli.top_k);
-            outln!("per node: busy measured / predicted");
-            for (i, n) in plan.cluster.nodes.iter().enumerate() {
-                outln!(
-                    "  {:<10} {:>9.2} ms / {:>9.2} ms",
-                    n.name,
-                    r.node_busy_ms[i],
-                    plan.node_busy_ms[i]
-                );
-            }
-            outln!(
-                "latency: measured {:.2} ms ({how}), predicted {:.2} ms on {}",
-                r.measured_ms,
-                plan.predicted_ms,
-                plan.cluster.name
-            );
-            outln!(
-                "tile outputs on the wire: {:.1} KiB",
-                r.wire_bytes as f64 / 1024.0
-            );
-        } else {
-            let top = report::top_k(&r.output, 1)
-                .and_then(|t| t.first().copied())
-                .map_or(String::new(), |(c, p)| {
-                    format!("  class {c:>4}  p = {p:.4}")
-                });
-            outln!("{stem:<24} {:>9.2} ms{top}", r.measured_ms);
-        }
-        if plan.compression != Compression::None && single {
-            outln!(
-                "{} compression error on tile outputs: relative L2 {:.2e}",
-                plan.compression.name(),
-                r.compression_error
-            );
-        }
-        if let Some(x) = inputs.get(i).filter(|_| !segments.is_empty()) {
-            let want = exact(segments, tail, x)?;
-            let dev = rel_l2(r.output.iter(), want.iter());
-            outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
-        }
-        if let Some(out) = &cli.output {
-            let path = frames::output_path(out, &stem, many);
-            npy::write_f32_file(&path, &r.output.clone().into_dyn())
-                .map_err(|e| format!("error: cannot write {}: {e}", path.display()))?;
-            if single {
-                outln!("wrote {}", path.display());
-            }
-        }
-        frame_metrics.push(serde_json::json!({
-            "frame": i,
-            "name": stem,
-            "latency_ms": r.measured_ms,
-            "node_busy_ms": r.node_busy_ms,
-            "wire_bytes": r.wire_bytes,
-            "compression_error": r.compression_error,
-        }));
-        trace.extend(r.trace);
-    }
+    result.map_err(|e| match e {
+        RunError::Output(m) => m,
+        e => format!("error: {e}"),
+    })?;
     if many {
         let mut sorted = latencies.clone();
         sorted.sort_by(f64::total_cmp);

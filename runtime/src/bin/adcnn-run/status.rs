@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Status {
     bar: ProgressBar,
     pub figures: Figures,
+    /// Frames seen.
+    pub frames: u64,
 }
 
 impl Status {
@@ -27,6 +29,7 @@ impl Status {
         Status {
             bar,
             figures: Figures::new(names, 0.2),
+            frames: 0,
         }
     }
 
@@ -36,6 +39,7 @@ impl Status {
             self.figures.add(e);
         }
         self.bar.inc(1);
+        self.frames += 1;
         let nodes: Vec<String> = self
             .figures
             .nodes
@@ -54,7 +58,23 @@ impl Status {
             .set_message(format!("{:.1} ms | {}", r.measured_ms, nodes.join(", ")));
     }
 
+    /// Runs `f` (which prints) with the line cleared, then draws it again.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+
+    /// Bytes that crossed the wire per frame (tile inputs and outputs, as sent).
+    pub fn bytes_per_frame(&self) -> f64 {
+        let total: u64 = self
+            .figures
+            .nodes
+            .iter()
+            .map(|n| n.bytes_in + n.bytes_out)
+            .sum();
+        total as f64 / self.frames.max(1) as f64
     }
 }

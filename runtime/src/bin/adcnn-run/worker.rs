@@ -1,11 +1,12 @@
 //! `adcnn-run worker`: the daemon on each device.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use adcnn_runtime::net::auth::Token;
 use adcnn_runtime::net::server::{self, Daemon, DaemonConfig};
-use adcnn_runtime::net::tls;
+use adcnn_runtime::net::{emulate, tls};
 
 /// Serve tiles to a coordinator: a long-running worker for one device of the cluster.
 ///
@@ -42,12 +43,21 @@ pub struct WorkerCli {
     pub cache_mib: usize,
 }
 
+/// The worker's log filter when ADCNN_LOG is not set. tonic reports a refused TLS handshake
+/// (a coordinator with another cluster's certificate, or plain text) only at debug, in
+/// `io_stream`; that one target is kept so the worker's side of the refusal is logged too.
+const DEFAULT_LOG: &str = "warn,adcnn_run=info,adcnn_runtime=info,adcnn_kernels=info,\
+     adcnn_core=info,tonic::transport::server::io_stream=debug";
+
 pub fn main(cli: &WorkerCli) -> Result<(), String> {
+    // adcnn's own events at info; the libraries' (Cranelift logs every function it compiles,
+    // h2 and tonic every frame at debug) only when they warn, unless ADCNN_LOG says more.
     let filter = tracing_subscriber::EnvFilter::try_from_env("ADCNN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     let token = Token::load(cli.token_file.as_deref()).map_err(|e| format!("error: {e}"))?;
     let addr: SocketAddr = cli.listen.parse().map_err(|_| {
@@ -72,7 +82,14 @@ pub fn main(cli: &WorkerCli) -> Result<(), String> {
         token,
         threads: threads.max(1),
         cache_bytes: cli.cache_mib.saturating_mul(1 << 20),
+        latency: emulate::latency("ADCNN_EMULATED_LATENCY_MS"),
     };
+    if let Some(d) = config.latency {
+        tracing::info!(
+            ms = d.as_secs_f64() * 1e3,
+            "emulating link latency (ADCNN_EMULATED_LATENCY_MS)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("adcnn-io")
