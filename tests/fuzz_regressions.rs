@@ -53,7 +53,10 @@ fn replay(target: &str, run: fn(&[u8])) {
         })
         .map(|p| p.display().to_string())
         .collect();
-    assert!(failed.is_empty(), "{target}: these inputs panic: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "{target}: these inputs panic: {failed:#?}"
+    );
 }
 
 #[test]
@@ -188,7 +191,13 @@ mod seeds {
         c.copy("onnx", "tests/onnx/cases", "onnx");
 
         // Plans: small golden networks under every strategy and compression.
-        for name in ["conv_k3_p1", "resnet_block", "concat2", "bn", "avgpool_ceil_pad"] {
+        for name in [
+            "conv_k3_p1",
+            "resnet_block",
+            "concat2",
+            "bn",
+            "avgpool_ceil_pad",
+        ] {
             for (s, strategy) in [
                 ("halo", Strategy::Halo),
                 ("fdsp", Strategy::Fdsp),
@@ -210,7 +219,11 @@ mod seeds {
                 let mut whole = vec![b as u8, k as u8, 1];
                 whole.extend_from_slice(bytes);
                 c.put("plan_edit", &format!("base{b}.section{k}.whole"), &whole);
-                c.put("plan_edit", &format!("base{b}.section{k}.xor"), &[b as u8, k as u8, 0]);
+                c.put(
+                    "plan_edit",
+                    &format!("base{b}.section{k}.xor"),
+                    &[b as u8, k as u8, 0],
+                );
             }
         }
 
@@ -264,7 +277,11 @@ mod seeds {
                 }
                 let mut msg = vec![0u8];
                 msg.extend(encode_f32(&a, coder).encode_to_vec());
-                c.put("grpc", &format!("tensor.{c_}x{h}x{w}.f32.{}", coder.name()), &msg);
+                c.put(
+                    "grpc",
+                    &format!("tensor.{c_}x{h}x{w}.f32.{}", coder.name()),
+                    &msg,
+                );
             }
         }
         let section = proto::SectionRef {
@@ -278,12 +295,20 @@ mod seeds {
             offset: 40,
             data: vec![1u8; 60].into(),
         };
-        c.put("grpc", "section_chunk", &[&[3u8][..], &chunk.encode_to_vec()].concat());
+        c.put(
+            "grpc",
+            "section_chunk",
+            &[&[3u8][..], &chunk.encode_to_vec()].concat(),
+        );
         let hello = proto::HelloRequest {
             protocol: 1,
             coordinator_nonce: vec![9u8; 32].into(),
         };
-        c.put("grpc", "hello", &[&[4u8][..], &hello.encode_to_vec()].concat());
+        c.put(
+            "grpc",
+            "hello",
+            &[&[4u8][..], &hello.encode_to_vec()].concat(),
+        );
         let open = proto::OpenRequest {
             coordinator_proof: vec![5u8; 32].into(),
             plan_hash: 42,
@@ -291,14 +316,21 @@ mod seeds {
             node_name: "b".into(),
             sections: vec![section, section],
         };
-        c.put("grpc", "open", &[&[5u8][..], &open.encode_to_vec()].concat());
+        c.put(
+            "grpc",
+            "open",
+            &[&[5u8][..], &open.encode_to_vec()].concat(),
+        );
 
         // .npy: arrays of every rank up to four, both dtypes' headers, a stream of two.
         let arrays: Vec<ArrayD<f32>> = vec![
             ArrayD::from_shape_fn(IxDyn(&[5]), |i| i[0] as f32),
             ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| (i[0] * 3 + i[1]) as f32),
             sample(3, 4, 5).into_dyn(),
-            sample(3, 2, 2).into_dyn().into_shape_with_order(IxDyn(&[1, 3, 2, 2])).expect("reshapes"),
+            sample(3, 2, 2)
+                .into_dyn()
+                .into_shape_with_order(IxDyn(&[1, 3, 2, 2]))
+                .expect("reshapes"),
             ArrayD::zeros(IxDyn(&[])),
         ];
         for (i, a) in arrays.iter().enumerate() {
@@ -327,9 +359,17 @@ mod seeds {
                 ("grey", ::image::DynamicImage::ImageLuma8(grey)),
                 ("rgba", ::image::DynamicImage::ImageRgba8(rgba)),
             ] {
-                c.put("image", &format!("{w}x{h}.{kind}.png"), &image(img.clone(), ::image::ImageFormat::Png));
+                c.put(
+                    "image",
+                    &format!("{w}x{h}.{kind}.png"),
+                    &image(img.clone(), ::image::ImageFormat::Png),
+                );
                 if kind != "rgba" {
-                    c.put("image", &format!("{w}x{h}.{kind}.jpg"), &image(img, ::image::ImageFormat::Jpeg));
+                    c.put(
+                        "image",
+                        &format!("{w}x{h}.{kind}.jpg"),
+                        &image(img, ::image::ImageFormat::Jpeg),
+                    );
                 }
             }
         }

@@ -492,9 +492,7 @@ impl Op {
                 window("stride", p.stride)?;
                 padding(&p.padding)
             }
-            Op::Linear { out_features, .. } => {
-                at_most(MAX_CHANNELS, "out_features", *out_features)
-            }
+            Op::Linear { out_features, .. } => at_most(MAX_CHANNELS, "out_features", *out_features),
             Op::Pad { padding: p, .. } => padding(p),
             _ => Ok(()),
         }
@@ -631,7 +629,11 @@ mod tests {
     fn huge_shapes_and_parameters_are_errors() {
         let huge = Shape::new(1 << 32, 1 << 32, 1);
         assert!(Op::Flatten.output_shape(&[huge]).is_err());
-        assert!(Op::Relu.output_shape(&[Shape::new(1 << 20, 1 << 20, 1)]).is_err());
+        assert!(
+            Op::Relu
+                .output_shape(&[Shape::new(1 << 20, 1 << 20, 1)])
+                .is_err()
+        );
         let pad = Op::Pad {
             padding: Pad2 {
                 top: usize::MAX,

@@ -13,6 +13,12 @@ pub const CONSTANT_ONLY_OPS: &[&str] = &["Cast", "ConstantOfShape", "Slice", "Tr
 /// Operators folded when all their inputs are constants (besides [`CONSTANT_ONLY_OPS`]).
 pub const FOLDABLE_OPS: &[&str] = &["Concat", "Reshape", "Squeeze", "Unsqueeze", "Flatten"];
 
+/// Most values constant folding may make in one import, all folded nodes together. Folding
+/// evaluates the shape arithmetic exporters leave behind (a few dozen integers per `F.pad`);
+/// without a bound, `ConstantOfShape` makes billions of values from a few bytes of model,
+/// and every node that reshapes or slices a large constant copies it again.
+pub const MAX_FOLDED_ELEMENTS: usize = 1 << 24;
+
 fn numel(dims: &[usize]) -> Option<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -290,9 +296,13 @@ mod tests {
         assert_eq!(t.dims, [huge, huge, 0]);
         assert_eq!(t.len(), 0);
         let y = ints(&[huge, huge, 0], vec![]);
-        let c = concat(&[&y, &y], 2).expect("no import error").expect("concats");
+        let c = concat(&[&y, &y], 2)
+            .expect("no import error")
+            .expect("concats");
         assert_eq!(c.dims, [huge, huge, 0]);
-        let c = concat(&[&x, &x], 0).expect("no import error").expect("concats");
+        let c = concat(&[&x, &x], 0)
+            .expect("no import error")
+            .expect("concats");
         assert_eq!(c.dims, [0, huge, huge]);
         // Along an axis whose sizes add past usize::MAX: an error.
         let z = ints(&[usize::MAX, 0], vec![]);
@@ -303,7 +313,9 @@ mod tests {
     fn concatenation_still_interleaves_rows() {
         let a = ints(&[2, 1], vec![1, 2]);
         let b = ints(&[2, 2], vec![3, 4, 5, 6]);
-        let c = concat(&[&a, &b], 1).expect("no import error").expect("concats");
+        let c = concat(&[&a, &b], 1)
+            .expect("no import error")
+            .expect("concats");
         assert_eq!(c.dims, [2, 3]);
         assert_eq!(c.data, Data::I64(vec![1, 3, 4, 2, 5, 6]));
     }

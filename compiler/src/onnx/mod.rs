@@ -29,12 +29,6 @@ pub use types::{Entry, Imported, Tensor};
 /// Largest model file accepted (protobuf's own limit).
 pub const MAX_MODEL_BYTES: u64 = 2 << 30;
 
-/// Most values constant folding may make in one import, all folded nodes together. Folding
-/// evaluates the shape arithmetic exporters leave behind (a few dozen integers per `F.pad`);
-/// without a bound, `ConstantOfShape` makes billions of values from a few bytes of model,
-/// and every node that reshapes or slices a large constant copies it again.
-pub const MAX_FOLDED_ELEMENTS: usize = 1 << 24;
-
 impl Imported {
     /// The DSL file, naming `weights_file` (relative to the YAML file) when there are weights.
     pub fn yaml(&self, weights_file: &str) -> String {

@@ -317,7 +317,11 @@ mod tests {
         t.dims = vec![1 << 20, 1 << 20, 1 << 20];
         assert!(matches!(decode_f32(&t), Err(CodecError::TooLarge(_))));
         // The product of three u32s overflows u64 (found by the `grpc` fuzz target).
-        for dims in [[u32::MAX; 3], [0xffff_fef6, 0xffff_fe59, 0x1f1], [0, u32::MAX, 9]] {
+        for dims in [
+            [u32::MAX; 3],
+            [0xffff_fef6, 0xffff_fe59, 0x1f1],
+            [0, u32::MAX, 9],
+        ] {
             t.dims = dims.to_vec();
             assert!(matches!(decode_f32(&t), Err(CodecError::TooLarge(_))));
             assert!(matches!(decode_input(&t), Err(CodecError::TooLarge(_))));

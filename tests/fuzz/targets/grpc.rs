@@ -3,8 +3,7 @@
 
 use adcnn_runtime::net::codec::{decode_f32, decode_input, decode_tile};
 use adcnn_runtime::net::proto::{
-    FromWorker, HelloRequest, OpenRequest, SectionChunk, Tensor, ToWorker, from_worker,
-    to_worker,
+    FromWorker, HelloRequest, OpenRequest, SectionChunk, Tensor, ToWorker, from_worker, to_worker,
 };
 use prost::Message;
 

@@ -37,6 +37,10 @@ pub fn run(data: &[u8]) {
     };
     if let Ok(t) = from_image_bytes(data, &spec, &pre) {
         let s = spec.shape;
-        assert_eq!(t.dim(), (s.c, s.h, s.w), "the input has the network's shape");
+        assert_eq!(
+            t.dim(),
+            (s.c, s.h, s.w),
+            "the input has the network's shape"
+        );
     }
 }

@@ -6,6 +6,10 @@ use adcnn_kernels::wire::Quantised;
 pub fn run(data: &[u8]) {
     if let Ok(q) = Quantised::from_bytes(data) {
         let _ = q.decode();
-        assert_eq!(q.to_bytes(), data, "a parsed tile message writes back the same");
+        assert_eq!(
+            q.to_bytes(),
+            data,
+            "a parsed tile message writes back the same"
+        );
     }
 }

@@ -67,7 +67,7 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
         None => {
             return Err(n.unsupported(format!(
                 "folding constants into more than {} values (shape arithmetic is small)",
-                crate::onnx::MAX_FOLDED_ELEMENTS
+                crate::onnx::fold::MAX_FOLDED_ELEMENTS
             )));
         }
     }
