@@ -11,6 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::diag::{Diagnostic, Diagnostics, Span};
 use crate::dsl::network::WeightsSource;
 use crate::graph::{Layer, LayerGraph, Source};
+use adcnn_core::format::MAX_TENSOR_ELEMENTS;
 use adcnn_core::ops::{Op, Shape, WeightRole};
 
 /// Largest weights file read (bytes).
@@ -28,6 +29,25 @@ pub fn bind(graph: &LayerGraph, diags: &mut Diagnostics) -> Option<Weights> {
         .map(|l| (l, l.op.weight_shapes(input_shape(graph, l))))
         .filter(|(_, w)| !w.is_empty())
         .collect();
+    // What a plan can carry bounds what is generated or read (a linear layer after a large
+    // flatten would otherwise ask for 2⁴⁸ values).
+    for (layer, tensors) in &needed {
+        for (role, shape) in tensors {
+            let n = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+            if n.is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                diags.push(
+                    Diagnostic::error(format!(
+                        "layer `{}`: its {} of shape {shape:?} has more than {MAX_TENSOR_ELEMENTS} values",
+                        layer.name,
+                        role.suffix()
+                    ))
+                    .at(&layer.span, "too many weights")
+                    .help("a plan carries tensors of at most 2^28 values (1 GiB of float32)"),
+                );
+                return None;
+            }
+        }
+    }
     let Some(spec) = &graph.weights else {
         if let Some((layer, _)) = needed.first() {
             diags.push(

@@ -27,6 +27,11 @@ impl Shape {
         self.c * self.h * self.w
     }
 
+    /// Number of elements, `None` past `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.c.checked_mul(self.h)?.checked_mul(self.w)
+    }
+
     /// True for `[N, 1, 1]`: the output of `flatten`, `linear` or a global pool.
     pub fn is_flat(&self) -> bool {
         self.h == 1 && self.w == 1
@@ -366,6 +371,15 @@ pub enum ShapeError {
     ConcatSizes(Shape, Shape),
 }
 
+/// Most values of any tensor an operator reads or makes (1 GiB of float32, the network
+/// input's bound too): shape arithmetic stays far from overflow, and every shape a plan
+/// declares can be allocated.
+pub const MAX_TENSOR_VALUES: usize = 1 << 28;
+/// Largest kernel, stride, dilation or padding (what the DSL accepts).
+pub const MAX_WINDOW: usize = 1 << 16;
+/// Most channels, groups or features (what the DSL accepts).
+pub const MAX_CHANNELS: usize = 1 << 20;
+
 /// Output length of a sliding window; `None` when the window does not fit (or has no
 /// extent or step).
 pub fn window_out(
@@ -422,9 +436,70 @@ pub fn pool_out(x: Shape, p: &Pool2d) -> Option<Shape> {
 
 impl Op {
     /// The output shape of the operator on `inputs`, with its parameters checked (every
-    /// size at least 1, groups dividing the channels, windows fitting the padded input).
-    /// A depthwise convolution's channel count must already be filled in.
+    /// size at least 1, groups dividing the channels, windows fitting the padded input;
+    /// windows, channel counts and every tensor read or made within [`MAX_WINDOW`],
+    /// [`MAX_CHANNELS`] and [`MAX_TENSOR_VALUES`]). A depthwise convolution's channel count
+    /// must already be filled in.
     pub fn output_shape(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
+        let too_large = |what: &str, s: &Shape| {
+            ShapeError::Parameter(format!(
+                "{what} {s} has more than {MAX_TENSOR_VALUES} values"
+            ))
+        };
+        let bounded = |s: &Shape| s.checked_numel().is_some_and(|n| n <= MAX_TENSOR_VALUES);
+        if let Some(s) = inputs.iter().find(|s| !bounded(s)) {
+            return Err(too_large("input", s));
+        }
+        self.check_limits()?;
+        let out = self.infer_shape(inputs)?;
+        if !bounded(&out) {
+            return Err(too_large("output", &out));
+        }
+        Ok(out)
+    }
+
+    /// Windows and channel counts within [`MAX_WINDOW`] and [`MAX_CHANNELS`].
+    fn check_limits(&self) -> Result<(), ShapeError> {
+        let at_most = |limit: usize, what: &str, v: usize| {
+            if v > limit {
+                Err(ShapeError::Parameter(format!(
+                    "{what} {v} is larger than {limit}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        let window = |what: &str, hw: Hw| {
+            at_most(MAX_WINDOW, what, hw.h)?;
+            at_most(MAX_WINDOW, what, hw.w)
+        };
+        let padding = |p: &Pad2| {
+            [p.top, p.left, p.bottom, p.right]
+                .into_iter()
+                .try_for_each(|v| at_most(MAX_WINDOW, "padding", v))
+        };
+        match self {
+            Op::Conv2d(c) => {
+                window("kernel", c.kernel)?;
+                window("stride", c.stride)?;
+                window("dilation", c.dilation)?;
+                padding(&c.padding)?;
+                at_most(MAX_CHANNELS, "out_channels", c.out_channels)?;
+                at_most(MAX_CHANNELS, "groups", c.groups)
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                window("kernel", p.kernel)?;
+                window("stride", p.stride)?;
+                padding(&p.padding)
+            }
+            Op::Linear { out_features, .. } => at_most(MAX_CHANNELS, "out_features", *out_features),
+            Op::Pad { padding: p, .. } => padding(p),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Self::output_shape`] of bounded inputs and parameters.
+    fn infer_shape(&self, inputs: &[Shape]) -> Result<Shape, ShapeError> {
         let (min, max) = self.arity();
         let Some(&x) = inputs
             .first()
@@ -541,5 +616,57 @@ impl Op {
             | Op::Dropout
             | Op::Identity => Ok(x),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shapes and parameters a plan file declares are outside data: overflowing or huge
+    /// ones are errors, not panics (found by the `plan_edit` fuzz target's kind of input).
+    #[test]
+    fn huge_shapes_and_parameters_are_errors() {
+        let huge = Shape::new(1 << 32, 1 << 32, 1);
+        assert!(Op::Flatten.output_shape(&[huge]).is_err());
+        assert!(
+            Op::Relu
+                .output_shape(&[Shape::new(1 << 20, 1 << 20, 1)])
+                .is_err()
+        );
+        let pad = Op::Pad {
+            padding: Pad2 {
+                top: usize::MAX,
+                left: 0,
+                bottom: 1,
+                right: 0,
+            },
+            value: 0.0,
+        };
+        assert!(pad.output_shape(&[Shape::new(1, 1, 1)]).is_err());
+        // A pool whose window fits only thanks to enormous padding.
+        let pool = Op::MaxPool(Pool2d {
+            kernel: Hw::square(1 << 40),
+            stride: Hw::square(1),
+            padding: Pad2::uniform(1 << 40),
+            ceil_mode: false,
+            count_include_pad: true,
+        });
+        assert!(pool.output_shape(&[Shape::new(1, 1, 1)]).is_err());
+        let wide = Op::Linear {
+            out_features: 1 << 30,
+            bias: false,
+        };
+        assert!(wide.output_shape(&[Shape::new(4, 1, 1)]).is_err());
+        // Within the bounds, as before.
+        assert_eq!(
+            Op::Flatten.output_shape(&[Shape::new(512, 7, 7)]),
+            Ok(Shape::new(25088, 1, 1))
+        );
+        let fine = Op::Pad {
+            padding: Pad2::uniform(MAX_WINDOW),
+            value: 0.0,
+        };
+        assert!(fine.output_shape(&[Shape::new(1, 1, 1)]).is_ok());
     }
 }

@@ -53,6 +53,18 @@ impl Program {
                 layer: "-".into(),
                 reason: "too many layers".into(),
             })?;
+        if input
+            .checked_numel()
+            .is_none_or(|n| n > crate::ops::MAX_TENSOR_VALUES)
+        {
+            return Err(ProgramError {
+                layer: "-".into(),
+                reason: format!(
+                    "input {input} has more than {} values",
+                    crate::ops::MAX_TENSOR_VALUES
+                ),
+            });
+        }
         let mut consumers = vec![Vec::new(); layers.len()];
         for (n, layer) in layers.iter().enumerate() {
             let fail = |reason: String| ProgramError {

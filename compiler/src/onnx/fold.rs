@@ -13,16 +13,24 @@ pub const CONSTANT_ONLY_OPS: &[&str] = &["Cast", "ConstantOfShape", "Slice", "Tr
 /// Operators folded when all their inputs are constants (besides [`CONSTANT_ONLY_OPS`]).
 pub const FOLDABLE_OPS: &[&str] = &["Concat", "Reshape", "Squeeze", "Unsqueeze", "Flatten"];
 
+/// Most values constant folding may make in one import, all folded nodes together. Folding
+/// evaluates the shape arithmetic exporters leave behind (a few dozen integers per `F.pad`);
+/// without a bound, `ConstantOfShape` makes billions of values from a few bytes of model,
+/// and every node that reshapes or slices a large constant copies it again.
+pub const MAX_FOLDED_ELEMENTS: usize = 1 << 24;
+
 fn numel(dims: &[usize]) -> Option<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .filter(|&n| n <= MAX_TENSOR_ELEMENTS)
 }
 
+/// Row-major strides. An empty tensor's other dims may multiply past `usize` (its values are
+/// never indexed then): saturated.
 fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
+    let mut s = vec![1usize; dims.len()];
     for i in (0..dims.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * dims[i + 1];
+        s[i] = s[i + 1].saturating_mul(dims[i + 1]);
     }
     s
 }
@@ -213,9 +221,18 @@ pub fn concat(xs: &[&Const], axis: i64) -> Result<Result<Const, String>, ImportE
         {
             return Ok(Err("inputs differ outside the axis".into()));
         }
-        dims[a] += x.dims[a];
+        dims[a] = match dims[a].checked_add(x.dims[a]) {
+            Some(d) => d,
+            None => return Ok(Err("the concatenation is too large".into())),
+        };
     }
-    let outer: usize = first.dims[..a].iter().product();
+    // An empty result has nothing to copy, however large its other dims (whose product may
+    // not even fit a `usize`); otherwise its dims multiply to no more than the inputs' values.
+    let outer: usize = if dims.contains(&0) {
+        0
+    } else {
+        first.dims[..a].iter().product()
+    };
     let data = match &first.data {
         Data::F32(_) => {
             let mut v = Vec::new();
@@ -243,4 +260,63 @@ pub fn concat(xs: &[&Const], axis: i64) -> Result<Result<Const, String>, ImportE
         dims,
         data,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints(dims: &[usize], values: Vec<i64>) -> Const {
+        Const {
+            name: "c".into(),
+            dims: dims.to_vec(),
+            data: Data::I64(values),
+        }
+    }
+
+    fn fold_one(op: &str, x: &Const, perm: Option<Vec<i64>>) -> Result<Const, String> {
+        fold(
+            op,
+            &[Some(x)],
+            &|_| None,
+            &|name| (name == "perm").then(|| perm.clone()).flatten(),
+            &|_| None,
+            13,
+        )
+        .expect("no import error")
+    }
+
+    /// Empty tensors may have other dims whose product overflows: transposing and
+    /// concatenating them must not (found by the `onnx` fuzz target).
+    #[test]
+    fn empty_tensors_with_huge_dims_fold() {
+        let huge = 1usize << 40;
+        let x = ints(&[0, huge, huge], vec![]);
+        let t = fold_one("Transpose", &x, None).expect("transposes");
+        assert_eq!(t.dims, [huge, huge, 0]);
+        assert_eq!(t.len(), 0);
+        let y = ints(&[huge, huge, 0], vec![]);
+        let c = concat(&[&y, &y], 2)
+            .expect("no import error")
+            .expect("concats");
+        assert_eq!(c.dims, [huge, huge, 0]);
+        let c = concat(&[&x, &x], 0)
+            .expect("no import error")
+            .expect("concats");
+        assert_eq!(c.dims, [0, huge, huge]);
+        // Along an axis whose sizes add past usize::MAX: an error.
+        let z = ints(&[usize::MAX, 0], vec![]);
+        assert!(concat(&[&z, &z], 0).expect("no import error").is_err());
+    }
+
+    #[test]
+    fn concatenation_still_interleaves_rows() {
+        let a = ints(&[2, 1], vec![1, 2]);
+        let b = ints(&[2, 2], vec![3, 4, 5, 6]);
+        let c = concat(&[&a, &b], 1)
+            .expect("no import error")
+            .expect("concats");
+        assert_eq!(c.dims, [2, 3]);
+        assert_eq!(c.data, Data::I64(vec![1, 3, 4, 2, 5, 6]));
+    }
 }

@@ -51,6 +51,14 @@ pub struct Const {
 }
 
 impl Const {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len(),
+            Data::I64(v) => v.len(),
+        }
+    }
+
     /// The values as float32, or a type error.
     pub fn floats(&self) -> Result<&[f32], ImportError> {
         match &self.data {

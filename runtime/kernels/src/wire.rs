@@ -269,7 +269,12 @@ impl Quantised {
             rest = tail;
         }
         let [c, h, w] = dims;
-        let values = c.checked_mul(h).and_then(|v| v.checked_mul(w));
+        // Every axis counts, even beside an empty one: ndarray refuses a shape whose
+        // non-zero axes multiply past `isize` (0 × 2³² × 2³²), so such a tile could not decode.
+        let values = c
+            .max(1)
+            .checked_mul(h.max(1))
+            .and_then(|v| v.checked_mul(w.max(1)));
         let dim = match values {
             Some(v) if v <= MAX_VALUES as u64 => (c as usize, h as usize, w as usize),
             _ => return Err(WireError::TooLarge(c, h, w, MAX_VALUES)),
@@ -382,6 +387,23 @@ mod tests {
             Err(WireError::TooLarge(..))
         ));
         assert_eq!(Quantised::from_bytes(&[9]), Err(WireError::Tag(9)));
+        // No channels, but a plane of 2⁶⁴ pixels: empty, yet no array can have that shape
+        // (found by the `wire` fuzz target; `decode` panicked).
+        let mut empty = vec![2u8];
+        for d in [0, u32::MAX - 2, u32::MAX] {
+            empty.extend_from_slice(&d.to_le_bytes());
+        }
+        assert!(matches!(
+            Quantised::from_bytes(&empty),
+            Err(WireError::TooLarge(..))
+        ));
+        // An empty tile of a reasonable shape still parses and decodes.
+        let mut fine = vec![1u8];
+        for d in [0u32, 3, 4] {
+            fine.extend_from_slice(&d.to_le_bytes());
+        }
+        let q = Quantised::from_bytes(&fine).expect("an empty tile");
+        assert_eq!(q.decode().dim(), (0, 3, 4));
     }
 
     #[test]

@@ -114,8 +114,12 @@ fn dims(t: &proto::Tensor) -> Result<(usize, usize, usize), CodecError> {
     let [c, h, w] = t.dims[..] else {
         return Err(CodecError::Rank(t.dims.len()));
     };
-    let n = u64::from(c) * u64::from(h) * u64::from(w);
-    if n > MAX_VALUES as u64 {
+    // Three u32s multiply past u64: checked, like the limit. Every axis counts, even beside
+    // an empty one: ndarray refuses a shape whose non-zero axes multiply past `isize`.
+    let n = u64::from(c.max(1))
+        .checked_mul(u64::from(h.max(1)))
+        .and_then(|n| n.checked_mul(u64::from(w.max(1))));
+    if n.is_none_or(|n| n > MAX_VALUES as u64) {
         return Err(CodecError::TooLarge(t.dims.clone()));
     }
     Ok((c as usize, h as usize, w as usize))
@@ -312,6 +316,16 @@ mod tests {
         let mut t = good.clone();
         t.dims = vec![1 << 20, 1 << 20, 1 << 20];
         assert!(matches!(decode_f32(&t), Err(CodecError::TooLarge(_))));
+        // The product of three u32s overflows u64 (found by the `grpc` fuzz target).
+        for dims in [
+            [u32::MAX; 3],
+            [0xffff_fef6, 0xffff_fe59, 0x1f1],
+            [0, u32::MAX, 9],
+        ] {
+            t.dims = dims.to_vec();
+            assert!(matches!(decode_f32(&t), Err(CodecError::TooLarge(_))));
+            assert!(matches!(decode_input(&t), Err(CodecError::TooLarge(_))));
+        }
         let mut t = good.clone();
         t.data = t.data.slice(1..);
         assert!(matches!(decode_f32(&t), Err(CodecError::Length { .. })));

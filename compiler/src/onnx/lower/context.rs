@@ -129,6 +129,8 @@ pub(super) struct Ctx<'a> {
     pub(super) values: HashMap<&'a str, Value>,
     /// How many live nodes (and the graph output) read each value.
     pub(super) uses: HashMap<&'a str, usize>,
+    /// Values constant folding may still make ([`crate::onnx::fold::MAX_FOLDED_ELEMENTS`] in all).
+    pub(super) fold_budget: std::cell::Cell<usize>,
 }
 
 impl<'a> Ctx<'a> {

@@ -49,6 +49,28 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
     let Some(x) = inputs.first().copied().flatten() else {
         return Err(n.unsupported("input 0 is missing"));
     };
+    // What the fold will make, bounded before it allocates: as many values as its input
+    // (Concat: all its inputs; ConstantOfShape: what its shape input says).
+    let makes = match op {
+        "Concat" => inputs
+            .iter()
+            .flatten()
+            .try_fold(0usize, |a, c| a.checked_add(c.len())),
+        "ConstantOfShape" => x.ints()?.iter().try_fold(1usize, |a, &d| {
+            a.checked_mul(usize::try_from(d).unwrap_or(0))
+        }),
+        _ => Some(x.len()),
+    };
+    let left = ctx.fold_budget.get();
+    match makes.filter(|&m| m <= left) {
+        Some(m) => ctx.fold_budget.set(left - m),
+        None => {
+            return Err(n.unsupported(format!(
+                "folding constants into more than {} values (shape arithmetic is small)",
+                crate::onnx::fold::MAX_FOLDED_ELEMENTS
+            )));
+        }
+    }
     let with_dims = |dims: Vec<usize>| Const {
         name: x.name.clone(),
         dims,

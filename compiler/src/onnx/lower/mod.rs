@@ -96,6 +96,7 @@ pub fn lower(model: &ModelProto) -> Result<Network, ImportError> {
         layers: Vec::new(),
         values: HashMap::new(),
         uses,
+        fold_budget: std::cell::Cell::new(crate::onnx::fold::MAX_FOLDED_ELEMENTS),
     };
     ctx.values.insert(
         &input_name,
