@@ -663,8 +663,15 @@ mod tests {
             Op::Flatten.output_shape(&[Shape::new(512, 7, 7)]),
             Ok(Shape::new(25088, 1, 1))
         );
+        // Padding of MAX_WINDOW itself is accepted (on one side: on all four, 1×1 becomes
+        // 131 073² values, past MAX_TENSOR_VALUES).
         let fine = Op::Pad {
-            padding: Pad2::uniform(MAX_WINDOW),
+            padding: Pad2 {
+                top: MAX_WINDOW,
+                left: 0,
+                bottom: 0,
+                right: 0,
+            },
             value: 0.0,
         };
         assert!(fine.output_shape(&[Shape::new(1, 1, 1)]).is_ok());
