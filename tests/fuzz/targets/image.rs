@@ -6,7 +6,7 @@ use adcnn_core::net::{ImagePreprocess, Input};
 use adcnn_core::ops::Shape;
 
 pub fn run(data: &[u8]) {
-    let (spec, pre) = if data.len() % 2 == 0 {
+    let (spec, pre) = if data.len().is_multiple_of(2) {
         (
             Input {
                 shape: Shape::new(3, 32, 32),
