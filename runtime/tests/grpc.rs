@@ -214,6 +214,51 @@ fn an_oversize_message_is_refused_and_the_worker_serves_on() {
         .expect("runs");
 }
 
+/// Another host (127.0.0.2) holding more connections than a peer may: the worker closes
+/// the excess at once and keeps serving its coordinator (127.0.0.1).
+#[test]
+fn a_peer_holding_too_many_connections_is_cut_off_and_the_coordinator_served() {
+    use adcnn_runtime::net::admit::MAX_CONNECTIONS_PER_PEER;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpStream};
+    let workers = Workers::start(3, TOKEN, None);
+    let target: SocketAddr = workers.addresses[0].parse().expect("address");
+    let from = |_| -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .expect("127.0.0.2");
+        s.connect(&target.into()).expect("connects");
+        s.into()
+    };
+    let extra = 8;
+    let held: Vec<TcpStream> = (0..MAX_CONNECTIONS_PER_PEER + extra).map(from).collect();
+    for s in &held {
+        s.set_nonblocking(true).expect("nonblocking");
+    }
+    // The worker closes `extra` of them (reading gives end of file); the rest stay open,
+    // waiting for an HTTP/2 preface that never comes.
+    let closed = |s: &TcpStream| match (&*s).read(&mut [0u8; 256]) {
+        Ok(0) => true,
+        Ok(_) => false, // the server's HTTP/2 settings
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held.iter().filter(|s| closed(s)).count() < extra {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not close the connections past {MAX_CONNECTIONS_PER_PEER}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    grpc(&bytes, &workers.options(TOKEN, None))
+        .expect("the coordinator connects while another host holds its share")
+        .run(&input(&bytes, 1))
+        .expect("runs");
+    drop(held);
+}
+
 #[test]
 fn garbage_bytes_on_the_port_leave_the_worker_serving() {
     let workers = Workers::start(3, TOKEN, None);

@@ -2,6 +2,7 @@
 //! (`runtime/proto/adcnn.proto`, compiled at build time with protox), the worker daemon, the
 //! coordinator's gRPC transport, the cluster token, certificates, and tensors on the wire.
 
+pub mod admit;
 pub mod auth;
 pub mod client;
 pub mod cluster_file;

@@ -18,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::PROTOCOL_VERSION;
+use super::admit;
 use super::auth::{self, Role, Token};
 use super::codec::{self, Coder};
 use super::proto::{self, from_worker, to_worker};
@@ -34,6 +35,8 @@ pub const MAX_SECTION_BYTES: u64 = 1 << 30;
 /// Handshakes (Hello without Open yet) a worker keeps at once, and for how long.
 pub const MAX_HANDSHAKES: usize = 16;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake not finished in this long is dropped (a stalled one holds a connection).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A session that authenticated but has not started running tiles blocks other
 /// coordinators for this long.
 pub const SESSION_IDLE: Duration = Duration::from_secs(30);
@@ -721,6 +724,7 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<WorkerServer<Daemon>>().await;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = admit::admitted(incoming, Arc::new(admit::Admission::default()));
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -728,7 +732,7 @@ pub async fn serve(
         .initial_connection_window_size(32 << 20)
         .max_concurrent_streams(64);
     if let Some(t) = tls {
-        builder = builder.tls_config(t)?;
+        builder = builder.tls_config(t.timeout(TLS_HANDSHAKE_TIMEOUT))?;
     }
     let service = WorkerServer::new(daemon)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
