@@ -242,3 +242,57 @@ fn run_reports_unreadable_inputs_and_invalid_networks() {
     assert_eq!(code, 1);
     assert!(stderr.contains("layers form a cycle"), "{stderr}");
 }
+
+/// The files of `tests/fuzz/regressions/<target>/`.
+fn regressions(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fuzz/regressions"
+    ))
+    .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: no inputs", dir.display());
+    files
+}
+
+/// Every input that once broke a decoder, given to `adcnnc`: YAML bombs and deep nesting
+/// to `check` and `build`, truncated and damaged models to `import`: exit code 1, an
+/// `error` message, no panic, and nothing written.
+#[test]
+fn malformed_files_are_errors_and_write_nothing() {
+    let dir = std::env::temp_dir().join(format!("adcnnc-malformed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = dir.join("out.bin");
+    let yaml = dir.join("out.yaml");
+    for bad in regressions("dsl") {
+        let b = bad.to_str().expect("utf-8");
+        for args in [
+            vec!["check", b],
+            vec!["build", b, "-o", out.to_str().expect("utf-8")],
+        ] {
+            let (code, _, stderr) = adcnnc(&args);
+            assert_eq!(code, 1, "{args:?}: {stderr}");
+            assert!(stderr.contains("error"), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        }
+        assert!(!out.exists(), "{b}: a plan was written");
+    }
+    for bad in regressions("onnx") {
+        let b = bad.to_str().expect("utf-8");
+        let args = ["import", b, "-o", yaml.to_str().expect("utf-8")];
+        let (code, _, stderr) = adcnnc(&args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!yaml.exists(), "{b}: a DSL file was written");
+        assert!(
+            !yaml.with_extension("safetensors").exists(),
+            "{b}: weights were written"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -297,3 +297,60 @@ fn a_stream_reports_and_writes_each_frame_as_it_finishes() {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(&plan);
 }
+
+/// The files of `tests/fuzz/regressions/<target>/`.
+fn regressions(target: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fuzz/regressions"
+    ))
+    .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: no inputs", dir.display());
+    files
+}
+
+/// Every input that once broke a decoder (the fuzzers' regressions: damaged plans, arrays of
+/// absurd shapes or the wrong dtype, truncated or oversized images), given to `adcnn-run`:
+/// exit code 1, one `error:` message, no panic, and no output file begun.
+#[test]
+fn malformed_plans_and_inputs_are_errors_and_write_nothing() {
+    let plan = plan_file(
+        "alexnet",
+        adcnn_compiler::plan::Strategy::Single,
+        "malformed",
+    );
+    let p = plan.to_str().expect("utf-8");
+    let out = plan.with_extension("out.npy");
+    let o = out.to_str().expect("utf-8");
+    let image = "dsl-examples/images/chelsea.jpg";
+    let mut cases: Vec<(String, Vec<String>)> = Vec::new();
+    for bad in regressions("plan") {
+        let b = bad.to_str().expect("utf-8").to_string();
+        cases.push((
+            b.clone(),
+            vec![b, "--local".into(), "--input".into(), image.into()],
+        ));
+    }
+    for bad in regressions("npy").into_iter().chain(regressions("image")) {
+        let b = bad.to_str().expect("utf-8").to_string();
+        cases.push((
+            b.clone(),
+            vec![p.into(), "--local".into(), "--input".into(), b],
+        ));
+    }
+    for (what, mut args) in cases {
+        args.extend(["--output".to_string(), o.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = adcnn_run(&args);
+        assert_eq!(code, 1, "{what}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{what}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert!(!out.exists(), "{what}: an output was written");
+    }
+    let _ = std::fs::remove_file(&plan);
+}
