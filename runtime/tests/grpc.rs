@@ -153,6 +153,69 @@ fn a_wrong_protocol_version_is_refused_naming_both() {
     assert!(status.message().contains(&ours), "{status:?}");
 }
 
+/// Hellos never followed by Open: one peer address may hold `MAX_HANDSHAKES_PER_PEER` of
+/// them, so a host sending Hellos (127.0.0.2) cannot lock out the coordinator (127.0.0.1).
+#[test]
+fn handshakes_are_bounded_per_peer_and_the_coordinator_still_gets_in() {
+    use adcnn_runtime::net::server::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER};
+    let workers = Workers::start(3, TOKEN, None);
+    let address = format!("http://{}", workers.addresses[0]);
+    let hello = |client: &mut WorkerClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .hello(proto::HelloRequest {
+                    protocol: PROTOCOL_VERSION,
+                    coordinator_nonce: vec![7u8; 32].into(),
+                })
+                .await
+        }
+    };
+    let refused = workers.runtime().block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(address)
+            .expect("address")
+            .local_address(Some([127, 0, 0, 2].into()))
+            .connect()
+            .await
+            .expect("connects from 127.0.0.2");
+        let mut client = WorkerClient::new(channel);
+        for _ in 0..MAX_HANDSHAKES_PER_PEER {
+            hello(&mut client).await.expect("a handshake");
+        }
+        hello(&mut client).await.expect_err("one too many")
+    });
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("the most one peer may"),
+        "{refused:?}"
+    );
+    assert!(MAX_HANDSHAKES > MAX_HANDSHAKES_PER_PEER);
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    grpc(&bytes, &workers.options(TOKEN, None))
+        .expect("the coordinator connects")
+        .run(&input(&bytes, 1))
+        .expect("runs");
+}
+
+/// One coordinator at a time: a second is refused as busy, naming the first, while the
+/// first runs on.
+#[test]
+fn a_second_coordinator_is_refused_while_the_first_runs() {
+    let workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    let x = input(&bytes, 1);
+    let mut first = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+    first.run(&x).expect("runs");
+    let e = grpc(&bytes, &workers.options(TOKEN, None)).expect_err("busy");
+    assert!(matches!(e, ConnectError::Refused { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("serving another coordinator at 127.0.0.1:"),
+        "{e}"
+    );
+    first.run(&x).expect("the first runs on");
+}
+
 #[test]
 fn a_certificate_of_another_cluster_is_refused() {
     let (ours, theirs) = (TempDir::new("certs-ours"), TempDir::new("certs-theirs"));

@@ -32,8 +32,11 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub const CHUNK_BYTES: usize = 4 << 20;
 /// Largest plan section a worker accepts.
 pub const MAX_SECTION_BYTES: u64 = 1 << 30;
-/// Handshakes (Hello without Open yet) a worker keeps at once, and for how long.
+/// Handshakes (Hello without Open yet) a worker keeps at once, and for how long; one peer
+/// address may hold [`MAX_HANDSHAKES_PER_PEER`] of them, so that a host sending Hellos cannot
+/// lock out the coordinator.
 pub const MAX_HANDSHAKES: usize = 16;
+pub const MAX_HANDSHAKES_PER_PEER: usize = 4;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake not finished in this long is dropped (a stalled one holds a connection).
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +96,8 @@ struct Handshake {
     coordinator_nonce: Vec<u8>,
     worker_nonce: Vec<u8>,
     started: Instant,
+    /// The address the Hello came from.
+    peer: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -253,6 +258,14 @@ impl proto::worker_server::Worker for Daemon {
         state
             .handshakes
             .retain(|_, h| now.duration_since(h.started) < HANDSHAKE_TIMEOUT);
+        let ip = peer.map(|a| a.ip());
+        let theirs = state.handshakes.values().filter(|h| h.peer == ip).count();
+        if theirs >= MAX_HANDSHAKES_PER_PEER {
+            tracing::warn!(?peer, "refused: too many handshakes from one peer");
+            return Err(Status::resource_exhausted(format!(
+                "this address has {theirs} handshakes in progress (Hello without Open), the most one peer may; try again shortly"
+            )));
+        }
         if state.handshakes.len() >= MAX_HANDSHAKES {
             return Err(Status::resource_exhausted(
                 "too many handshakes in progress; try again shortly",
@@ -264,6 +277,7 @@ impl proto::worker_server::Worker for Daemon {
                 coordinator_nonce: r.coordinator_nonce.to_vec(),
                 worker_nonce: worker_nonce.clone(),
                 started: now,
+                peer: ip,
             },
         );
         Ok(Response::new(proto::HelloReply {
