@@ -189,7 +189,7 @@ fn handshakes_are_bounded_per_peer_and_the_coordinator_still_gets_in() {
         refused.message().contains("the most one peer may"),
         "{refused:?}"
     );
-    assert!(MAX_HANDSHAKES > MAX_HANDSHAKES_PER_PEER);
+    const { assert!(MAX_HANDSHAKES > MAX_HANDSHAKES_PER_PEER) };
     let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
     grpc(&bytes, &workers.options(TOKEN, None))
         .expect("the coordinator connects")
