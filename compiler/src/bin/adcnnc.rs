@@ -184,7 +184,7 @@ fn main() -> ExitCode {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             match build(&network, cluster.as_deref(), &opts, cores) {
                 Ok(built) => {
-                    if let Err(e) = std::fs::write(&output, &built.bytes) {
+                    if let Err(e) = adcnn_core::npy::write_atomically(&output, &built.bytes) {
                         eprintln!("error: cannot write {}: {e}", output.display());
                         return ExitCode::FAILURE;
                     }

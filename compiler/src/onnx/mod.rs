@@ -159,10 +159,12 @@ pub fn import_file(model: &Path, yaml: &Path) -> Result<Written, ImportError> {
     let weights = if imported.weights.is_empty() {
         None
     } else {
-        std::fs::write(&weights_path, imported.safetensors()?).map_err(io(&weights_path))?;
+        adcnn_core::npy::write_atomically(&weights_path, &imported.safetensors()?)
+            .map_err(io(&weights_path))?;
         Some(weights_path)
     };
-    std::fs::write(yaml, imported.yaml(&weights_file)).map_err(io(yaml))?;
+    adcnn_core::npy::write_atomically(yaml, imported.yaml(&weights_file).as_bytes())
+        .map_err(io(yaml))?;
     Ok(Written {
         imported,
         yaml: yaml.to_path_buf(),

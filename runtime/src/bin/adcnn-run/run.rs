@@ -18,6 +18,9 @@ use adcnn_runtime::transport::Transport;
 use adcnn_runtime::worker::Kernels;
 use ndarray::Array3;
 
+/// Frames whose latencies the summary of a folder or stream is taken over (the latest).
+const LATENCY_WINDOW: usize = 1 << 16;
+
 use crate::frames::{self, Frame};
 use crate::remote::{Remote, open_plan, plan_error};
 use crate::status::Status;
@@ -253,7 +256,9 @@ fn frames_through<T: Transport>(
     );
     let names: Vec<String> = plan.cluster.nodes.iter().map(|n| n.name.clone()).collect();
     let mut trace = Trace::new(names.clone());
-    let mut latencies = Vec::new();
+    // The latest LATENCY_WINDOW frames' latencies, for the summary: an endless stream must
+    // not keep one per frame.
+    let mut latencies = VecDeque::with_capacity(LATENCY_WINDOW);
     let mut frame_metrics = Vec::new();
     let mut first_error: Option<String> = None;
     // A single frame runs twice: first-touch allocations and thread start-up are not the
@@ -297,7 +302,10 @@ fn frames_through<T: Transport>(
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
         let (stem, x) = on_the_way.borrow_mut().pop_front().unwrap_or_default();
         status.frame(&r);
-        latencies.push(r.measured_ms);
+        if latencies.len() == LATENCY_WINDOW {
+            latencies.pop_front();
+        }
+        latencies.push_back(r.measured_ms);
         let delivered = status
             .suspend(|| report_frame(cli, &r, &stem, x.as_ref(), plan, how, segments, tail, many));
         delivered.map_err(RunError::Output)?;
@@ -328,8 +336,13 @@ fn frames_through<T: Transport>(
         e => format!("error: {e}"),
     })?;
     if many {
-        let mut sorted = latencies.clone();
+        let mut sorted: Vec<f64> = latencies.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
+        let over = if i > sorted.len() {
+            format!(" (of the last {})", sorted.len())
+        } else {
+            String::new()
+        };
         let pick = |p: f64| {
             sorted
                 .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
@@ -337,15 +350,14 @@ fn frames_through<T: Transport>(
                 .unwrap_or(0.0)
         };
         outln!(
-            "{} frames in {elapsed:.2} s: {:.2} frames/s, latency p50 {:.2} ms, p99 {:.2} ms ({} in flight)",
-            sorted.len(),
-            sorted.len() as f64 / elapsed.max(1e-9),
+            "{i} frames in {elapsed:.2} s: {:.2} frames/s, latency p50 {:.2} ms, p99 {:.2} ms{over} ({} in flight)",
+            i as f64 / elapsed.max(1e-9),
             pick(0.5),
             pick(0.99),
             in_flight
         );
         if let Some(out) = &cli.output {
-            outln!("wrote {} outputs to {}", sorted.len(), out.display());
+            outln!("wrote {i} outputs to {}", out.display());
         }
     }
     if let Some(path) = &cli.trace {
