@@ -12,6 +12,10 @@ use crate::diag::{Diagnostic, FileId, Span};
 /// Largest YAML file we read (a network description is a few KiB; this is a sanity bound).
 pub const MAX_YAML_BYTES: usize = 4 << 20;
 
+/// YAML events aliases may replay in one file, all aliases together (anchors and aliases
+/// are rare in network files; a document that repeats aliases at many levels is refused).
+pub const MAX_ALIAS_REPLAYED_EVENTS: usize = 20_000;
+
 /// A YAML node with its place in the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -86,7 +90,14 @@ pub fn parse(text: &str, file: FileId) -> Result<Node, Diagnostic> {
             text.len()
         )));
     }
-    let options = serde_saphyr::options! { with_snippet: false };
+    // Aliases expand to at most MAX_ALIAS_REPLAYED_EVENTS events in all: a "billion laughs"
+    // document stops there, long before serde-saphyr's own node budget (250 000).
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_REPLAYED_EVENTS,
+        },
+    };
     match serde_saphyr::from_str_with_options::<Option<Spanned<Raw>>>(text, options) {
         Ok(Some(raw)) => Ok(convert(raw, file, text)),
         Ok(None) => Err(Diagnostic::error("the file is empty")
@@ -97,7 +108,7 @@ pub fn parse(text: &str, file: FileId) -> Result<Node, Diagnostic> {
                 .and_then(|l| byte_offset(&l, text))
                 .unwrap_or(0);
             let message = strip_location(&e.to_string());
-            let help = if message.contains("budget") {
+            let help = if message.contains("budget") || message.contains("alias") {
                 "the document expands to more than the parser's budget allows (aliases repeated \
                  at many levels?); network and cluster files are small"
             } else {
