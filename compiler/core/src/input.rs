@@ -181,6 +181,13 @@ pub fn image_pixels(
                 ((f64::from(iw) * scale).round() as u32).max(w),
                 ((f64::from(ih) * scale).round() as u32).max(h),
             );
+            // A thin image grows with its shorter side: 8965×1 would become 322 740×36.
+            if rw > MAX_IMAGE_SIDE || rh > MAX_IMAGE_SIDE {
+                return Err(format!(
+                    "a {iw}×{ih} image resized to a shorter side of {short} would be {rw}×{rh}, \
+                     more than {MAX_IMAGE_SIDE} pixels a side: its sides are too unequal"
+                ));
+            }
             let resized = img.resize_exact(rw, rh, FilterType::Triangle);
             resized.crop_imm((rw - w) / 2, (rh - h) / 2, w, h)
         }
@@ -204,4 +211,39 @@ pub fn image_pixels(
     Ok(Array3::from_shape_fn((c, hh, ww), |(ch, y, x)| {
         pixels[(y * ww + x) * c + ch]
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Shape;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::GrayImage::from_pixel(w, h, image::Luma([128]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png)
+            .expect("encodes");
+        out.into_inner()
+    }
+
+    /// Resizing the shorter side multiplies the longer one: a thin image is refused before
+    /// it is resized to hundreds of millions of pixels (found by the `image` fuzz target:
+    /// an 8965×1 JPEG).
+    #[test]
+    fn an_image_too_thin_to_resize_is_an_error() {
+        let spec = Input {
+            shape: Shape::new(1, 16, 16),
+            image: None,
+        };
+        let pre = ImagePreprocess {
+            resize: Some(256),
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let e = image_pixels(&png(200, 1), &spec, &pre).expect_err("too thin");
+        assert!(e.contains("200×1") && e.contains("51200×256"), "{e}");
+        // Within the bound (64 × 256 = 16 384): resized and cropped.
+        let p = image_pixels(&png(64, 1), &spec, &pre).expect("resizes");
+        assert_eq!(p.dim(), (1, 16, 16));
+    }
 }
