@@ -71,7 +71,7 @@ for t in "${targets[@]}"; do
   wall=$(( ($(date +%s%N) - start) / 1000000000 ))
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  findings=$(grep -cE '^(==[0-9]+==ERROR|ERROR: libFuzzer)' "$log" || true)
+  findings=$(grep -cE '^(==[0-9]+== ?ERROR|ERROR: libFuzzer)' "$log" || true)
   line=$(printf '%-10s %12s execs %8s execs/s %8s s  %s finding(s)' "$t" "${execs:-?}" \
     "${rate:-?}" "$wall" "$findings")
   if [ "$rc" -ne 0 ]; then
