@@ -33,26 +33,12 @@ echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $NET on loopback3 (TLS
 head -c 32 /dev/urandom | base64 >"$OUT/token"
 rm -rf "$OUT/certs"
 "$BIN/adcnn-run" certs --cluster dsl-examples/loopback3.yaml -o "$OUT/certs" >/dev/null
-PIDS=()
+# shellcheck source=bench/workers.sh
+source bench/workers.sh
 FLOODS=()
 stop_flood() { for p in "${FLOODS[@]}"; do kill "$p" 2>/dev/null || true; done; FLOODS=(); }
-cleanup() { stop_flood; for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-WORKERS=()
-ADDRS=()
-for w in w1 w2 w3; do
-  "$BIN/adcnn-run" worker --listen 127.0.0.1:0 --token-file "$OUT/token" --threads 1 \
-    --tls-dir "$OUT/certs" --name "$w" >"$OUT/$w.out" 2>"$OUT/$w.log" &
-  PIDS+=($!)
-done
-for i in 0 1 2; do
-  w=w$((i + 1))
-  for _ in $(seq 100); do grep -q '^listening on' "$OUT/$w.out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(sed -n 's/^listening on \([^ ]*\).*/\1/p' "$OUT/$w.out")
-  [[ -n $addr ]] || { echo "worker $w did not start:"; cat "$OUT/$w.log"; exit 1; }
-  WORKERS+=(--worker "$w=$addr")
-  ADDRS+=("$addr")
-done
+on_exit() { stop_flood; }
+start_workers --tls-dir "$OUT/certs" --name '{name}'
 "$BIN/adcnnc" build "dsl-examples/$NET.yaml" --cluster dsl-examples/loopback3.yaml \
   -o "$OUT/$NET.bin" >/dev/null
 REMOTE=(--remote --token-file "$OUT/token" --tls-dir "$OUT/certs" "${WORKERS[@]}")
@@ -62,7 +48,7 @@ REMOTE=(--remote --token-file "$OUT/token" --tls-dir "$OUT/certs" "${WORKERS[@]}
 printf '\n%-22s %9s %9s %14s\n' round p50 p99 "workers' CPU s"
 cpu() { # total CPU seconds of the workers
   local t=0
-  for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  for p in "${WPIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
   awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
 }
 quiet=()
@@ -85,7 +71,7 @@ for round in $(seq "$ROUNDS"); do
   printf '%-22s %9.1f %9.1f %14.2f\n' "flooded $round" "$p50" "$p99" "$(awk -v a="$c0" -v b="$c1" 'BEGIN {print b - a}')"
   flooded+=("$p50")
   fds=()
-  for p in "${PIDS[@]}"; do fds+=("$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 | wc -l)"); done
+  for p in "${WPIDS[@]}"; do fds+=("$(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 | wc -l)"); done
   stop_flood
   sleep 1
   echo "  workers' open fds while flooded: ${fds[*]}; $(tail -1 "$OUT/flood-w1.log" 2>/dev/null | sed 's/^flood //')"

@@ -22,22 +22,9 @@ echo "== $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) CPUs, load $(cut -d'
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $NET on loopback3, $RUNS runs"
 
 head -c 32 /dev/urandom | base64 >"$OUT/token"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-WORKERS=()
-for w in w1 w2 w3; do
-  "$BIN/adcnn-run" worker --listen 127.0.0.1:0 --token-file "$OUT/token" --threads 1 \
-    >"$OUT/$w.out" 2>"$OUT/$w.log" &
-  PIDS+=($!)
-done
-for i in 0 1 2; do
-  w=w$((i + 1))
-  for _ in $(seq 100); do grep -q '^listening on' "$OUT/$w.out" 2>/dev/null && break; sleep 0.1; done
-  addr=$(sed -n 's/^listening on \([^ ]*\).*/\1/p' "$OUT/$w.out")
-  [[ -n $addr ]] || { echo "worker $w did not start:"; cat "$OUT/$w.log"; exit 1; }
-  WORKERS+=(--worker "$w=$addr")
-done
+# shellcheck source=bench/workers.sh
+source bench/workers.sh
+start_workers
 REMOTE=(--token-file "$OUT/token" "${WORKERS[@]}")
 
 for how in none q8 q4; do

@@ -15,6 +15,15 @@ use adcnn_runtime::net::proto::{self, worker_client::WorkerClient};
 use adcnn_runtime::net::server::MAX_MESSAGE_BYTES;
 use support::{TOKEN, TempDir, Workers, certificates, grpc, input, local, plan_bytes};
 
+/// The workers serve a coordinator (plain text, `alexnet` halo): it connects and runs a frame.
+fn serves_a_frame(workers: &Workers, what: &str) {
+    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    grpc(&bytes, &workers.options(TOKEN, None))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .run(&input(&bytes, 1))
+        .expect("runs");
+}
+
 #[test]
 fn grpc_gives_the_in_process_bits_for_every_strategy() {
     let workers = Workers::start(3, TOKEN, None);
@@ -192,11 +201,7 @@ fn handshakes_are_bounded_per_peer_and_the_coordinator_still_gets_in() {
         "{refused:?}"
     );
     const { assert!(MAX_HANDSHAKES > MAX_HANDSHAKES_PER_PEER) };
-    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
-    grpc(&bytes, &workers.options(TOKEN, None))
-        .expect("the coordinator connects")
-        .run(&input(&bytes, 1))
-        .expect("runs");
+    serves_a_frame(&workers, "the coordinator connects");
 }
 
 /// One coordinator at a time: a second is refused as busy, naming the first, while the
@@ -272,11 +277,7 @@ fn an_oversize_message_is_refused_and_the_worker_serves_on() {
     );
     let mut three = Workers::start(2, TOKEN, None);
     three.addresses.insert(0, workers.addresses[0].clone());
-    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
-    grpc(&bytes, &three.options(TOKEN, None))
-        .expect("connects")
-        .run(&input(&bytes, 1))
-        .expect("runs");
+    serves_a_frame(&three, "connects");
 }
 
 /// Another host (127.0.0.2) holding more connections than a peer may: the worker closes
@@ -316,11 +317,10 @@ fn a_peer_holding_too_many_connections_is_cut_off_and_the_coordinator_served() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
-    grpc(&bytes, &workers.options(TOKEN, None))
-        .expect("the coordinator connects while another host holds its share")
-        .run(&input(&bytes, 1))
-        .expect("runs");
+    serves_a_frame(
+        &workers,
+        "the coordinator connects while another host holds its share",
+    );
     drop(held);
 }
 
@@ -338,11 +338,7 @@ fn garbage_bytes_on_the_port_leave_the_worker_serving() {
             let _ = s.write_all(garbage);
         }
     }
-    let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
-    grpc(&bytes, &workers.options(TOKEN, None))
-        .expect("connects")
-        .run(&input(&bytes, 1))
-        .expect("runs");
+    serves_a_frame(&workers, "connects");
 }
 
 #[test]

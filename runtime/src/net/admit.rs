@@ -127,7 +127,8 @@ impl Admission {
     }
 
     /// Open connections from `ip`.
-    pub fn open(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn open(&self, ip: IpAddr) -> usize {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(&ip).map_or(0, |p| p.open)
     }
