@@ -12,7 +12,9 @@
 //! compared with the oracle, `Program::run_tile` on the unfolded program — with kernels compiled for it, with kernels
 //! that generate no code (the host fallbacks), and with generated depthwise kernels in
 //! place of the host AVX2 one. Tolerance: relative L2 ≤ 1e-5 per tile (the compiled path
-//! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured).
+//! folds batch norm into the weights and sums in a blocked order with FMA: ~1e-7 measured);
+//! a tile over it whose result cancels (tiny against the terms summed) is judged instead
+//! against the exact tile in f64, relative to those terms' magnitudes (see [`ROUNDING`]).
 //! Every tile is also sent through kernels compiled for q8 or q4 (alternating by seed): their
 //! quantising epilogues and passes must give exactly the codes and ranges of
 //! `wire::encode` applied to the exact tile (the same f32 operations), and its error within
@@ -23,9 +25,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use adcnn_compiler::check::check_text;
+use adcnn_compiler::graph::LayerGraph;
 use adcnn_compiler::lower::{Fold, lower};
 use adcnn_compiler::plan::{Compression, Options, Region, Strategy, plan};
-use adcnn_compiler::weights::SplitMix64;
+use adcnn_compiler::weights::{SplitMix64, Weights};
+use adcnn_core::net::Source;
+use adcnn_core::ops::{Op, Shape, WeightRole};
+use adcnn_core::plan::{Mode, Segment};
 use adcnn_core::tensor::crop;
 use adcnn_kernels::gemm::{Isa, isa};
 use adcnn_kernels::jit::{
@@ -39,6 +45,15 @@ use proptest::prelude::{Just, ProptestConfig, TestCaseError, any, prop_oneof, pr
 use proptest::strategy::Strategy as _;
 
 const TOLERANCE: f64 = 1e-5;
+
+/// A tile over [`TOLERANCE`] still matches when both it and the oracle's tile lie within
+/// this of the exact (f64) tile, relative L2 to the magnitudes summed (`Σ|w|·|x|` through
+/// the layers): cancellation makes f32 rounding large against a tiny result (seen: a
+/// batch norm's mean cancelling a 36-tap sum to 1.3e-3, every other value of the tile
+/// zeroed by relu: 2.3e-5 between the two, each ~1e-4 from the exact value, 1.3e-8 of
+/// the magnitudes). Measured over the random tests: at most 1.4e-7 (compiled) and 9.3e-8
+/// (oracle), about 2 units of f32 rounding; a wrong tap or edge is a whole term.
+const ROUNDING: f64 = 1e-6;
 
 const CLUSTER: &str = "
 cluster:
@@ -130,6 +145,8 @@ fn differential_ran(
     for ((seg, prog), truth) in parts.iter().copied().zip(&oracle.segments) {
         let o = graph.layer(seg.output()).shape;
         let mut out = Array3::<f32>::zeros((o.c, o.h, o.w));
+        // The segment on the whole map in f64, computed when a halo tile needs it.
+        let mut whole = None;
         let full = Region {
             r0: 0,
             r1: current.dim().1,
@@ -162,10 +179,50 @@ fn differential_ran(
                     want.as_standard_layout().as_slice().unwrap_or(&[]),
                 );
                 if err > TOLERANCE {
-                    return Err(format!(
-                        "{layers} ({c}×{h}×{w}) {:?} ({how}): tile {},{} relative L2 {err:.2e}",
-                        seg.mode, tile.row, tile.col
-                    ));
+                    // Cancellation (a batch norm's mean against the convolution's sum, a relu
+                    // leaving one small value in a tile) can make the f32 rounding of either
+                    // side large against a tiny result: judged against the exact (f64) tile,
+                    // relative to the magnitudes summed ([`ROUNDING`]). The oracle must pass
+                    // the same test (which also checks the f64 evaluation).
+                    let exact = match seg.mode {
+                        Mode::Halo => whole
+                            .get_or_insert_with(|| exact_f64(graph, weights, seg, &current))
+                            .as_ref()
+                            .map(|(v, m)| {
+                                let r = tile.output;
+                                let cut = |a: &Array3<f64>| {
+                                    a.slice(s![.., r.r0..r.r1, r.c0..r.c1]).to_owned()
+                                };
+                                (cut(v), cut(m))
+                            }),
+                        Mode::Fdsp => exact_f64(graph, weights, seg, &x),
+                    };
+                    let judged = exact.filter(|(v, _)| v.dim() == want.dim()).map(|(v, m)| {
+                        let dist = |a: &Array3<f32>| {
+                            a.iter()
+                                .zip(&v)
+                                .map(|(&a, &e)| (f64::from(a) - e).powi(2))
+                                .sum::<f64>()
+                                .sqrt()
+                        };
+                        let scale = m.iter().map(|m| m * m).sum::<f64>().sqrt();
+                        (dist(&got), dist(&want), scale)
+                    });
+                    match judged {
+                        Some((e_got, e_want, scale))
+                            if e_got <= ROUNDING * scale && e_want <= ROUNDING * scale => {}
+                        _ => {
+                            let exact = judged.map_or("not computed".into(), |(g, o, m)| {
+                                format!("{:.2e} and {:.2e}", g / m, o / m)
+                            });
+                            return Err(format!(
+                                "{layers} ({c}×{h}×{w}) {:?} ({how}): tile {},{} relative L2 \
+                                 {err:.2e} (to the exact tile, relative to the magnitudes \
+                                 summed, {how} and oracle: {exact})",
+                                seg.mode, tile.row, tile.col
+                            ));
+                        }
+                    }
                 }
                 outputs.push(got);
             }
@@ -206,6 +263,161 @@ fn differential_ran(
         ..kernels.stats
     };
     Ok((tiles, stats, profile.into_keys().collect()))
+}
+
+/// Segment `seg` of `graph` run in f64 on `x`, its input (the whole map for halo tiles, the
+/// tile's image for FDSP ones): the exact output, and per value the magnitude of what was
+/// summed on the way to it (`Σ|w|·|x| + |b|` through every layer; zero where an activation
+/// clamps well clear of its threshold, where both sides give the clamp's constant), to which
+/// f32 rounding error is proportional. `None` for an operator this does not evaluate.
+fn exact_f64(
+    graph: &LayerGraph,
+    weights: &Weights,
+    seg: &Segment,
+    x: &Array3<f32>,
+) -> Option<(Array3<f64>, Array3<f64>)> {
+    type Pair = (Array3<f64>, Array3<f64>);
+    let input: Pair = (x.mapv(f64::from), x.mapv(|v| f64::from(v).abs()));
+    let mut values: Vec<Pair> = Vec::new();
+    for id in seg.layers() {
+        let layer = graph.layer(id);
+        let args: Vec<&Pair> = layer
+            .inputs
+            .iter()
+            .map(|src| match src {
+                Source::Layer(j) if j.0 >= seg.first.0 => &values[(j.0 - seg.first.0) as usize],
+                _ => &input,
+            })
+            .collect();
+        let (v, m) = *args.first()?;
+        let shape = layer
+            .op
+            .output_shape(
+                &args
+                    .iter()
+                    .map(|(v, _)| {
+                        let (c, h, w) = v.dim();
+                        Shape::new(c, h, w)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .ok()?;
+        let vector = |role| {
+            let t = weights.get(&layer.name, role)?;
+            Some(t.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>())
+        };
+        // An activation: `f`, and whether it clamps `x` to a constant.
+        let act = |f: &dyn Fn(f64) -> f64, clamped: &dyn Fn(f64, f64) -> bool| -> Pair {
+            (
+                v.mapv(f),
+                ndarray::Zip::from(v)
+                    .and(m)
+                    .map_collect(|&x, &m| if clamped(x, 1e-3 * m) { 0.0 } else { m }),
+            )
+        };
+        let out = match &layer.op {
+            Op::Conv2d(cv) => {
+                let wt = vector(WeightRole::Weight)?;
+                let b = if cv.bias {
+                    vector(WeightRole::Bias)?
+                } else {
+                    vec![0.0; shape.c]
+                };
+                let (cin, h, w) = v.dim();
+                let (cg, og) = (cin / cv.groups, shape.c / cv.groups);
+                let (kh, kw) = (cv.kernel.h, cv.kernel.w);
+                let mut val = Array3::<f64>::zeros((shape.c, shape.h, shape.w));
+                let mut mag = val.clone();
+                for ((o, oy, ox), out) in val.indexed_iter_mut() {
+                    let (mut acc, mut sum) = (b[o], b[o].abs());
+                    for i in 0..cg {
+                        let ch = o / og * cg + i;
+                        for ky in 0..kh {
+                            let iy = (oy * cv.stride.h + ky * cv.dilation.h)
+                                .checked_sub(cv.padding.top)
+                                .filter(|&y| y < h);
+                            for kx in 0..kw {
+                                let ix = (ox * cv.stride.w + kx * cv.dilation.w)
+                                    .checked_sub(cv.padding.left)
+                                    .filter(|&x| x < w);
+                                if let (Some(iy), Some(ix)) = (iy, ix) {
+                                    let k = wt[((o * cg + i) * kh + ky) * kw + kx];
+                                    acc += k * v[[ch, iy, ix]];
+                                    sum += k.abs() * m[[ch, iy, ix]];
+                                }
+                            }
+                        }
+                    }
+                    *out = acc;
+                    mag[[o, oy, ox]] = sum;
+                }
+                (val, mag)
+            }
+            Op::BatchNorm { eps } => {
+                let (g, b) = (vector(WeightRole::Weight)?, vector(WeightRole::Bias)?);
+                let (mean, var) = (
+                    vector(WeightRole::RunningMean)?,
+                    vector(WeightRole::RunningVar)?,
+                );
+                let scale = |c: usize| g[c] / (var[c] + f64::from(*eps)).sqrt();
+                let mut val = v.clone();
+                let mut mag = m.clone();
+                for ((c, y, x), out) in val.indexed_iter_mut() {
+                    *out = (v[[c, y, x]] - mean[c]) * scale(c) + b[c];
+                    mag[[c, y, x]] = (m[[c, y, x]] + mean[c].abs()) * scale(c).abs() + b[c].abs();
+                }
+                (val, mag)
+            }
+            Op::Relu => act(&|x| x.max(0.0), &|x, margin| x < -margin),
+            Op::Clip { min, max } => {
+                let (lo, hi) = (f64::from(*min), f64::from(*max));
+                act(&|x| x.clamp(lo, hi), &|x, margin| {
+                    x < lo - margin || x > hi + margin
+                })
+            }
+            Op::LeakyRelu { slope } => {
+                let a = f64::from(*slope);
+                act(&|x| if x < 0.0 { a * x } else { x }, &|_, _| false)
+            }
+            Op::Add => {
+                let mut val = v.clone();
+                let mut mag = m.clone();
+                for (v2, m2) in &args[1..] {
+                    val += v2;
+                    mag += m2;
+                }
+                (val, mag)
+            }
+            Op::MaxPool(p) => {
+                let (_, h, w) = v.dim();
+                let mut val = Array3::<f64>::zeros((shape.c, shape.h, shape.w));
+                let mut mag = val.clone();
+                for ((c, oy, ox), out) in val.indexed_iter_mut() {
+                    let (mut best, mut worst) = (f64::NEG_INFINITY, 0.0f64);
+                    for ky in 0..p.kernel.h {
+                        let iy = (oy * p.stride.h + ky)
+                            .checked_sub(p.padding.top)
+                            .filter(|&y| y < h);
+                        for kx in 0..p.kernel.w {
+                            let ix = (ox * p.stride.w + kx)
+                                .checked_sub(p.padding.left)
+                                .filter(|&x| x < w);
+                            if let (Some(iy), Some(ix)) = (iy, ix) {
+                                best = best.max(v[[c, iy, ix]]);
+                                worst = worst.max(m[[c, iy, ix]]);
+                            }
+                        }
+                    }
+                    *out = best;
+                    mag[[c, oy, ox]] = worst;
+                }
+                (val, mag)
+            }
+            _ => return None,
+        };
+        values.push(out);
+    }
+    values.pop()
 }
 
 /// Quantisation errors equal up to the order of f32 sums.
