@@ -3,6 +3,12 @@
 //! (decoding q8/q4 straight into place), and moves on to the next segment; after the last,
 //! it runs the tail itself. Several frames may be in flight at once: while one frame's tail
 //! runs here, the next frame's tiles are already on the workers. Frames come out in order.
+//!
+//! A worker that is lost (its connection drops, a job cannot reach it) costs no frame: its
+//! outstanding tiles are sent again to the other workers that hold the same segment, and
+//! later frames route its tiles there too (the book: "When a worker is lost"). The first
+//! result of a tile wins; a late duplicate is dropped. A worker that comes back (the transport
+//! reports [`Event::Rejoined`]) gets the plan's tiles again from the next segment on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use std::sync::Arc;
 use adcnn_core::eval::EvalError;
 use adcnn_core::format::PlanHeader;
 use adcnn_core::input::Frame;
-use adcnn_core::plan::Compression;
+use adcnn_core::plan::{Compression, Tile};
 use adcnn_core::program::Program;
 use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
@@ -29,8 +35,17 @@ pub enum RunError {
     Kernel { node: String, message: String },
     #[error("the coordinator's tail: {0}")]
     Tail(#[from] EvalError),
-    #[error("node {node} was lost: {reason}")]
-    WorkerLost { node: String, reason: String },
+    /// A node was lost and no other worker holds a segment it computed tiles of.
+    #[error(
+        "node {node} was lost ({reason}) and no other worker holds segment {segment}; \
+         a plan that gives every segment's tiles to several workers (e.g. `auto`, `fdsp`, \
+         `halo`) survives a lost worker"
+    )]
+    WorkerLost {
+        node: String,
+        reason: String,
+        segment: usize,
+    },
     #[error("tile from node {node}: {source}")]
     Wire { node: String, source: WireError },
     #[error(transparent)]
@@ -62,6 +77,17 @@ pub struct RunReport {
     pub trace: Trace,
     /// What was measured of the nodes while the frame ran.
     pub telemetry: Vec<Telemetry>,
+    /// Tiles of this frame sent again because their node was lost.
+    pub redispatched: Vec<Redispatch>,
+}
+
+/// A tile sent to another node because its node was lost.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Redispatch {
+    pub segment: u32,
+    pub tile: u32,
+    pub from: usize,
+    pub to: usize,
 }
 
 /// A frame on its way through the plan.
@@ -75,6 +101,8 @@ struct InFlight {
     current: Array3<f32>,
     /// Its output, being stitched.
     out: Array3<f32>,
+    /// Per tile of the segment: the node computing it, `None` once stitched.
+    outstanding: Vec<Option<usize>>,
     pending: usize,
     start_us: f64,
     busy: Vec<f64>,
@@ -82,9 +110,14 @@ struct InFlight {
     quant: QuantError,
     trace: Trace,
     telemetry: Vec<Telemetry>,
+    redispatched: Vec<Redispatch>,
 }
 
 /// Where [`Coordinator::advance`] left a frame.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per segment of a frame, moved once into the map of frames in flight"
+)]
 enum Step {
     /// Tiles are out.
     Waiting(InFlight),
@@ -97,8 +130,14 @@ pub struct Coordinator<T: Transport> {
     tail: Arc<Program>,
     transport: T,
     next_frame: u64,
-    /// Measurements that belong to no frame (pings), for the next frame's report.
+    /// Measurements that belong to no frame (pings, losses), for the next frame's report.
     pending: Vec<Telemetry>,
+    /// Per segment, per tile: the node its jobs go to (the plan's, until a node is lost).
+    routes: Vec<Vec<usize>>,
+    /// Per node: lost (no job goes to it any more).
+    lost: Vec<bool>,
+    /// Nodes found unreachable while sending, with why, not yet handled.
+    unreachable: Vec<(usize, String)>,
 }
 
 impl<T: Transport> std::fmt::Debug for Coordinator<T> {
@@ -111,13 +150,29 @@ impl<T: Transport> std::fmt::Debug for Coordinator<T> {
 
 impl<T: Transport> Coordinator<T> {
     pub fn new(header: Arc<PlanHeader>, tail: Arc<Program>, transport: T) -> Self {
+        let routes = plan_routes(&header);
+        let lost = vec![false; header.plan.cluster.nodes.len()];
         Coordinator {
             header,
             tail,
             transport,
             next_frame: 0,
             pending: Vec::new(),
+            routes,
+            lost,
+            unreachable: Vec::new(),
         }
+    }
+
+    /// Per node: whether it was lost (it gets no more tiles).
+    pub fn lost_nodes(&self) -> &[bool] {
+        &self.lost
+    }
+
+    /// The node that computes each tile of each segment now: the plan's assignment, with
+    /// lost nodes' tiles moved to others.
+    pub fn routes(&self) -> &[Vec<usize>] {
+        &self.routes
     }
 
     pub fn header(&self) -> &PlanHeader {
@@ -179,6 +234,7 @@ impl<T: Transport> Coordinator<T> {
                                 finished.insert(report.frame, report);
                             }
                         }
+                        self.settle(&mut frames)?;
                     }
                 }
             }
@@ -212,13 +268,13 @@ impl<T: Transport> Coordinator<T> {
                             finished.insert(report.frame, report);
                         }
                     }
+                    self.settle(&mut frames)?;
                 }
                 Event::Lost { node, reason } => {
-                    return Err(RunError::WorkerLost {
-                        node: self.node_name(node),
-                        reason,
-                    });
+                    self.unreachable.push((node, reason));
+                    self.settle(&mut frames)?;
                 }
+                Event::Rejoined { node } => self.readmit(node)?,
                 Event::Rtt { node, rtt_us } => self.pending.push(Telemetry::Rtt { node, rtt_us }),
             }
         }
@@ -257,6 +313,7 @@ impl<T: Transport> Coordinator<T> {
             segment: 0,
             current: input,
             out: Array3::zeros((0, 0, 0)),
+            outstanding: Vec::new(),
             pending: 0,
             start_us: self.transport.now_us(),
             busy: vec![0.0; cluster.nodes.len()],
@@ -264,46 +321,32 @@ impl<T: Transport> Coordinator<T> {
             quant: QuantError::default(),
             trace: Trace::new(cluster.nodes.iter().map(|n| n.name.clone()).collect()),
             telemetry: Vec::new(),
+            redispatched: Vec::new(),
         })
     }
 
     /// Scatters the frame's current segment, or — past the last — runs the tail and returns
     /// the frame's report.
     fn advance(&mut self, mut frame: InFlight) -> Result<Step, RunError> {
-        let plan = &self.header.plan;
+        let header = Arc::clone(&self.header);
+        let plan = &header.plan;
         let coord = plan.cluster.coordinator;
         if let Some(seg) = plan.segments.get(frame.segment) {
             let t0 = self.transport.now_us();
             let si = frame.segment;
+            frame.outstanding = vec![None; seg.tiles.len()];
             for (ti, tile) in seg.tiles.iter().enumerate() {
-                // The first segment reads the input image: its pixels travel when there are.
-                // Later segments' inputs are compressed as the plan's outputs are.
-                let input = match (&frame.pixels, si, plan.compression) {
-                    (Some(p), 0, _) => TileInput::Pixels(tile_pixels(p, tile)),
-                    (_, 0, _) | (_, _, Compression::None) => {
-                        TileInput::Values(tile_input(&frame.current, tile))
-                    }
-                    (_, _, how) => match wire::encode(tile_input(&frame.current, tile), how) {
-                        (WireTile::Quantised(q), e) => {
-                            frame.quant.add(e);
-                            TileInput::Quantised(q)
-                        }
-                        (WireTile::Exact(a), _) => TileInput::Values(a),
-                    },
-                };
+                let (input, e) = job_input(&frame, si, tile, plan.compression);
+                frame.quant.add(e);
                 let job = TileJob {
                     frame: frame.id,
                     segment: si as u32,
                     tile: ti as u32,
                     input,
                 };
-                self.transport.send(tile.node, job).map_err(|e| match e {
-                    TransportError::Unreachable { reason, .. } => RunError::WorkerLost {
-                        node: self.node_name(tile.node),
-                        reason,
-                    },
-                    e => RunError::Transport(e),
-                })?;
+                let node = self.routes[si][ti];
+                self.send(node, job)?;
+                frame.outstanding[ti] = Some(node);
             }
             let t1 = self.transport.now_us();
             frame.trace.push(Span {
@@ -348,7 +391,161 @@ impl<T: Transport> Coordinator<T> {
             },
             trace: frame.trace,
             telemetry,
+            redispatched: frame.redispatched,
         }))
+    }
+
+    /// Sends `job` to `node`. A node the job cannot reach is noted as lost (handled by
+    /// [`Self::settle`]), and the job counts as out on it until then.
+    fn send(&mut self, node: usize, job: TileJob) -> Result<(), RunError> {
+        match self.transport.send(node, job) {
+            Ok(()) => Ok(()),
+            Err(TransportError::Unreachable { reason, .. }) => {
+                self.unreachable.push((node, reason));
+                Ok(())
+            }
+            Err(e) => Err(RunError::Transport(e)),
+        }
+    }
+
+    /// Handles the nodes found lost: each one's tiles are routed to the other workers of
+    /// their segments (from now on), and its outstanding tiles of every frame in flight are
+    /// sent there again.
+    fn settle(&mut self, frames: &mut HashMap<u64, InFlight>) -> Result<(), RunError> {
+        while let Some((node, reason)) = self.unreachable.pop() {
+            if self.lost.get(node).copied().unwrap_or(true) {
+                continue;
+            }
+            self.lost[node] = true;
+            tracing::warn!(node = %self.node_name(node), %reason, "worker lost; its tiles go to the others");
+            self.reroute(node, &reason)?;
+            let now = self.transport.now_us();
+            self.pending.push(Telemetry::Lost {
+                node,
+                reason: reason.clone(),
+            });
+            let mut ids: Vec<u64> = frames.keys().copied().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let Some(frame) = frames.get_mut(&id) else {
+                    continue;
+                };
+                frame.trace.push(Span {
+                    node,
+                    name: format!("lost: {reason}"),
+                    start_us: now,
+                    dur_us: 0.0,
+                });
+                let orphans: Vec<usize> = (0..frame.outstanding.len())
+                    .filter(|&ti| frame.outstanding[ti] == Some(node))
+                    .collect();
+                let si = frame.segment;
+                for ti in orphans {
+                    let to = self.routes[si][ti];
+                    let tile = &self.header.plan.segments[si].tiles[ti];
+                    // Quantised as before: the same codes, their error counted once.
+                    let (input, _) = job_input(frame, si, tile, self.header.plan.compression);
+                    let job = TileJob {
+                        frame: id,
+                        segment: si as u32,
+                        tile: ti as u32,
+                        input,
+                    };
+                    frame.outstanding[ti] = Some(to);
+                    let r = Redispatch {
+                        segment: si as u32,
+                        tile: ti as u32,
+                        from: node,
+                        to,
+                    };
+                    frame.telemetry.push(Telemetry::Redispatch {
+                        frame: id,
+                        segment: r.segment,
+                        tile: r.tile,
+                        from: node,
+                        to,
+                    });
+                    frame.redispatched.push(r);
+                    self.send(to, job)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a lost node that is back into the assignment: from the next segment scattered
+    /// on, every tile goes where the plan put it unless that node is (still) lost. Tiles
+    /// already out stay where they are.
+    fn readmit(&mut self, node: usize) -> Result<(), RunError> {
+        if !self.lost.get(node).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        self.lost[node] = false;
+        tracing::info!(node = %self.node_name(node), "worker back; it gets its tiles again");
+        self.routes = plan_routes(&self.header);
+        for n in 0..self.lost.len() {
+            if self.lost[n] {
+                self.reroute(n, "still lost")?;
+            }
+        }
+        self.pending.push(Telemetry::Rejoined { node });
+        Ok(())
+    }
+
+    /// Moves the tiles routed to `node` (just lost) to the other live workers that hold
+    /// their segment, each to the one that would finish its share soonest (by the plan's
+    /// speeds), largest tiles first.
+    fn reroute(&mut self, node: usize, reason: &str) -> Result<(), RunError> {
+        let plan = &self.header.plan;
+        for (si, seg) in plan.segments.iter().enumerate() {
+            let routes = &mut self.routes[si];
+            let mut orphans: Vec<usize> =
+                (0..routes.len()).filter(|&t| routes[t] == node).collect();
+            if orphans.is_empty() {
+                continue;
+            }
+            // Who holds the segment: the nodes the plan gave tiles of it.
+            let mut holders: Vec<usize> = seg.tiles.iter().map(|t| t.node).collect();
+            holders.sort_unstable();
+            holders.dedup();
+            holders.retain(|&n| !self.lost[n]);
+            if holders.is_empty() {
+                return Err(RunError::WorkerLost {
+                    node: plan
+                        .cluster
+                        .nodes
+                        .get(node)
+                        .map_or_else(|| format!("#{node}"), |n| n.name.clone()),
+                    reason: reason.to_string(),
+                    segment: si,
+                });
+            }
+            let speed = |n: usize| {
+                plan.cluster
+                    .nodes
+                    .get(n)
+                    .map_or(1.0, |x| x.gflops.max(1e-3))
+            };
+            // Seconds of work each holder has in this segment already.
+            let mut load: Vec<f64> = vec![0.0; plan.cluster.nodes.len()];
+            for (t, &n) in routes.iter().enumerate() {
+                if n != node {
+                    load[n] += seg.tiles[t].flops as f64 / speed(n);
+                }
+            }
+            orphans.sort_by_key(|&t| std::cmp::Reverse(seg.tiles[t].flops));
+            for t in orphans {
+                let cost = |n: usize| load[n] + seg.tiles[t].flops as f64 / speed(n);
+                let best = holders
+                    .iter()
+                    .copied()
+                    .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+                    .unwrap_or(node);
+                load[best] = cost(best);
+                routes[t] = best;
+            }
+        }
+        Ok(())
     }
 
     /// Puts a returned tile into its place in the frame's segment output.
@@ -359,6 +556,14 @@ impl<T: Transport> Coordinator<T> {
             node: node.clone(),
             message,
         })?;
+        // A tile already stitched (a lost node's tile that was sent again, and both came
+        // back) or of a segment the frame has passed: the first result won.
+        let stitched = (d.segment as usize) < frame.segment
+            || (d.segment as usize == frame.segment
+                && frame.outstanding.get(d.tile as usize) == Some(&None));
+        if stitched {
+            return Ok(());
+        }
         let tile = plan
             .segments
             .get(d.segment as usize)
@@ -415,7 +620,40 @@ impl<T: Transport> Coordinator<T> {
             bytes_out: d.bytes_out,
             flops: tile.flops,
         });
+        frame.outstanding[d.tile as usize] = None;
         frame.pending -= 1;
         Ok(())
     }
+}
+
+/// The job input of `tile` of segment `si` for `frame`. The first segment reads the input
+/// image: its pixels travel when there are. Later segments' inputs are compressed as the
+/// plan's outputs are (with the error that added).
+fn job_input(
+    frame: &InFlight,
+    si: usize,
+    tile: &Tile,
+    how: Compression,
+) -> (TileInput, QuantError) {
+    let none = QuantError::default();
+    match (&frame.pixels, si, how) {
+        (Some(p), 0, _) => (TileInput::Pixels(tile_pixels(p, tile)), none),
+        (_, 0, _) | (_, _, Compression::None) => {
+            (TileInput::Values(tile_input(&frame.current, tile)), none)
+        }
+        (_, _, how) => match wire::encode(tile_input(&frame.current, tile), how) {
+            (WireTile::Quantised(q), e) => (TileInput::Quantised(q), e),
+            (WireTile::Exact(a), _) => (TileInput::Values(a), none),
+        },
+    }
+}
+
+/// Per segment, per tile: the node the plan gave it.
+fn plan_routes(header: &PlanHeader) -> Vec<Vec<usize>> {
+    header
+        .plan
+        .segments
+        .iter()
+        .map(|s| s.tiles.iter().map(|t| t.node).collect())
+        .collect()
 }

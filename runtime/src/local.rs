@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ use crate::worker::{Kernels, Worker};
 #[derive(Debug)]
 pub struct LocalTransport {
     senders: Vec<Option<Sender<TileJob>>>,
+    /// Per node: set when it is lost (a failpoint in tests); it takes no more jobs.
+    lost: Vec<Arc<AtomicBool>>,
     events: Receiver<Event>,
     handles: Vec<JoinHandle<()>>,
     epoch: Instant,
@@ -32,6 +35,7 @@ impl LocalTransport {
         let (done_tx, events) = unbounded::<Event>();
         let mut senders = Vec::with_capacity(workers.len());
         let mut handles = Vec::new();
+        let lost: Vec<Arc<AtomicBool>> = workers.iter().map(|_| Arc::default()).collect();
         for (node, worker) in workers.iter().enumerate() {
             let Some(worker) = worker else {
                 senders.push(None);
@@ -41,9 +45,10 @@ impl LocalTransport {
             senders.push(Some(tx));
             for t in 0..threads.max(1) {
                 let (worker, rx, done) = (Arc::clone(worker), rx.clone(), done_tx.clone());
+                let lost = Arc::clone(&lost[node]);
                 let spawned = std::thread::Builder::new()
                     .name(format!("adcnn-node{node}-{t}"))
-                    .spawn(move || serve(&worker, &rx, &done));
+                    .spawn(move || serve(&worker, &rx, &done, &lost));
                 match spawned {
                     Ok(h) => handles.push(h),
                     Err(e) => {
@@ -57,6 +62,7 @@ impl LocalTransport {
         }
         LocalTransport {
             senders,
+            lost,
             events,
             handles,
             epoch,
@@ -64,8 +70,22 @@ impl LocalTransport {
     }
 }
 
-fn serve(worker: &Worker, jobs: &Receiver<TileJob>, done: &Sender<Event>) {
+/// A worker thread. A node that is lost (a test's failpoint) stops answering: its threads
+/// drop the jobs they get, and the first to notice reports the loss.
+fn serve(worker: &Worker, jobs: &Receiver<TileJob>, done: &Sender<Event>, lost: &AtomicBool) {
     while let Ok(job) = jobs.recv() {
+        if lost.load(Ordering::Acquire) {
+            return;
+        }
+        if worker.injected_loss(&job) {
+            if !lost.swap(true, Ordering::AcqRel) {
+                let _ = done.send(Event::Lost {
+                    node: worker.node(),
+                    reason: format!("failpoint at frame {}", job.frame),
+                });
+            }
+            return;
+        }
         if done.send(Event::Done(worker.run(&job))).is_err() {
             return;
         }
@@ -79,6 +99,16 @@ impl Transport for LocalTransport {
             .get(node)
             .and_then(Option::as_ref)
             .ok_or(TransportError::NotAWorker(node))?;
+        if self
+            .lost
+            .get(node)
+            .is_some_and(|l| l.load(Ordering::Acquire))
+        {
+            return Err(TransportError::Unreachable {
+                node: format!("#{node}"),
+                reason: "it was lost".into(),
+            });
+        }
         tx.send(job).map_err(|_| TransportError::Unreachable {
             node: format!("#{node}"),
             reason: "its threads stopped".into(),

@@ -28,6 +28,18 @@ pub enum Telemetry {
     },
     /// A ping's round trip to a node.
     Rtt { node: usize, rtt_us: f64 },
+    /// A node was lost: it gets no more tiles.
+    Lost { node: usize, reason: String },
+    /// A lost node is back and gets its tiles again.
+    Rejoined { node: usize },
+    /// A lost node's tile sent to another node.
+    Redispatch {
+        frame: u64,
+        segment: u32,
+        tile: u32,
+        from: usize,
+        to: usize,
+    },
 }
 
 /// Smoothed figures of one node.
@@ -47,6 +59,12 @@ pub struct NodeFigures {
     pub rtt_us: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Whether the node is lost (it was, and has not come back).
+    pub lost: bool,
+    /// Times it came back after being lost.
+    pub rejoined: u64,
+    /// Its tiles sent to other nodes after it was lost.
+    pub redispatched: u64,
 }
 
 /// Per node figures, updated event by event.
@@ -113,6 +131,22 @@ impl Figures {
             Telemetry::Rtt { node, rtt_us } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.rtt_us = ewma(n.rtt_us, rtt_us, a);
+                }
+            }
+            Telemetry::Lost { node, .. } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.lost = true;
+                }
+            }
+            Telemetry::Rejoined { node } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.lost = false;
+                    n.rejoined += 1;
+                }
+            }
+            Telemetry::Redispatch { from, .. } => {
+                if let Some(n) = self.nodes.get_mut(from) {
+                    n.redispatched += 1;
                 }
             }
         }

@@ -82,6 +82,10 @@ pub enum Event {
         node: usize,
         reason: String,
     },
+    /// A lost node is back: set up again, it can take jobs.
+    Rejoined {
+        node: usize,
+    },
     /// A round trip to a node measured (a ping and its answer), in µs.
     Rtt {
         node: usize,

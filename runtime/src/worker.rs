@@ -170,22 +170,33 @@ impl Worker {
         }
     }
 
+    /// Whether a test made this node fail at `job` (the failpoint `adcnn-lose-node`,
+    /// configured as `return(NODE@FRAME)`: node NODE is lost when a tile of frame FRAME
+    /// reaches it). Always false in builds without the `failpoints` feature.
+    pub fn injected_loss(&self, job: &TileJob) -> bool {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("adcnn-lose-node", |arg: Option<String>| {
+            arg.and_then(|a| {
+                let (n, f) = a.split_once('@')?;
+                Some(n.trim().parse() == Ok(self.node) && f.trim().parse() == Ok(job.frame))
+            })
+            .unwrap_or(false)
+        });
+        let _ = job;
+        false
+    }
+
     fn compute(&self, job: &TileJob) -> Result<(WireTile, QuantError), String> {
         let (seg, prog) = self
             .segments
             .get(job.segment as usize)
             .and_then(Option::as_ref)
             .ok_or_else(|| format!("this node holds no segment {}", job.segment))?;
+        // Any tile of a segment the node holds: a lost node's tiles come to the others.
         let tile = seg
             .tiles
             .get(job.tile as usize)
-            .filter(|t| t.node == self.node)
-            .ok_or_else(|| {
-                format!(
-                    "segment {} has no tile {} for this node",
-                    job.segment, job.tile
-                )
-            })?;
+            .ok_or_else(|| format!("segment {} has no tile {}", job.segment, job.tile))?;
         let want = (prog.input_shape().c, tile.input.rows(), tile.input.cols());
         if job.input.dim() != want {
             return Err(format!(

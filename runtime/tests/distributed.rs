@@ -27,28 +27,33 @@ impl Processes {
             overrides: Vec::new(),
         };
         for name in ["w1", "w2", "w3"] {
-            let mut child = Command::new(EXE)
-                .args(["worker", "--listen", "127.0.0.1:0", "--threads", "1"])
-                .arg("--token-file")
-                .arg(token)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("a worker starts");
-            let stdout = child.stdout.take().expect("its stdout");
-            p.children.push(child);
-            // The first line says where it listens.
-            let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .expect("it prints where it listens");
-            let address = line
-                .strip_prefix("listening on ")
-                .and_then(|r| r.split_whitespace().next())
-                .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+            let address = p.spawn(token, "127.0.0.1:0");
             p.overrides.push(format!("{name}={address}"));
         }
         p
+    }
+
+    /// Starts a worker listening on `listen`; its address.
+    fn spawn(&mut self, token: &Path, listen: &str) -> String {
+        let mut child = Command::new(EXE)
+            .args(["worker", "--listen", listen, "--threads", "1"])
+            .arg("--token-file")
+            .arg(token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("a worker starts");
+        let stdout = child.stdout.take().expect("its stdout");
+        self.children.push(child);
+        // The first line says where it listens.
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("it prints where it listens");
+        line.strip_prefix("listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string()
     }
 }
 
@@ -73,6 +78,19 @@ fn run(args: &[&str], extra: &[String]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `adcnn-run ARGS REMOTE` with frames on stdin and stdout and stderr piped.
+fn on_stdin(args: &[&str], remote: &[String]) -> Child {
+    Command::new(EXE)
+        .args(args)
+        .args(remote)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs")
 }
 
 fn setup(net: &str, strategy: Strategy) -> (TempDir, Processes) {
@@ -211,15 +229,10 @@ fn a_folder_of_frames_and_a_stream_on_stdin_come_back_in_order() {
         );
     }
     // Frames as a stream of .npy arrays on stdin.
-    let mut child = Command::new(EXE)
-        .args([plan.as_str(), "--input", "-", "--in-flight", "2"])
-        .args(&remote)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs");
+    let mut child = on_stdin(
+        &[plan.as_str(), "--input", "-", "--in-flight", "2"],
+        &remote,
+    );
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().expect("stdin");
@@ -297,4 +310,152 @@ fn a_worker_that_is_not_running_is_an_error_naming_it() {
     );
     assert_eq!(code, 1);
     assert!(stderr.contains("no cluster token"), "{stderr}");
+}
+
+#[test]
+fn a_worker_process_killed_mid_stream_costs_no_frame_and_is_readmitted_when_restarted() {
+    // alexnet `halo` on loopback3 gives its tiles to w1 and w2. Three frames go in on stdin and
+    // come out; w2 is killed (SIGKILL); three more go in and come out. A new w2 is started on
+    // the same address, and frames go in one by one until the coordinator says it is back,
+    // then two more. Every frame comes out, equal to the run in process, and the new w2 (whose
+    // section cache died with the old one: they are shipped again) gets tiles.
+    let (dir, mut workers) = setup("alexnet", Strategy::Halo);
+    let plan = dir.0.join("plan.bin").display().to_string();
+    let (out_dir, metrics) = (dir.0.join("out"), dir.0.join("metrics.json"));
+    let bytes = std::fs::read(&plan).expect("plan");
+    let frames: Vec<Vec<u8>> = (0..6)
+        .map(|s| adcnn_core::npy::write_f32(&support::input(&bytes, s).into_dyn()))
+        .collect();
+    let (out_s, metrics_s) = (out_dir.display().to_string(), metrics.display().to_string());
+    let child = on_stdin(
+        &[
+            plan.as_str(),
+            "--input",
+            "-",
+            "--rejoin-every",
+            "0.05",
+            "--output",
+            &out_s,
+            "--metrics",
+            &metrics_s,
+        ],
+        &remote_args(&dir, &workers),
+    );
+    // Killed on drop, should the test fail before it ends.
+    let mut coordinator = Processes {
+        children: vec![child],
+        overrides: Vec::new(),
+    };
+    let child = &mut coordinator.children[0];
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    // stderr, line by line, from a thread (the coordinator writes it while we wait on stdout).
+    let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(line);
+        }
+    });
+    let mut errors = Vec::new();
+    let mut done = 0usize;
+    // Writes frame `i` (of the six, round robin) and waits for its line.
+    let mut one_frame = |stdin: &mut std::process::ChildStdin, i: usize| {
+        use std::io::Write;
+        stdin.write_all(&frames[i % 6]).expect("writes");
+        stdin.flush().expect("flushes");
+        loop {
+            let line = lines
+                .next()
+                .expect("the coordinator prints a line per frame")
+                .expect("reads");
+            if line.starts_with(&format!("{i:06}")) {
+                break;
+            }
+        }
+    };
+    for _ in 0..3 {
+        one_frame(&mut stdin, done);
+        done += 1;
+    }
+    let w2_address = workers.overrides[1]
+        .split_once('=')
+        .expect("NAME=ADDRESS")
+        .1
+        .to_string();
+    let w2 = &mut workers.children[1];
+    w2.kill().expect("kills w2");
+    w2.wait().expect("w2 ends");
+    for _ in 0..3 {
+        one_frame(&mut stdin, done);
+        done += 1;
+    }
+    errors.extend(err_rx.try_iter());
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.starts_with("warning: node w2 was lost")),
+        "{errors:?}"
+    );
+    // A new w2 on the same address; frames until it is back (at most 2000, 50 ms apart tries).
+    workers.spawn(&dir.0.join("token"), &w2_address);
+    let mut back = None;
+    while back.is_none() && done < 2000 {
+        one_frame(&mut stdin, done);
+        done += 1;
+        errors.extend(err_rx.try_iter());
+        back = errors
+            .iter()
+            .any(|l| l.starts_with("note: node w2 is back"))
+            .then_some(done);
+    }
+    assert!(back.is_some(), "w2 did not come back: {errors:?}");
+    for _ in 0..2 {
+        one_frame(&mut stdin, done);
+        done += 1;
+    }
+    drop(stdin);
+    let out = coordinator
+        .children
+        .pop()
+        .expect("the coordinator")
+        .wait_with_output()
+        .expect("ends");
+    err_reader.join().expect("stderr read");
+    assert!(out.status.success(), "{errors:?}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metrics).expect("metrics")).expect("JSON");
+    let w2 = &m["nodes"][2];
+    assert_eq!(w2["lost"], false, "{m}");
+    assert_eq!(w2["rejoined"], 1, "{m}");
+    let frames_m = m["frames"].as_array().expect("frames");
+    assert_eq!(frames_m.len(), done);
+    let last = &frames_m[done - 1];
+    assert!(last["node_busy_ms"][2].as_f64() > Some(0.0), "{last}");
+    // The same frames in process, without the fault.
+    let local_dir = dir.0.join("local");
+    let mut local = Command::new(EXE)
+        .args([plan.as_str(), "--local", "--input", "-", "--output"])
+        .arg(&local_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("runs");
+    {
+        use std::io::Write;
+        let mut stdin = local.stdin.take().expect("stdin");
+        for f in &frames {
+            stdin.write_all(f).expect("writes");
+        }
+    }
+    assert!(local.wait().expect("ends").success());
+    for i in 0..done {
+        let read = |d: &Path, name: &str| {
+            adcnn_core::npy::read_f32_file(d.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let got = read(&out_dir, &format!("{i:06}.npy"));
+        let want = read(&local_dir, &format!("{:06}.npy", i % 6));
+        let e = adcnn_core::tensor::rel_l2(got.iter(), want.iter());
+        assert!(e <= 1e-5, "frame {i}: relative L2 {e:.2e}");
+    }
 }

@@ -379,16 +379,65 @@ fn a_coordinator_that_leaves_mid_frame_leaves_the_worker_serving() {
 }
 
 #[test]
-fn a_worker_that_goes_away_is_a_clear_error() {
+fn a_worker_that_goes_away_costs_no_frame() {
+    // A halo plan gives every segment's tiles to all three workers: when w2 goes away between
+    // frames, its tiles go to w1 and w3, and the frames still come out right.
     let mut workers = Workers::start(3, TOKEN, None);
     let bytes = plan_bytes("alexnet", Strategy::Halo, Compression::None);
+    let inputs: Vec<_> = (0..6).map(|s| input(&bytes, 200 + s)).collect();
+    let mut one = local(&bytes);
+    let want: Vec<_> = inputs
+        .iter()
+        .map(|x| one.run(x).expect("runs").output)
+        .collect();
+    let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
+    let mut got = Vec::new();
+    // One frame at a time: w2 stops after frame 1 is delivered, before frame 2 goes out.
+    // Whether its loss shows first as a broken stream or as a job that cannot be sent,
+    // frames 2–5 must come out on the other two.
+    c.run_stream(inputs.iter().cloned().map(Ok), 1, |r| {
+        if r.frame == 1 {
+            workers.stop(1);
+        }
+        got.push(r);
+        Ok(())
+    })
+    .expect("the run survives the lost worker");
+    assert_eq!(c.lost_nodes(), [false, false, true, false]);
+    assert_eq!(got.len(), inputs.len());
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.frame, i as u64);
+        let e = adcnn_core::tensor::rel_l2(r.output.iter(), want[i].iter());
+        assert!(e <= 1e-5, "frame {i}: relative L2 {e:.2e}");
+    }
+    for r in &got[3..] {
+        assert_eq!(
+            r.node_busy_ms[2], 0.0,
+            "frame {} used the lost worker",
+            r.frame
+        );
+    }
+}
+
+#[test]
+fn a_lost_worker_that_held_a_segment_alone_is_a_clear_error() {
+    let mut workers = Workers::start(3, TOKEN, None);
+    let bytes = plan_bytes("alexnet", Strategy::Single, Compression::None);
+    let header = adcnn_core::format::PlanFile::parse(&bytes)
+        .and_then(|f| f.header())
+        .expect("plan");
+    let node = header.plan.segments[0].tiles[0].node;
     let x = input(&bytes, 1);
     let mut c = grpc(&bytes, &workers.options(TOKEN, None)).expect("connects");
     c.run(&x).expect("runs");
-    workers.stop(1);
-    let e = c.run(&x).expect_err("a worker is gone");
-    assert!(matches!(e, RunError::WorkerLost { .. }), "{e}");
-    assert!(e.to_string().contains("w2"), "{e}");
+    workers.stop(node - 1);
+    let e = c.run(&x).expect_err("its only worker is gone");
+    assert!(matches!(e, RunError::WorkerLost { segment: 0, .. }), "{e}");
+    let name = &header.plan.cluster.nodes[node].name;
+    assert!(
+        e.to_string().contains(&format!("node {name} was lost")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! with the cluster token, ships the plan sections each worker lacks, has it compile its
 //! kernels, then keeps one bidirectional stream of tiles per worker. Messages move between
 //! the coordinator's thread and the network through channels; a dropped stream is reported
-//! as the node's loss, never a hang.
+//! as the node's loss, never a hang. A lost worker is tried again in the background (when
+//! `rejoin_every` is set): once it answers, it is taken through the same set-up and reported
+//! as [`Event::Rejoined`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use adcnn_core::format::{PlanFile, PlanHeader, SectionKind};
 use adcnn_kernels::wire::QuantError;
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
@@ -43,6 +46,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// How often each worker is pinged (round-trip telemetry and liveness).
     pub ping_every: Duration,
+    /// How often a lost worker is tried again (`None`: never; it stays lost for the run).
+    /// The coordinator keeps the plan sections workers need in memory for this.
+    pub rejoin_every: Option<Duration>,
 }
 
 /// What connecting to one worker did.
@@ -110,18 +116,54 @@ type Sent = HashMap<(u64, u32, u32), (f64, usize)>;
 pub struct GrpcTransport {
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
-    /// The tasks reading each worker's results, and pinging it.
-    readers: Vec<tokio::task::JoinHandle<()>>,
-    pingers: Vec<tokio::task::JoinHandle<()>>,
-    senders: Vec<Option<mpsc::Sender<proto::ToWorker>>>,
+    /// Per node: its tile stream (`None` for nodes that only coordinate, and lost workers).
+    streams: Vec<Option<Stream>>,
+    /// Readers of streams that were lost, still to be awaited when the transport closes.
+    ended: Vec<JoinHandle<()>>,
+    /// Per node: whether it is a worker of the plan.
+    workers: Vec<bool>,
     events: Receiver<Event>,
     epoch: Instant,
     /// Jobs on their way: when each was sent and its bytes.
     sent: Arc<Mutex<Sent>>,
     coder: Coder,
     names: Vec<String>,
-    /// What connecting did, per worker.
+    /// What connecting did, per worker (a rejoined worker's latest set-up).
     pub links: Vec<NodeLink>,
+    /// Trying lost workers again: what it takes, and the tasks trying, by node.
+    rejoin: Option<Arc<Rejoin>>,
+    retrying: HashMap<usize, JoinHandle<()>>,
+}
+
+/// A worker's open tile stream.
+#[derive(Debug)]
+struct Stream {
+    tx: mpsc::Sender<proto::ToWorker>,
+    reader: JoinHandle<()>,
+    pinger: JoinHandle<()>,
+    link: NodeLink,
+}
+
+/// What opening a tile stream needs, shared with the tasks that open streams again.
+#[derive(Debug, Clone)]
+struct StreamContext {
+    events: Sender<Event>,
+    sent: Arc<Mutex<Sent>>,
+    epoch: Instant,
+    ping_every: Duration,
+}
+
+/// What re-admitting a lost worker needs: its set-up, the sections it may lack, and where
+/// a stream opened again waits for the coordinator's thread to take it.
+#[derive(Debug)]
+struct Rejoin {
+    every: Duration,
+    plans: HashMap<usize, NodePlan>,
+    payloads: Arc<HashMap<u64, Arc<Vec<u8>>>>,
+    plan_hash: u64,
+    opts: ConnectOptions,
+    cx: StreamContext,
+    ready: Mutex<HashMap<usize, Stream>>,
 }
 
 /// An error and its causes, each once ("a: b: c"; libraries often repeat a cause's text in
@@ -130,13 +172,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     let mut reason = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        let text = s.to_string();
-        if !reason.contains(&text) {
-            reason = format!("{reason}: {text}");
-        }
+        reason = join_reasons(&reason, &s.to_string());
         source = s.source();
     }
     reason
+}
+
+/// `outer: inner`, said once: nothing added when one holds the other, and where the inner
+/// text begins with the end of the outer (`h2 error: reading a body` and `reading a body:
+/// broken pipe`), the overlap not repeated.
+fn join_reasons(outer: &str, inner: &str) -> String {
+    if outer.contains(inner) {
+        return outer.to_string();
+    }
+    if inner.contains(outer) {
+        return inner.to_string();
+    }
+    // The overlap is whole messages: the inner text goes on with `: ` after it.
+    let overlap = outer.char_indices().map(|(i, _)| i).find(|&i| {
+        let tail = &outer[i..];
+        i > 0
+            && outer[..i].ends_with(": ")
+            && inner.starts_with(tail)
+            && inner[tail.len()..].starts_with(": ")
+    });
+    match overlap {
+        Some(i) => format!("{}{inner}", &outer[..i]),
+        None => format!("{outer}: {inner}"),
+    }
 }
 
 /// Whether a connection failed in the TLS handshake (a certificate that does not verify,
@@ -162,12 +225,7 @@ fn status_reason(s: &Status) -> String {
         m.to_string()
     };
     if let Some(cause) = std::error::Error::source(s) {
-        let cause = error_chain(cause);
-        if cause.contains(&reason) {
-            reason = cause;
-        } else if !reason.contains(&cause) {
-            reason = format!("{reason}: {cause}");
-        }
+        reason = join_reasons(&reason, &error_chain(cause));
     }
     reason
 }
@@ -250,10 +308,10 @@ impl GrpcTransport {
         }
         let payloads = Arc::new(payloads);
         let hash = file.hash;
-        let mut senders: Vec<Option<mpsc::Sender<proto::ToWorker>>> =
-            vec![None; cluster.nodes.len()];
-        let mut links = Vec::new();
-        let (mut readers, mut pingers) = (Vec::new(), Vec::new());
+        let retained: HashMap<usize, NodePlan> = match opts.rejoin_every {
+            Some(_) => plans.iter().map(|p| (p.node, p.clone())).collect(),
+            None => HashMap::new(),
+        };
         let results = runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
             for p in plans {
@@ -279,59 +337,165 @@ impl GrpcTransport {
             runtime.block_on(close_all(opened));
             return Err(e);
         }
+        let cx = StreamContext {
+            events: event_tx,
+            sent: Arc::clone(&sent),
+            epoch,
+            ping_every: opts.ping_every,
+        };
+        let mut streams: Vec<Option<Stream>> = (0..cluster.nodes.len()).map(|_| None).collect();
         let mut opened = opened.into_iter();
         while let Some(o) = opened.next() {
             let node = o.link.node;
-            let (tx, rx) = mpsc::channel::<proto::ToWorker>(1024);
-            let mut client = o.client;
-            let session = o.session;
-            let latency = emulate::latency(&emulate::variable_for(&o.link.name));
-            let mut link = o.link;
-            link.emulated_latency_ms = latency.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-            let stream = runtime.block_on(async {
-                let rx = match latency {
-                    Some(d) => emulate::delayed(rx, d),
-                    None => rx,
-                };
-                let mut req = Request::new(ReceiverStream::new(rx));
-                set_session(&mut req, &session)?;
-                client.run(req).await
-            });
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(s) => {
+            match runtime.block_on(start_stream(o, &cx)) {
+                Ok(stream) => streams[node] = Some(stream),
+                Err(e) => {
                     runtime.block_on(close_all(opened.collect()));
-                    return Err(ConnectError::Refused {
-                        node: link.name.clone(),
-                        address: link.address.clone(),
-                        reason: status_reason(&s),
-                    });
+                    return Err(e);
                 }
-            };
-            let reader = Reader {
-                node,
-                events: event_tx.clone(),
-                sent: Arc::clone(&sent),
-                epoch,
-            };
-            readers.push(runtime.spawn(reader.read(stream.into_inner())));
-            pingers.push(runtime.spawn(ping(tx.clone(), opts.ping_every, epoch)));
-            senders[node] = Some(tx);
-            links.push(link);
+            }
         }
+        let links = streams.iter().flatten().map(|s| s.link.clone()).collect();
+        let rejoin = opts.rejoin_every.map(|every| {
+            Arc::new(Rejoin {
+                every,
+                plans: retained,
+                payloads,
+                plan_hash: hash,
+                opts: opts.clone(),
+                cx,
+                ready: Mutex::new(HashMap::new()),
+            })
+        });
         Ok(GrpcTransport {
             runtime: Some(runtime),
-            readers,
-            pingers,
-            senders,
+            streams,
+            ended: Vec::new(),
+            workers: cluster.nodes.iter().map(|n| n.worker).collect(),
             events,
             epoch,
             sent,
             coder: opts.coder,
             names: cluster.nodes.iter().map(|n| n.name.clone()).collect(),
             links,
+            rejoin,
+            retrying: HashMap::new(),
         })
     }
+
+    /// Takes note that `node` is lost: its stream is closed (the worker may end the
+    /// session), and trying it again begins.
+    fn lose(&mut self, node: usize) {
+        let Some(old) = self.streams.get_mut(node).and_then(Option::take) else {
+            return;
+        };
+        old.pinger.abort();
+        let Stream { reader, tx, .. } = old;
+        drop(tx);
+        let (Some(rejoin), Some(runtime)) = (&self.rejoin, &self.runtime) else {
+            self.ended.push(reader);
+            return;
+        };
+        if self.retrying.contains_key(&node) {
+            self.ended.push(reader);
+            return;
+        }
+        let rejoin = Arc::clone(rejoin);
+        let task = runtime.spawn(async move {
+            // The old stream's reader reports its loss before the node can be reported back.
+            let _ = reader.await;
+            rejoin_node(rejoin, node).await;
+        });
+        self.retrying.insert(node, task);
+    }
+
+    /// Takes a re-admitted worker's new stream into use.
+    fn readmit(&mut self, node: usize) -> bool {
+        self.retrying.remove(&node);
+        let stream = self.rejoin.as_ref().and_then(|r| {
+            r.ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&node)
+        });
+        let Some(stream) = stream else {
+            return false;
+        };
+        match self.links.iter_mut().find(|l| l.node == node) {
+            Some(l) => *l = stream.link.clone(),
+            None => self.links.push(stream.link.clone()),
+        }
+        if let Some(slot) = self.streams.get_mut(node) {
+            *slot = Some(stream);
+        }
+        true
+    }
+}
+
+/// Tries a lost worker every `rejoin.every` until it is set up again, then reports it.
+async fn rejoin_node(rejoin: Arc<Rejoin>, node: usize) {
+    let Some(plan) = rejoin.plans.get(&node) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(rejoin.every).await;
+        let opened = open_node(
+            plan.clone(),
+            rejoin.plan_hash,
+            &rejoin.opts,
+            &rejoin.payloads,
+        )
+        .await;
+        let Ok(o) = opened else {
+            continue;
+        };
+        let Ok(stream) = start_stream(o, &rejoin.cx).await else {
+            continue;
+        };
+        rejoin
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, stream);
+        let _ = rejoin.cx.events.send(Event::Rejoined { node });
+        return;
+    }
+}
+
+/// Opens the tile stream of a worker that is set up, with its reader and pinger.
+async fn start_stream(o: Opened, cx: &StreamContext) -> Result<Stream, ConnectError> {
+    let node = o.link.node;
+    let (tx, rx) = mpsc::channel::<proto::ToWorker>(1024);
+    let mut client = o.client;
+    let latency = emulate::latency(&emulate::variable_for(&o.link.name));
+    let mut link = o.link;
+    link.emulated_latency_ms = latency.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let rx = match latency {
+        Some(d) => emulate::delayed(rx, d),
+        None => rx,
+    };
+    let mut req = Request::new(ReceiverStream::new(rx));
+    let refused = |s: Status| ConnectError::Refused {
+        node: link.name.clone(),
+        address: link.address.clone(),
+        reason: status_reason(&s),
+    };
+    set_session(&mut req, &o.session).map_err(refused)?;
+    let stream = client.run(req).await.map_err(refused)?;
+    let reader = Reader {
+        node,
+        events: cx.events.clone(),
+        sent: Arc::clone(&cx.sent),
+        epoch: cx.epoch,
+    };
+    let reader = tokio::spawn(reader.read(stream.into_inner()));
+    let pinger = tokio::spawn(ping(tx.clone(), cx.ping_every, cx.epoch));
+    Ok(Stream {
+        tx,
+        reader,
+        pinger,
+        link,
+    })
 }
 
 /// Closes the sessions of workers that set up when the whole cluster cannot run.
@@ -351,6 +515,7 @@ fn set_session<T>(req: &mut Request<T>, session: &str) -> Result<(), Status> {
     Ok(())
 }
 
+#[derive(Debug, Clone)]
 struct NodePlan {
     node: usize,
     name: String,
@@ -683,11 +848,19 @@ impl Reader {
 
 impl Transport for GrpcTransport {
     fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError> {
-        let tx = self
-            .senders
+        if !self.workers.get(node).copied().unwrap_or(false) {
+            return Err(TransportError::NotAWorker(node));
+        }
+        let name = self.names.get(node).cloned().unwrap_or_default();
+        let tx = &self
+            .streams
             .get(node)
             .and_then(Option::as_ref)
-            .ok_or(TransportError::NotAWorker(node))?;
+            .ok_or_else(|| TransportError::Unreachable {
+                node: name.clone(),
+                reason: "it was lost".into(),
+            })?
+            .tx;
         let input = codec::encode_input(&job.input, self.coder);
         let bytes = codec::wire_bytes(&input);
         let now = self.now_us();
@@ -701,15 +874,27 @@ impl Transport for GrpcTransport {
             tile: job.tile,
             input: Some(input),
         });
-        tx.blocking_send(proto::ToWorker { message: Some(m) })
-            .map_err(|_| TransportError::Unreachable {
-                node: self.names.get(node).cloned().unwrap_or_default(),
+        let sent = tx.blocking_send(proto::ToWorker { message: Some(m) });
+        sent.map_err(|_| {
+            self.lose(node);
+            TransportError::Unreachable {
+                node: name,
                 reason: "its tile stream is closed".into(),
-            })
+            }
+        })
     }
 
     fn recv(&mut self) -> Result<Event, TransportError> {
-        self.events.recv().map_err(|_| TransportError::Closed)
+        loop {
+            let e = self.events.recv().map_err(|_| TransportError::Closed)?;
+            match e {
+                Event::Lost { node, .. } => self.lose(node),
+                // A stream taken into use; none when the transport had given up on it.
+                Event::Rejoined { node } if !self.readmit(node) => continue,
+                _ => {}
+            }
+            return Ok(e);
+        }
     }
 
     fn now_us(&self) -> f64 {
@@ -721,14 +906,26 @@ impl Drop for GrpcTransport {
     fn drop(&mut self) {
         // Closing the job streams ends the workers' sessions: each worker finishes its
         // stream, which the readers see before the runtime goes.
-        for p in &self.pingers {
-            p.abort();
+        for (_, task) in self.retrying.drain() {
+            task.abort();
         }
-        self.senders.clear();
+        let mut readers = std::mem::take(&mut self.ended);
+        for s in self.streams.drain(..).flatten() {
+            s.pinger.abort();
+            drop(s.tx);
+            readers.push(s.reader);
+        }
+        // Streams opened again that were never taken into use.
+        if let Some(r) = &self.rejoin {
+            let ready = std::mem::take(&mut *r.ready.lock().unwrap_or_else(|e| e.into_inner()));
+            for (_, s) in ready {
+                s.pinger.abort();
+                readers.push(s.reader);
+            }
+        }
         let Some(runtime) = self.runtime.take() else {
             return;
         };
-        let readers = std::mem::take(&mut self.readers);
         runtime.block_on(async {
             let all = async {
                 for r in readers {
@@ -738,5 +935,41 @@ impl Drop for GrpcTransport {
             let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
         });
         runtime.shutdown_timeout(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_reasons;
+
+    #[test]
+    fn reasons_are_joined_without_repeating_themselves() {
+        assert_eq!(
+            join_reasons(
+                "h2 protocol error: error reading a body from connection",
+                "error reading a body from connection: stream closed because of a broken pipe"
+            ),
+            "h2 protocol error: error reading a body from connection: stream closed because of \
+             a broken pipe"
+        );
+        assert_eq!(
+            join_reasons("transport error", "transport error"),
+            "transport error"
+        );
+        assert_eq!(
+            join_reasons("tcp connect error", "Connection refused (os error 111)"),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+        assert_eq!(join_reasons("io", "broken pipe: io"), "broken pipe: io");
+        // Words that happen to meet are not an overlap: only whole messages are.
+        assert_eq!(
+            join_reasons("error reading a body from connection", "connection reset"),
+            "error reading a body from connection: connection reset"
+        );
+        assert_eq!(join_reasons("read a", "a thing"), "read a: a thing");
+        assert_eq!(
+            join_reasons("h2: reading a body", "reading a body: reset: by peer"),
+            "h2: reading a body: reset: by peer"
+        );
     }
 }

@@ -661,6 +661,12 @@ fn compute(
     coder: Coder,
 ) {
     while let Ok((job, arrived)) = jobs.recv() {
+        if worker.injected_loss(&job) {
+            // As a crash looks to the coordinator: the stream breaks.
+            let lost = Status::unavailable(format!("failpoint at frame {}", job.frame));
+            let _ = out.blocking_send(Err(lost));
+            return;
+        }
         let started = Instant::now();
         let done = worker.run(&job);
         let (output, error) = match &done.output {

@@ -150,6 +150,7 @@ impl Workers {
             coder: Coder::Lz4,
             connect_timeout: Duration::from_secs(10),
             ping_every: Duration::from_secs(3600),
+            rejoin_every: None,
         }
     }
 }

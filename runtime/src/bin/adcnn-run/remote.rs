@@ -39,6 +39,12 @@ pub struct Remote {
     /// Seconds to wait for each worker to accept a connection.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Seconds between tries to bring back a lost worker during the run (0: never; it stays
+    /// lost). A worker that answers is set up again (its plan sections shipped if it lost
+    /// them) and gets its tiles back; the coordinator keeps the workers' plan sections in
+    /// memory for this.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    pub rejoin_every: f64,
 }
 
 fn is_loopback(address: &str) -> bool {
@@ -124,6 +130,8 @@ impl Remote {
             coder: self.coder(header)?,
             connect_timeout: Duration::from_secs_f64(self.connect_timeout.max(0.1)),
             ping_every: Duration::from_secs(1),
+            rejoin_every: (self.rejoin_every > 0.0)
+                .then(|| Duration::from_secs_f64(self.rejoin_every.max(0.01))),
         };
         GrpcTransport::connect(file, header, &opts).map_err(|e| format!("error: {e}"))
     }

@@ -13,6 +13,7 @@ use adcnn_core::tensor::rel_l2;
 use adcnn_core::{npy, outln, report};
 use adcnn_runtime::coordinator::{Coordinator, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
+use adcnn_runtime::telemetry::Telemetry;
 use adcnn_runtime::trace::Trace;
 use adcnn_runtime::transport::Transport;
 use adcnn_runtime::worker::Kernels;
@@ -302,6 +303,25 @@ fn frames_through<T: Transport>(
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
         let (stem, x) = on_the_way.borrow_mut().pop_front().unwrap_or_default();
         status.frame(&r);
+        for e in &r.telemetry {
+            let name = |node: usize| names.get(node).map_or("?", String::as_str);
+            match e {
+                Telemetry::Lost { node, reason } => status.suspend(|| {
+                    eprintln!(
+                        "warning: node {} was lost ({reason}); its tiles run on the other \
+                         workers of their segments from frame {stem} on",
+                        name(*node)
+                    );
+                }),
+                Telemetry::Rejoined { node } => status.suspend(|| {
+                    eprintln!(
+                        "note: node {} is back; it gets its tiles again from frame {stem} on",
+                        name(*node)
+                    );
+                }),
+                _ => {}
+            }
+        }
         if latencies.len() == LATENCY_WINDOW {
             latencies.pop_front();
         }
@@ -317,6 +337,7 @@ fn frames_through<T: Transport>(
                 "node_busy_ms": r.node_busy_ms,
                 "wire_bytes": r.wire_bytes,
                 "compression_error": r.compression_error,
+                "redispatched": r.redispatched,
             }));
         }
         if cli.trace.is_some() {

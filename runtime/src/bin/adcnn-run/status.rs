@@ -44,8 +44,11 @@ impl Status {
             .figures
             .nodes
             .iter()
-            .filter(|n| n.tiles > 0)
+            .filter(|n| n.tiles > 0 || n.lost)
             .map(|n| {
+                if n.lost {
+                    return format!("{} lost", n.name);
+                }
                 let link = if n.link_bytes_per_s > 0.0 {
                     format!(" {:.0} Mbit/s", n.link_bytes_per_s * 8.0 / 1e6)
                 } else {

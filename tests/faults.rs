@@ -1,0 +1,241 @@
+//! Failure handling, with faults injected through failpoints (the `fail` crate; this crate's
+//! tests build the runtime with its `failpoints` feature): a worker lost in the middle of a
+//! frame costs no frame — its tiles go to the other workers of their segments, every frame
+//! comes out once, in order, equal to a run without the fault — and a plan whose lost worker
+//! held a segment alone stops with an error that says so.
+//!
+//! `adcnn-lose-node` is configured as `return(NODE@FRAME)`: node NODE is lost (its threads
+//! stop answering, the transport reports it) when a tile of frame FRAME reaches it. Nothing
+//! here depends on timing: the loss happens at a chosen job, whatever the interleaving.
+
+use adcnn_compiler::build::build;
+use adcnn_compiler::plan::{Compression, Options, Strategy};
+use adcnn_core::format::decode;
+use adcnn_core::weights::SplitMix64;
+use adcnn_runtime::coordinator::{RunError, RunReport};
+use adcnn_runtime::local::LocalCluster;
+use adcnn_runtime::telemetry::Telemetry;
+use adcnn_tests::{example, relative_l2};
+use ndarray::Array3;
+
+const FRAMES: u64 = 6;
+
+fn plan(net: &str, strategy: Strategy) -> Vec<u8> {
+    let opts = Options {
+        strategy,
+        compression: Compression::None,
+        ..Options::default()
+    };
+    build(&example(net), Some(&example("loopback3")), &opts, 2)
+        .unwrap_or_else(|e| panic!("{net} {}: {e}", strategy.name()))
+        .bytes
+}
+
+fn inputs(bytes: &[u8]) -> Vec<Array3<f32>> {
+    let s = decode(bytes).expect("plan").header.network.input.shape;
+    (0..FRAMES)
+        .map(|seed| {
+            let mut rng = SplitMix64::new(100 + seed);
+            Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.5, 1.5))
+        })
+        .collect()
+}
+
+/// Runs the frames as a stream (`in_flight` at once) on a fresh in-process cluster.
+fn stream(
+    bytes: &[u8],
+    xs: &[Array3<f32>],
+    in_flight: usize,
+) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>) {
+    let mut cluster = LocalCluster::new(decode(bytes).expect("plan"));
+    let mut reports = Vec::new();
+    let c = cluster.coordinator();
+    let r = c.run_stream(xs.iter().cloned().map(Ok), in_flight, |r| {
+        reports.push(r);
+        Ok(())
+    });
+    (r, reports, c.lost_nodes().to_vec())
+}
+
+/// Every frame came out once, in order, equal to the run without the fault (`clean`, whose
+/// inputs `got` cycles through).
+fn assert_same_frames(got: &[RunReport], clean: &[RunReport]) {
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.frame, i as u64, "frames out of order");
+        let want = &clean[i % clean.len()].output;
+        let e = relative_l2(r.output.iter(), want.iter());
+        assert!(e <= 1e-5, "frame {i}: relative L2 {e:.2e}");
+    }
+}
+
+#[test]
+fn a_worker_lost_mid_frame_costs_no_frame() {
+    let bytes = plan("alexnet", Strategy::Auto);
+    let xs = inputs(&bytes);
+    let (ok, clean, _) = stream(&bytes, &xs, 2);
+    ok.expect("the run without faults");
+
+    // loopback3: node 0 coordinates, 1–3 are workers. Node 2 is lost when frame 2 reaches it.
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("adcnn-lose-node", "return(2@2)").expect("failpoint");
+    let (ok, faulty, lost) = stream(&bytes, &xs, 2);
+    scenario.teardown();
+    ok.expect("the run survives the lost worker");
+
+    assert_eq!(faulty.len(), FRAMES as usize);
+    assert_same_frames(&faulty, &clean);
+    assert_eq!(lost, [false, false, true, false]);
+
+    // Frame 2's tile that reached node 2 was sent again, to another worker.
+    let frame2 = &faulty[2];
+    assert!(
+        !frame2.redispatched.is_empty(),
+        "frame 2 re-dispatched nothing"
+    );
+    assert!(
+        frame2
+            .redispatched
+            .iter()
+            .all(|r| r.from == 2 && r.to != 2 && r.to != 0)
+    );
+    // The loss is on record once, and from frame 4 on (admitted after frame 2 was delivered)
+    // node 2 computes nothing.
+    let losses = faulty
+        .iter()
+        .flat_map(|r| &r.telemetry)
+        .filter(|t| matches!(t, Telemetry::Lost { node: 2, .. }))
+        .count();
+    assert_eq!(losses, 1);
+    for r in &faulty[4..] {
+        assert!(r.redispatched.is_empty(), "frame {}", r.frame);
+        let on_lost = r
+            .telemetry
+            .iter()
+            .any(|t| matches!(t, Telemetry::Tile { node: 2, .. }));
+        assert!(!on_lost, "frame {} had a tile on the lost node", r.frame);
+        assert_eq!(r.node_busy_ms[2], 0.0);
+    }
+    // Its tiles were spread over both survivors, not piled onto one.
+    let last = &faulty[FRAMES as usize - 1];
+    assert!(last.node_busy_ms[1] > 0.0 && last.node_busy_ms[3] > 0.0);
+}
+
+#[test]
+fn a_worker_lost_in_the_first_frame_costs_no_frame_either() {
+    // FDSP (independent tiles), all frames in flight at once, node 1 lost at frame 0.
+    let bytes = plan("alexnet", Strategy::Fdsp);
+    let xs = inputs(&bytes);
+    let (ok, clean, _) = stream(&bytes, &xs, FRAMES as usize);
+    ok.expect("the run without faults");
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("adcnn-lose-node", "return(1@0)").expect("failpoint");
+    let (ok, faulty, lost) = stream(&bytes, &xs, FRAMES as usize);
+    scenario.teardown();
+    ok.expect("the run survives the lost worker");
+    assert_eq!(faulty.len(), FRAMES as usize);
+    assert_same_frames(&faulty, &clean);
+    assert_eq!(lost, [false, true, false, false]);
+    assert!(faulty[0].redispatched.iter().any(|r| r.from == 1));
+}
+
+#[test]
+fn a_lost_worker_that_held_a_segment_alone_is_a_clear_error() {
+    let bytes = plan("alexnet", Strategy::Single);
+    let node = decode(&bytes).expect("plan").header.plan.segments[0].tiles[0].node;
+    let xs = inputs(&bytes);
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("adcnn-lose-node", &format!("return({node}@1)")).expect("failpoint");
+    let (r, reports, _) = stream(&bytes, &xs, 1);
+    scenario.teardown();
+    // Frame 0 came out before the loss; then the run stops, saying why and what would help.
+    assert_eq!(reports.len(), 1);
+    let e = r.expect_err("no other worker holds the segment");
+    assert!(
+        matches!(e, RunError::WorkerLost { segment: 0, .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("no other worker holds segment 0") && text.contains("`auto`"),
+        "{text}"
+    );
+}
+
+/// The runtime's in-process worker daemons (loopback ports, stopped when dropped).
+#[path = "../runtime/tests/support/mod.rs"]
+mod daemons;
+
+#[test]
+fn a_worker_lost_mid_frame_over_grpc_costs_no_frame() {
+    // The same fault on real worker daemons: w2's compute thread breaks its tile stream (as a
+    // crash looks to the coordinator) when frame 1 reaches it, with frames 0–2 in flight.
+    // (This halo plan gives alexnet's tiles to w1 and w2: w1 takes all of them.)
+    let bytes = plan("alexnet", Strategy::Halo);
+    let xs = inputs(&bytes);
+    let (ok, clean, _) = stream(&bytes, &xs, 3);
+    ok.expect("the run without faults");
+    let workers = daemons::Workers::start(3, daemons::TOKEN, None);
+    let mut c = daemons::grpc(&bytes, &workers.options(daemons::TOKEN, None)).expect("connects");
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("adcnn-lose-node", "return(2@1)").expect("failpoint");
+    let mut got = Vec::new();
+    let ok = c.run_stream(xs.iter().cloned().map(Ok), 3, |r| {
+        got.push(r);
+        Ok(())
+    });
+    scenario.teardown();
+    ok.expect("the run survives the lost worker");
+    assert_eq!(c.lost_nodes(), [false, false, true, false]);
+    assert_eq!(got.len(), FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    assert!(got[1].redispatched.iter().any(|r| r.from == 2 && r.to == 1));
+}
+
+#[test]
+fn a_lost_worker_that_answers_again_is_readmitted() {
+    // w2's stream breaks at frame 1 (the failpoint); the daemon itself stays up, so the
+    // coordinator's next try sets it up again (its sections still cached) and from then on it
+    // gets its tiles back. Frames go one at a time until the coordinator reports it back,
+    // then three more.
+    let bytes = plan("alexnet", Strategy::Halo);
+    let xs = inputs(&bytes);
+    let (ok, clean, _) = stream(&bytes, &xs, 1);
+    ok.expect("the run without faults");
+    let workers = daemons::Workers::start(3, daemons::TOKEN, None);
+    let mut opts = workers.options(daemons::TOKEN, None);
+    opts.rejoin_every = Some(std::time::Duration::from_millis(10));
+    let mut c = daemons::grpc(&bytes, &opts).expect("connects");
+    let scenario = fail::FailScenario::setup();
+    fail::cfg("adcnn-lose-node", "return(2@1)").expect("failpoint");
+    // Frames until three after w2 is back; at most 5000 (the tries are 10 ms apart).
+    let back_at: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
+    let inputs = (0u64..5000)
+        .take_while(|&i| back_at.get().is_none_or(|b| i <= b + 3))
+        .map(|i| Ok(xs[(i % FRAMES) as usize].clone()));
+    let mut got = Vec::new();
+    let ok = c.run_stream(inputs, 1, |r| {
+        if r.telemetry.contains(&Telemetry::Rejoined { node: 2 }) {
+            back_at.set(Some(r.frame));
+        }
+        got.push(r);
+        Ok(())
+    });
+    scenario.teardown();
+    ok.expect("runs");
+    let back = back_at.get().expect("w2 came back");
+    assert_eq!(c.lost_nodes(), [false; 4]);
+    assert_same_frames(&got, &clean);
+    assert!(got[1].redispatched.iter().any(|r| r.from == 2));
+    let seen = |t: &Telemetry| got.iter().filter(|r| r.telemetry.contains(t)).count();
+    assert_eq!(seen(&Telemetry::Rejoined { node: 2 }), 1);
+    // Lost from frame 1 until it was back (which may be within frame 1 itself: a try every
+    // 10 ms), working again after.
+    for r in got.iter().filter(|r| r.frame > 1 && r.frame < back) {
+        assert_eq!(r.node_busy_ms[2], 0.0, "frame {}", r.frame);
+    }
+    let last = got.last().expect("frames");
+    assert!(
+        last.node_busy_ms[2] > 0.0,
+        "w2 got no tiles after it came back"
+    );
+}
