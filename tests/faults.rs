@@ -7,12 +7,15 @@
 //! `adcnn-lose-node` is configured as `return(NODE@FRAME)`: node NODE is lost (its threads
 //! stop answering, the transport reports it) when a tile of frame FRAME reaches it. Nothing
 //! here depends on timing: the loss happens at a chosen job, whatever the interleaving.
+//! `adcnn-stall-node`, configured the same way, makes node NODE never answer the jobs of
+//! frame FRAME (a straggler): with deadlines set, those tiles are sent to another worker
+//! once they are late (how soon depends on the clock; that they are, does not).
 
 use adcnn_compiler::build::build;
 use adcnn_compiler::plan::{Compression, Options, Strategy};
 use adcnn_core::format::decode;
 use adcnn_core::weights::SplitMix64;
-use adcnn_runtime::coordinator::{RunError, RunReport};
+use adcnn_runtime::coordinator::{Deadlines, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
 use adcnn_runtime::telemetry::Telemetry;
 use adcnn_tests::{example, relative_l2};
@@ -41,15 +44,52 @@ fn inputs(bytes: &[u8]) -> Vec<Array3<f32>> {
         .collect()
 }
 
+/// This test's turn at the failpoints, which are process-wide: the scenario's lock keeps
+/// every test here, its run without the fault included, apart from the others' faults.
+fn exclusive() -> fail::FailScenario<'static> {
+    fail::FailScenario::setup()
+}
+
+/// This test's turn at the failpoints (see [`exclusive`]), a plan of `net` for `loopback3`,
+/// its inputs, and their run without faults (`in_flight` at once), to compare with.
+fn baseline(
+    net: &str,
+    strategy: Strategy,
+    in_flight: usize,
+) -> (
+    fail::FailScenario<'static>,
+    Vec<u8>,
+    Vec<Array3<f32>>,
+    Vec<RunReport>,
+) {
+    let scenario = exclusive();
+    let bytes = plan(net, strategy);
+    let xs = inputs(&bytes);
+    let (ok, clean, _) = stream(&bytes, &xs, in_flight);
+    ok.expect("the run without faults");
+    (scenario, bytes, xs, clean)
+}
+
 /// Runs the frames as a stream (`in_flight` at once) on a fresh in-process cluster.
 fn stream(
     bytes: &[u8],
     xs: &[Array3<f32>],
     in_flight: usize,
 ) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>) {
+    stream_with(bytes, xs, in_flight, None)
+}
+
+/// The same, sending late tiles again by `deadlines`.
+fn stream_with(
+    bytes: &[u8],
+    xs: &[Array3<f32>],
+    in_flight: usize,
+    deadlines: Option<Deadlines>,
+) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>) {
     let mut cluster = LocalCluster::new(decode(bytes).expect("plan"));
     let mut reports = Vec::new();
     let c = cluster.coordinator();
+    c.set_deadlines(deadlines);
     let r = c.run_stream(xs.iter().cloned().map(Ok), in_flight, |r| {
         reports.push(r);
         Ok(())
@@ -70,13 +110,9 @@ fn assert_same_frames(got: &[RunReport], clean: &[RunReport]) {
 
 #[test]
 fn a_worker_lost_mid_frame_costs_no_frame() {
-    let bytes = plan("alexnet", Strategy::Auto);
-    let xs = inputs(&bytes);
-    let (ok, clean, _) = stream(&bytes, &xs, 2);
-    ok.expect("the run without faults");
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
 
     // loopback3: node 0 coordinates, 1–3 are workers. Node 2 is lost when frame 2 reaches it.
-    let scenario = fail::FailScenario::setup();
     fail::cfg("adcnn-lose-node", "return(2@2)").expect("failpoint");
     let (ok, faulty, lost) = stream(&bytes, &xs, 2);
     scenario.teardown();
@@ -122,12 +158,12 @@ fn a_worker_lost_mid_frame_costs_no_frame() {
 
 #[test]
 fn a_worker_lost_in_the_first_frame_costs_no_frame_either() {
+    let scenario = exclusive();
     // FDSP (independent tiles), all frames in flight at once, node 1 lost at frame 0.
     let bytes = plan("alexnet", Strategy::Fdsp);
     let xs = inputs(&bytes);
     let (ok, clean, _) = stream(&bytes, &xs, FRAMES as usize);
     ok.expect("the run without faults");
-    let scenario = fail::FailScenario::setup();
     fail::cfg("adcnn-lose-node", "return(1@0)").expect("failpoint");
     let (ok, faulty, lost) = stream(&bytes, &xs, FRAMES as usize);
     scenario.teardown();
@@ -140,10 +176,10 @@ fn a_worker_lost_in_the_first_frame_costs_no_frame_either() {
 
 #[test]
 fn a_lost_worker_that_held_a_segment_alone_is_a_clear_error() {
+    let scenario = exclusive();
     let bytes = plan("alexnet", Strategy::Single);
     let node = decode(&bytes).expect("plan").header.plan.segments[0].tiles[0].node;
     let xs = inputs(&bytes);
-    let scenario = fail::FailScenario::setup();
     fail::cfg("adcnn-lose-node", &format!("return({node}@1)")).expect("failpoint");
     let (r, reports, _) = stream(&bytes, &xs, 1);
     scenario.teardown();
@@ -167,6 +203,7 @@ mod daemons;
 
 #[test]
 fn a_worker_lost_mid_frame_over_grpc_costs_no_frame() {
+    let scenario = exclusive();
     // The same fault on real worker daemons: w2's compute thread breaks its tile stream (as a
     // crash looks to the coordinator) when frame 1 reaches it, with frames 0–2 in flight.
     // (This halo plan gives alexnet's tiles to w1 and w2: w1 takes all of them.)
@@ -176,7 +213,6 @@ fn a_worker_lost_mid_frame_over_grpc_costs_no_frame() {
     ok.expect("the run without faults");
     let workers = daemons::Workers::start(3, daemons::TOKEN, None);
     let mut c = daemons::grpc(&bytes, &workers.options(daemons::TOKEN, None)).expect("connects");
-    let scenario = fail::FailScenario::setup();
     fail::cfg("adcnn-lose-node", "return(2@1)").expect("failpoint");
     let mut got = Vec::new();
     let ok = c.run_stream(xs.iter().cloned().map(Ok), 3, |r| {
@@ -193,6 +229,7 @@ fn a_worker_lost_mid_frame_over_grpc_costs_no_frame() {
 
 #[test]
 fn a_lost_worker_that_answers_again_is_readmitted() {
+    let scenario = exclusive();
     // w2's stream breaks at frame 1 (the failpoint); the daemon itself stays up, so the
     // coordinator's next try sets it up again (its sections still cached) and from then on it
     // gets its tiles back. Frames go one at a time until the coordinator reports it back,
@@ -205,7 +242,6 @@ fn a_lost_worker_that_answers_again_is_readmitted() {
     let mut opts = workers.options(daemons::TOKEN, None);
     opts.rejoin_every = Some(std::time::Duration::from_millis(10));
     let mut c = daemons::grpc(&bytes, &opts).expect("connects");
-    let scenario = fail::FailScenario::setup();
     fail::cfg("adcnn-lose-node", "return(2@1)").expect("failpoint");
     // Frames until three after w2 is back; at most 5000 (the tries are 10 ms apart).
     let back_at: std::cell::Cell<Option<u64>> = std::cell::Cell::new(None);
@@ -237,5 +273,58 @@ fn a_lost_worker_that_answers_again_is_readmitted() {
     assert!(
         last.node_busy_ms[2] > 0.0,
         "w2 got no tiles after it came back"
+    );
+}
+
+/// Deadlines that make a stalled tile late quickly: 4× what its segment took, at least 50 ms.
+const QUICK: Deadlines = Deadlines {
+    factor: 4.0,
+    floor: std::time::Duration::from_millis(50),
+};
+
+#[test]
+fn a_tile_that_never_comes_back_is_sent_again_when_late() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
+    // Node 3 never answers frame 2's jobs, but serves every other frame.
+    fail::cfg("adcnn-stall-node", "return(3@2)").expect("failpoint");
+    let (ok, got, lost) = stream_with(&bytes, &xs, 2, Some(QUICK));
+    scenario.teardown();
+    ok.expect("the run goes on");
+    assert_eq!(got.len(), FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    // Not lost: only late.
+    assert_eq!(lost, [false; 4]);
+    let late = &got[2].redispatched;
+    assert!(!late.is_empty(), "frame 2 sent nothing again");
+    assert!(late.iter().all(|r| r.late), "{late:?}");
+    assert!(late.iter().any(|r| r.from == 3 && r.to != 3), "{late:?}");
+    // (Other frames' tiles may be late too on a busy machine, and be sent again: that is
+    // the mechanism working, so it is not asserted either way.)
+}
+
+#[test]
+fn a_late_tile_over_grpc_is_sent_again() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Halo, 1);
+    let workers = daemons::Workers::start(3, daemons::TOKEN, None);
+    let mut c = daemons::grpc(&bytes, &workers.options(daemons::TOKEN, None)).expect("connects");
+    c.set_deadlines(Some(QUICK));
+    fail::cfg("adcnn-stall-node", "return(2@1)").expect("failpoint");
+    let mut got = Vec::new();
+    let ok = c.run_stream(xs.iter().cloned().map(Ok), 1, |r| {
+        got.push(r);
+        Ok(())
+    });
+    scenario.teardown();
+    ok.expect("the run goes on");
+    assert_eq!(got.len(), FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    assert_eq!(c.lost_nodes(), [false; 4]);
+    assert!(
+        got[1]
+            .redispatched
+            .iter()
+            .any(|r| r.late && r.from == 2 && r.to == 1),
+        "{:?}",
+        got[1].redispatched
     );
 }

@@ -6,12 +6,15 @@
 //!
 //! A worker that is lost (its connection drops, a job cannot reach it) costs no frame: its
 //! outstanding tiles are sent again to the other workers that hold the same segment, and
-//! later frames route its tiles there too (the book: "When a worker is lost"). The first
-//! result of a tile wins; a late duplicate is dropped. A worker that comes back (the transport
-//! reports [`Event::Rejoined`]) gets the plan's tiles again from the next segment on.
+//! later frames route its tiles there too (the book: "When a worker is lost or late"). The
+//! first result of a tile wins; a late duplicate is dropped. A worker that comes back (the
+//! transport reports [`Event::Rejoined`]) gets the plan's tiles again from the next segment
+//! on. With [`Deadlines`], a tile that is late is sent to another worker of its segment as
+//! well, and its node gets no new tiles until it answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use adcnn_core::eval::EvalError;
 use adcnn_core::format::PlanHeader;
@@ -81,13 +84,24 @@ pub struct RunReport {
     pub redispatched: Vec<Redispatch>,
 }
 
-/// A tile sent to another node because its node was lost.
+/// A tile sent to another node: because its node was lost, or (`late`) missed its
+/// deadline there (then both may answer; the first result wins).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Redispatch {
     pub segment: u32,
     pub tile: u32,
     pub from: usize,
     pub to: usize,
+    pub late: bool,
+}
+
+/// When a tile is late: not back `factor` times the time tiles of its segment took on its
+/// node (smoothed; the plan's prediction until one came back), and never before `floor`.
+/// A late tile is sent once more, to the holder of its segment with the fewest tiles out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Deadlines {
+    pub factor: f64,
+    pub floor: std::time::Duration,
 }
 
 /// A frame on its way through the plan.
@@ -103,6 +117,9 @@ struct InFlight {
     out: Array3<f32>,
     /// Per tile of the segment: the node computing it, `None` once stitched.
     outstanding: Vec<Option<usize>>,
+    /// Per tile of the segment: when it was sent, and whether it was sent again as late.
+    sent_us: Vec<f64>,
+    chased: Vec<bool>,
     pending: usize,
     start_us: f64,
     busy: Vec<f64>,
@@ -111,6 +128,21 @@ struct InFlight {
     trace: Trace,
     telemetry: Vec<Telemetry>,
     redispatched: Vec<Redispatch>,
+}
+
+impl InFlight {
+    /// Notes a tile sent again, in the report and the telemetry.
+    fn redispatch(&mut self, r: Redispatch) {
+        self.telemetry.push(Telemetry::Redispatch {
+            frame: self.id,
+            segment: r.segment,
+            tile: r.tile,
+            from: r.from,
+            to: r.to,
+            late: r.late,
+        });
+        self.redispatched.push(r);
+    }
 }
 
 /// Where [`Coordinator::advance`] left a frame.
@@ -138,6 +170,13 @@ pub struct Coordinator<T: Transport> {
     lost: Vec<bool>,
     /// Nodes found unreachable while sending, with why, not yet handled.
     unreachable: Vec<(usize, String)>,
+    /// Re-dispatching late tiles (off unless set).
+    deadlines: Option<Deadlines>,
+    /// Per node: a tile of it was late and has not come back; it gets no new tiles (where
+    /// others hold the segment) until something of it does.
+    suspect: Vec<bool>,
+    /// By (segment, node): how long its tiles took, sent to received (µs, smoothed).
+    took_us: HashMap<(usize, usize), f64>,
 }
 
 impl<T: Transport> std::fmt::Debug for Coordinator<T> {
@@ -151,7 +190,8 @@ impl<T: Transport> std::fmt::Debug for Coordinator<T> {
 impl<T: Transport> Coordinator<T> {
     pub fn new(header: Arc<PlanHeader>, tail: Arc<Program>, transport: T) -> Self {
         let routes = plan_routes(&header);
-        let lost = vec![false; header.plan.cluster.nodes.len()];
+        let n_nodes = header.plan.cluster.nodes.len();
+        let lost = vec![false; n_nodes];
         Coordinator {
             header,
             tail,
@@ -161,7 +201,16 @@ impl<T: Transport> Coordinator<T> {
             routes,
             lost,
             unreachable: Vec::new(),
+            deadlines: None,
+            suspect: vec![false; n_nodes],
+            took_us: HashMap::new(),
         }
+    }
+
+    /// Sends late tiles again (see [`Deadlines`]); `None` (the default) waits for every
+    /// tile however long it takes.
+    pub fn set_deadlines(&mut self, deadlines: Option<Deadlines>) {
+        self.deadlines = deadlines;
     }
 
     /// Per node: whether it was lost (it gets no more tiles).
@@ -248,8 +297,29 @@ impl<T: Transport> Coordinator<T> {
             if frames.is_empty() {
                 continue;
             }
-            match self.transport.recv()? {
+            let event = match self.next_deadline(&frames) {
+                None => self.transport.recv()?,
+                Some(at) => {
+                    let wait = (at - self.transport.now_us()).max(0.0);
+                    match self
+                        .transport
+                        .recv_timeout(Duration::from_secs_f64(wait / 1e6))?
+                    {
+                        Some(e) => e,
+                        None => {
+                            self.chase(&mut frames)?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match event {
                 Event::Done(d) => {
+                    // A suspect node that answers (even too late to count) is trusted again.
+                    if self.suspect.get(d.node).copied().unwrap_or(false) {
+                        self.suspect[d.node] = false;
+                        self.recompute_routes()?;
+                    }
                     let Some(mut frame) = frames.remove(&d.frame) else {
                         continue; // a frame that already failed or finished
                     };
@@ -314,6 +384,8 @@ impl<T: Transport> Coordinator<T> {
             current: input,
             out: Array3::zeros((0, 0, 0)),
             outstanding: Vec::new(),
+            sent_us: Vec::new(),
+            chased: Vec::new(),
             pending: 0,
             start_us: self.transport.now_us(),
             busy: vec![0.0; cluster.nodes.len()],
@@ -335,6 +407,8 @@ impl<T: Transport> Coordinator<T> {
             let t0 = self.transport.now_us();
             let si = frame.segment;
             frame.outstanding = vec![None; seg.tiles.len()];
+            frame.sent_us = vec![t0; seg.tiles.len()];
+            frame.chased = vec![false; seg.tiles.len()];
             for (ti, tile) in seg.tiles.iter().enumerate() {
                 let (input, e) = job_input(&frame, si, tile, plan.compression);
                 frame.quant.add(e);
@@ -452,25 +526,128 @@ impl<T: Transport> Coordinator<T> {
                         input,
                     };
                     frame.outstanding[ti] = Some(to);
-                    let r = Redispatch {
+                    frame.sent_us[ti] = now;
+                    frame.chased[ti] = false;
+                    frame.redispatch(Redispatch {
                         segment: si as u32,
                         tile: ti as u32,
                         from: node,
                         to,
-                    };
-                    frame.telemetry.push(Telemetry::Redispatch {
-                        frame: id,
-                        segment: r.segment,
-                        tile: r.tile,
-                        from: node,
-                        to,
+                        late: false,
                     });
-                    frame.redispatched.push(r);
                     self.send(to, job)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// When the next outstanding tile becomes late (µs, the transport's clock); `None`
+    /// without deadlines or when every late tile was already sent again.
+    fn next_deadline(&self, frames: &HashMap<u64, InFlight>) -> Option<f64> {
+        let d = self.deadlines?;
+        let mut next: Option<f64> = None;
+        for f in frames.values() {
+            for (ti, node) in f.outstanding.iter().enumerate() {
+                let Some(node) = *node else { continue };
+                if f.chased[ti] {
+                    continue;
+                }
+                let at = f.sent_us[ti] + self.allowance_us(d, f.segment, ti, node);
+                next = Some(next.map_or(at, |n: f64| n.min(at)));
+            }
+        }
+        next
+    }
+
+    /// How long tile `ti` of segment `si` may take on `node` before it is late (µs).
+    fn allowance_us(&self, d: Deadlines, si: usize, ti: usize, node: usize) -> f64 {
+        let expected = self.took_us.get(&(si, node)).copied().unwrap_or_else(|| {
+            let plan = &self.header.plan;
+            let gflops = plan
+                .cluster
+                .nodes
+                .get(node)
+                .map_or(1.0, |n| n.gflops.max(1e-3));
+            plan.segments[si].tiles[ti].flops as f64 / (gflops * 1e3)
+        });
+        (d.factor * expected).max(d.floor.as_secs_f64() * 1e6)
+    }
+
+    /// Sends every late tile once more, to the live holder of its segment (other than the
+    /// node it is on) with the fewest tiles out; the first result wins.
+    fn chase(&mut self, frames: &mut HashMap<u64, InFlight>) -> Result<(), RunError> {
+        let Some(d) = self.deadlines else {
+            return Ok(());
+        };
+        let now = self.transport.now_us();
+        let mut out: Vec<usize> = vec![0; self.lost.len()];
+        for f in frames.values() {
+            for n in f.outstanding.iter().flatten() {
+                out[*n] += 1;
+            }
+        }
+        let header = Arc::clone(&self.header);
+        let mut newly_suspect = Vec::new();
+        let mut ids: Vec<u64> = frames.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(frame) = frames.get_mut(&id) else {
+                continue;
+            };
+            let si = frame.segment;
+            let seg = &header.plan.segments[si];
+            for ti in 0..frame.outstanding.len() {
+                let Some(node) = frame.outstanding[ti] else {
+                    continue;
+                };
+                if frame.chased[ti] || now < frame.sent_us[ti] + self.allowance_us(d, si, ti, node)
+                {
+                    continue;
+                }
+                frame.chased[ti] = true;
+                newly_suspect.push(node);
+                let to = seg
+                    .tiles
+                    .iter()
+                    .map(|t| t.node)
+                    .filter(|&n| n != node && !self.lost[n])
+                    .min_by_key(|&n| (out[n], n));
+                let Some(to) = to else {
+                    continue; // no one else holds the segment: wait
+                };
+                out[to] += 1;
+                let (input, _) = job_input(frame, si, &seg.tiles[ti], header.plan.compression);
+                frame.redispatch(Redispatch {
+                    segment: si as u32,
+                    tile: ti as u32,
+                    from: node,
+                    to,
+                    late: true,
+                });
+                tracing::info!(frame = id, segment = si, tile = ti, from = %self.node_name(node), to = %self.node_name(to), "tile late; sent again");
+                let job = TileJob {
+                    frame: id,
+                    segment: si as u32,
+                    tile: ti as u32,
+                    input,
+                };
+                self.send(to, job)?;
+            }
+        }
+        // A node with a late tile gets no new tiles until it answers.
+        let mut changed = false;
+        for n in newly_suspect {
+            if !self.suspect[n] && !self.lost[n] {
+                self.suspect[n] = true;
+                changed = true;
+                tracing::info!(node = %self.node_name(n), "late; no new tiles until it answers");
+            }
+        }
+        if changed {
+            self.recompute_routes()?;
+        }
+        self.settle(frames)
     }
 
     /// Takes a lost node that is back into the assignment: from the next segment scattered
@@ -481,14 +658,21 @@ impl<T: Transport> Coordinator<T> {
             return Ok(());
         }
         self.lost[node] = false;
+        self.suspect[node] = false;
         tracing::info!(node = %self.node_name(node), "worker back; it gets its tiles again");
+        self.recompute_routes()?;
+        self.pending.push(Telemetry::Rejoined { node });
+        Ok(())
+    }
+
+    /// The plan's assignment with the tiles of lost and suspect nodes moved to others.
+    fn recompute_routes(&mut self) -> Result<(), RunError> {
         self.routes = plan_routes(&self.header);
         for n in 0..self.lost.len() {
-            if self.lost[n] {
+            if self.lost[n] || self.suspect[n] {
                 self.reroute(n, "still lost")?;
             }
         }
-        self.pending.push(Telemetry::Rejoined { node });
         Ok(())
     }
 
@@ -497,6 +681,8 @@ impl<T: Transport> Coordinator<T> {
     /// speeds), largest tiles first.
     fn reroute(&mut self, node: usize, reason: &str) -> Result<(), RunError> {
         let plan = &self.header.plan;
+        // A suspect node (a late tile still out) keeps the segments no one else holds.
+        let lost = self.lost.get(node).copied().unwrap_or(true);
         for (si, seg) in plan.segments.iter().enumerate() {
             let routes = &mut self.routes[si];
             let mut orphans: Vec<usize> =
@@ -509,6 +695,13 @@ impl<T: Transport> Coordinator<T> {
             holders.sort_unstable();
             holders.dedup();
             holders.retain(|&n| !self.lost[n]);
+            // Suspect nodes only where no one else is left (a lost node's tiles must go
+            // somewhere; a suspect node's stay where they are).
+            if holders.iter().any(|&n| !self.suspect[n]) {
+                holders.retain(|&n| !self.suspect[n]);
+            } else if !lost {
+                continue;
+            }
             if holders.is_empty() {
                 return Err(RunError::WorkerLost {
                     node: plan
@@ -549,7 +742,7 @@ impl<T: Transport> Coordinator<T> {
     }
 
     /// Puts a returned tile into its place in the frame's segment output.
-    fn stitch(&self, frame: &mut InFlight, d: TileDone) -> Result<(), RunError> {
+    fn stitch(&mut self, frame: &mut InFlight, d: TileDone) -> Result<(), RunError> {
         let plan = &self.header.plan;
         let node = self.node_name(d.node);
         let t = d.output.map_err(|message| RunError::Kernel {
@@ -620,6 +813,14 @@ impl<T: Transport> Coordinator<T> {
             bytes_out: d.bytes_out,
             flops: tile.flops,
         });
+        if d.received_us > d.sent_us {
+            let took = d.received_us - d.sent_us;
+            let e = self
+                .took_us
+                .entry((d.segment as usize, d.node))
+                .or_insert(took);
+            *e += 0.2 * (took - *e);
+        }
         frame.outstanding[d.tile as usize] = None;
         frame.pending -= 1;
         Ok(())

@@ -6,16 +6,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use adcnn_core::format::{DecodedPlan, PlanHeader};
 use adcnn_core::program::Program;
-use crossbeam::channel::{Receiver, Sender, unbounded};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use ndarray::Array3;
 
 use crate::coordinator::{Coordinator, RunError, RunReport};
 use crate::transport::{Event, TileJob, Transport, TransportError};
-use crate::worker::{Kernels, Worker};
+use crate::worker::{Fault, Kernels, Worker};
 
 /// Worker threads in this process, one channel per node.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ fn serve(worker: &Worker, jobs: &Receiver<TileJob>, done: &Sender<Event>, lost: 
         if lost.load(Ordering::Acquire) {
             return;
         }
-        if worker.injected_loss(&job) {
+        if worker.injected(Fault::Lose, &job) {
             if !lost.swap(true, Ordering::AcqRel) {
                 let _ = done.send(Event::Lost {
                     node: worker.node(),
@@ -85,6 +85,9 @@ fn serve(worker: &Worker, jobs: &Receiver<TileJob>, done: &Sender<Event>, lost: 
                 });
             }
             return;
+        }
+        if worker.injected(Fault::Stall, &job) {
+            continue; // never answered
         }
         if done.send(Event::Done(worker.run(&job))).is_err() {
             return;
@@ -117,6 +120,14 @@ impl Transport for LocalTransport {
 
     fn recv(&mut self) -> Result<Event, TransportError> {
         self.events.recv().map_err(|_| TransportError::Closed)
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, TransportError> {
+        match self.events.recv_timeout(timeout) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(TransportError::Closed),
+        }
     }
 
     fn now_us(&self) -> f64 {

@@ -32,13 +32,14 @@ pub enum Telemetry {
     Lost { node: usize, reason: String },
     /// A lost node is back and gets its tiles again.
     Rejoined { node: usize },
-    /// A lost node's tile sent to another node.
+    /// A tile sent to another node: its node was lost, or (`late`) it missed its deadline.
     Redispatch {
         frame: u64,
         segment: u32,
         tile: u32,
         from: usize,
         to: usize,
+        late: bool,
     },
 }
 
@@ -63,6 +64,8 @@ pub struct NodeFigures {
     pub lost: bool,
     /// Times it came back after being lost.
     pub rejoined: u64,
+    /// Its tiles that missed their deadline and were sent to another node as well.
+    pub late: u64,
     /// Its tiles sent to other nodes after it was lost.
     pub redispatched: u64,
 }
@@ -144,9 +147,13 @@ impl Figures {
                     n.rejoined += 1;
                 }
             }
-            Telemetry::Redispatch { from, .. } => {
+            Telemetry::Redispatch { from, late, .. } => {
                 if let Some(n) = self.nodes.get_mut(from) {
-                    n.redispatched += 1;
+                    if late {
+                        n.late += 1;
+                    } else {
+                        n.redispatched += 1;
+                    }
                 }
             }
         }

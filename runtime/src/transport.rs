@@ -111,6 +111,12 @@ pub trait Transport {
     /// The next result or loss, waiting until there is one.
     fn recv(&mut self) -> Result<Event, TransportError>;
 
+    /// The same, waiting at most `timeout` (`None` when nothing came).
+    fn recv_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Event>, TransportError>;
+
     /// Microseconds since the transport started: the clock of [`TileDone`]'s times.
     fn now_us(&self) -> f64;
 }

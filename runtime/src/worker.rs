@@ -170,19 +170,19 @@ impl Worker {
         }
     }
 
-    /// Whether a test made this node fail at `job` (the failpoint `adcnn-lose-node`,
-    /// configured as `return(NODE@FRAME)`: node NODE is lost when a tile of frame FRAME
-    /// reaches it). Always false in builds without the `failpoints` feature.
-    pub fn injected_loss(&self, job: &TileJob) -> bool {
+    /// Whether a test injected `fault` at `job`: the failpoint of that name, configured as
+    /// `return(NODE@FRAME)`, hits when a tile of frame FRAME reaches node NODE. Always
+    /// false in builds without the `failpoints` feature.
+    pub fn injected(&self, fault: Fault, job: &TileJob) -> bool {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!("adcnn-lose-node", |arg: Option<String>| {
+        fail::fail_point!(fault.failpoint(), |arg: Option<String>| {
             arg.and_then(|a| {
                 let (n, f) = a.split_once('@')?;
                 Some(n.trim().parse() == Ok(self.node) && f.trim().parse() == Ok(job.frame))
             })
             .unwrap_or(false)
         });
-        let _ = job;
+        let _ = (fault, job);
         false
     }
 
@@ -227,6 +227,26 @@ impl Worker {
                 .map(|t| wire::encode(t, how)),
         };
         r.map_err(|e| e.to_string())
+    }
+}
+
+/// Faults tests inject into a worker through failpoints (the `failpoints` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `adcnn-lose-node`: the node is lost (in process its threads stop; a daemon breaks
+    /// its tile stream, as a crash looks to the coordinator).
+    Lose,
+    /// `adcnn-stall-node`: the node never answers that one job (a straggler), and serves
+    /// on.
+    Stall,
+}
+
+impl Fault {
+    pub fn failpoint(self) -> &'static str {
+        match self {
+            Fault::Lose => "adcnn-lose-node",
+            Fault::Stall => "adcnn-stall-node",
+        }
     }
 }
 

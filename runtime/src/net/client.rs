@@ -409,6 +409,18 @@ impl GrpcTransport {
         self.retrying.insert(node, task);
     }
 
+    /// What the transport does with an event before the coordinator sees it: a loss
+    /// closes the stream (and trying again begins), a rejoined worker's stream is taken into
+    /// use (`None`: the transport had given up on it, nothing to report).
+    fn take(&mut self, e: Event) -> Option<Event> {
+        match e {
+            Event::Lost { node, .. } => self.lose(node),
+            Event::Rejoined { node } if !self.readmit(node) => return None,
+            _ => {}
+        }
+        Some(e)
+    }
+
     /// Takes a re-admitted worker's new stream into use.
     fn readmit(&mut self, node: usize) -> bool {
         self.retrying.remove(&node);
@@ -887,13 +899,25 @@ impl Transport for GrpcTransport {
     fn recv(&mut self) -> Result<Event, TransportError> {
         loop {
             let e = self.events.recv().map_err(|_| TransportError::Closed)?;
-            match e {
-                Event::Lost { node, .. } => self.lose(node),
-                // A stream taken into use; none when the transport had given up on it.
-                Event::Rejoined { node } if !self.readmit(node) => continue,
-                _ => {}
+            if let Some(e) = self.take(e) {
+                return Ok(e);
             }
-            return Ok(e);
+        }
+    }
+
+    fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, TransportError> {
+        let until = Instant::now() + timeout;
+        loop {
+            let e = match self.events.recv_deadline(until) {
+                Ok(e) => e,
+                Err(crossbeam::channel::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(crossbeam::channel::RecvTimeoutError::Disconnected) => {
+                    return Err(TransportError::Closed);
+                }
+            };
+            if let Some(e) = self.take(e) {
+                return Ok(Some(e));
+            }
         }
     }
 

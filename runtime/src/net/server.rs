@@ -23,7 +23,7 @@ use super::auth::{self, Role, Token};
 use super::codec::{self, Coder};
 use super::proto::{self, from_worker, to_worker};
 use crate::transport::TileJob;
-use crate::worker::{Kernels, Worker};
+use crate::worker::{Fault, Kernels, Worker};
 
 /// Largest gRPC message either side decodes (a tile's input or output; sections travel in
 /// chunks of [`CHUNK_BYTES`]).
@@ -661,7 +661,10 @@ fn compute(
     coder: Coder,
 ) {
     while let Ok((job, arrived)) = jobs.recv() {
-        if worker.injected_loss(&job) {
+        if worker.injected(Fault::Stall, &job) {
+            continue; // never answered
+        }
+        if worker.injected(Fault::Lose, &job) {
             // As a crash looks to the coordinator: the stream breaks.
             let lost = Status::unavailable(format!("failpoint at frame {}", job.frame));
             let _ = out.blocking_send(Err(lost));

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adcnn_core::format::{PlanFile, PlanHeader};
+use adcnn_runtime::coordinator::Deadlines;
 use adcnn_runtime::net::auth::Token;
 use adcnn_runtime::net::client::{ConnectOptions, GrpcTransport};
 use adcnn_runtime::net::cluster_file;
@@ -45,6 +46,15 @@ pub struct Remote {
     /// memory for this.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     pub rejoin_every: f64,
+    /// A tile not back after FACTOR times what its segment's tiles took on that worker (the
+    /// plan's prediction until one came back), and at least --deadline-floor-ms, is sent to
+    /// another worker of its segment as well; the first result wins (0: wait for every
+    /// tile however long it takes).
+    #[arg(long, default_value_t = 4.0, value_name = "FACTOR")]
+    pub deadline: f64,
+    /// The least time a tile is given before it counts as late.
+    #[arg(long, default_value_t = 2000.0, value_name = "MS")]
+    pub deadline_floor_ms: f64,
 }
 
 fn is_loopback(address: &str) -> bool {
@@ -54,6 +64,14 @@ fn is_loopback(address: &str) -> bool {
 }
 
 impl Remote {
+    /// The deadlines late tiles are sent again by (`None` with `--deadline 0`).
+    pub fn deadlines(&self) -> Option<Deadlines> {
+        (self.deadline > 0.0).then(|| Deadlines {
+            factor: self.deadline,
+            floor: Duration::from_secs_f64(self.deadline_floor_ms.max(0.0) / 1e3),
+        })
+    }
+
     pub fn coder(&self, header: &PlanHeader) -> Result<Coder, String> {
         if self.coder == "auto" {
             let cluster = &header.plan.cluster;

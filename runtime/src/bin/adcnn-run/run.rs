@@ -229,6 +229,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         );
     }
     let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
+    coordinator.set_deadlines(cli.remote.deadlines());
     frames_through(cli, &mut coordinator, "gRPC", &segments, &tail)
 }
 
@@ -303,8 +304,32 @@ fn frames_through<T: Transport>(
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
         let (stem, x) = on_the_way.borrow_mut().pop_front().unwrap_or_default();
         status.frame(&r);
+        let name = |node: usize| names.get(node).map_or("?", String::as_str);
+        let late: Vec<String> = r
+            .redispatched
+            .iter()
+            .filter(|d| d.late)
+            .map(|d| {
+                format!(
+                    "segment {} tile {} {} → {}",
+                    d.segment,
+                    d.tile,
+                    name(d.from),
+                    name(d.to)
+                )
+            })
+            .collect();
+        if !late.is_empty() {
+            status.suspend(|| {
+                eprintln!(
+                    "warning: frame {stem}: {} tile(s) late, sent again: {} (a late node gets no \
+                     new tiles until it answers)",
+                    late.len(),
+                    late.join(", ")
+                );
+            });
+        }
         for e in &r.telemetry {
-            let name = |node: usize| names.get(node).map_or("?", String::as_str);
             match e {
                 Telemetry::Lost { node, reason } => status.suspend(|| {
                     eprintln!(
