@@ -8,6 +8,11 @@
 //!
 //! The first refusal of a burst is logged (at warn), then nothing until that peer is
 //! admitted again.
+//!
+//! An admitted connection must then *speak*: send its first bytes (the HTTP/2 client
+//! preface in plain text, a TLS record's first byte with TLS) within
+//! [`FIRST_BYTES_TIMEOUT`], or it is closed ([`speaking`]). Each connection waits apart, so
+//! one that stalls holds up no other.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,7 +20,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -28,6 +33,11 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 pub const NEW_CONNECTIONS_PER_SECOND: f64 = 20.0;
 /// …and at once after a quiet spell.
 pub const NEW_CONNECTIONS_BURST: f64 = 40.0;
+/// How long an admitted connection may take to send its first bytes.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// The HTTP/2 client preface's length: what a plain-text connection must send first.
+pub const H2_PREFACE_BYTES: usize = 24;
+
 /// Peer addresses tracked at once (those with open connections or a bucket not yet full);
 /// connections from further new addresses are refused.
 pub const MAX_PEERS: usize = 4096;
@@ -230,6 +240,68 @@ where
     })
 }
 
+impl Admitted {
+    /// Whether the peer has sent at least `bytes` bytes (looked at, not read), waiting for
+    /// them; false when it closes first.
+    async fn has_sent(&self, bytes: usize) -> bool {
+        let mut buf = vec![0u8; bytes];
+        loop {
+            match self.stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= bytes => return true,
+                // Part of it: the rest is on its way (peek would return at once again).
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
+
+/// The connections of `incoming` that send their first `bytes` bytes within `deadline`;
+/// the others are closed. Each connection waits in a task of its own, so a stalled one
+/// holds up no other; the tasks end when the returned stream is dropped.
+pub fn speaking<S>(
+    incoming: S,
+    bytes: usize,
+    deadline: Duration,
+) -> impl Stream<Item = io::Result<Admitted>>
+where
+    S: Stream<Item = io::Result<Admitted>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Admitted>>(64);
+    tokio::spawn(async move {
+        tokio::pin!(incoming);
+        loop {
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                () = tx.closed() => return,
+            };
+            let conn = match next {
+                None => return,
+                Some(Err(e)) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(conn)) => conn,
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let spoke = tokio::select! {
+                    r = tokio::time::timeout(deadline, conn.has_sent(bytes)) => r.unwrap_or(false),
+                    () = tx.closed() => false,
+                };
+                if spoke {
+                    let _ = tx.send(Ok(conn)).await;
+                } else {
+                    tracing::debug!(peer = %conn.ip, "closing a connection that sent nothing in time");
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +358,59 @@ mod tests {
         adm.release(ip(0));
         let later = t + Duration::from_secs(10);
         assert_eq!(adm.admit(ip(MAX_PEERS), later), Ok(()));
+    }
+
+    #[test]
+    fn a_connection_that_sends_nothing_in_time_is_closed_and_one_that_speaks_is_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binds");
+            let address = listener.local_addr().expect("an address");
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let admitted = admitted(incoming, Arc::new(Admission::default()));
+            let mut served = Box::pin(speaking(
+                admitted,
+                H2_PREFACE_BYTES,
+                Duration::from_millis(200),
+            ));
+            // Silent first, then one that sends a preface's worth in two parts.
+            let mut silent = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connects");
+            let mut talker = tokio::net::TcpStream::connect(address)
+                .await
+                .expect("connects");
+            talker.write_all(b"PRI * HTTP/2.0").await.expect("writes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            talker
+                .write_all(b"\r\n\r\nSM\r\n\r\n")
+                .await
+                .expect("writes");
+            let conn = tokio::time::timeout(Duration::from_secs(30), served.next())
+                .await
+                .expect("a connection is served")
+                .expect("the stream goes on")
+                .expect("a connection");
+            assert_eq!(conn.ip, IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            let mut first = [0u8; 24];
+            let mut conn = conn;
+            conn.read_exact(&mut first)
+                .await
+                .expect("its bytes are all there");
+            assert_eq!(&first, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+            // The silent one is closed by the worker: its read ends (EOF or reset).
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf))
+                .await
+                .expect("the worker closes it");
+            assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        });
     }
 }

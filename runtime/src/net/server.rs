@@ -748,6 +748,14 @@ pub async fn serve(
     reporter.set_serving::<WorkerServer<Daemon>>().await;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let incoming = admit::admitted(incoming, Arc::new(admit::Admission::default()));
+    // A plain-text connection must send the whole HTTP/2 preface in time (HTTP/2 would
+    // wait for it for ever); a TLS one its first byte (then the handshake timeout holds).
+    let first = if tls.is_some() {
+        1
+    } else {
+        admit::H2_PREFACE_BYTES
+    };
+    let incoming = admit::speaking(incoming, first, admit::FIRST_BYTES_TIMEOUT);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
