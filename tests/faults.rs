@@ -294,12 +294,12 @@ fn a_tile_that_never_comes_back_is_sent_again_when_late() {
     assert_same_frames(&got, &clean);
     // Not lost: only late.
     assert_eq!(lost, [false; 4]);
-    let late = &got[2].redispatched;
-    assert!(!late.is_empty(), "frame 2 sent nothing again");
-    assert!(late.iter().all(|r| r.late), "{late:?}");
-    assert!(late.iter().any(|r| r.from == 3 && r.to != 3), "{late:?}");
-    // (Other frames' tiles may be late too on a busy machine, and be sent again: that is
-    // the mechanism working, so it is not asserted either way.)
+    // Some tile was sent again as late. (Which, is not asserted: on a busy machine another
+    // tile may be late before frame 2, making node 3 suspect so that frame 2 never reaches
+    // it; either way a late tile was sent again, and nothing was lost.)
+    let late: Vec<_> = got.iter().flat_map(|r| &r.redispatched).collect();
+    assert!(!late.is_empty(), "nothing was sent again");
+    assert!(late.iter().all(|r| r.late && r.from != r.to), "{late:?}");
 }
 
 #[test]
@@ -319,12 +319,11 @@ fn a_late_tile_over_grpc_is_sent_again() {
     assert_eq!(got.len(), FRAMES as usize);
     assert_same_frames(&got, &clean);
     assert_eq!(c.lost_nodes(), [false; 4]);
+    // Some tile went from w2 to w1 as late: frame 1's, unless w2 was suspect already
+    // because an earlier tile of it was late (which was then sent to w1).
+    let late: Vec<_> = got.iter().flat_map(|r| &r.redispatched).collect();
     assert!(
-        got[1]
-            .redispatched
-            .iter()
-            .any(|r| r.late && r.from == 2 && r.to == 1),
-        "{:?}",
-        got[1].redispatched
+        late.iter().any(|r| r.late && r.from == 2 && r.to == 1),
+        "{late:?}"
     );
 }

@@ -80,7 +80,7 @@ pub struct RunReport {
     pub trace: Trace,
     /// What was measured of the nodes while the frame ran.
     pub telemetry: Vec<Telemetry>,
-    /// Tiles of this frame sent again because their node was lost.
+    /// Tiles of this frame sent again: their node was lost, or they were late.
     pub redispatched: Vec<Redispatch>,
 }
 
@@ -115,11 +115,13 @@ struct InFlight {
     current: Array3<f32>,
     /// Its output, being stitched.
     out: Array3<f32>,
-    /// Per tile of the segment: the node computing it, `None` once stitched.
-    outstanding: Vec<Option<usize>>,
-    /// Per tile of the segment: when it was sent, and whether it was sent again as late.
-    sent_us: Vec<f64>,
-    chased: Vec<bool>,
+    /// Per tile of the segment: the copies out, each its node and when it was sent (the
+    /// first is the one deadlines count from); cleared once stitched.
+    copies: Vec<Vec<(usize, f64)>>,
+    /// Per tile: stitched (a later result is a duplicate); when it is late (µs, infinite
+    /// without deadlines or once sent again as late).
+    stitched: Vec<bool>,
+    due: Vec<f64>,
     pending: usize,
     start_us: f64,
     busy: Vec<f64>,
@@ -172,9 +174,9 @@ pub struct Coordinator<T: Transport> {
     unreachable: Vec<(usize, String)>,
     /// Re-dispatching late tiles (off unless set).
     deadlines: Option<Deadlines>,
-    /// Per node: a tile of it was late and has not come back; it gets no new tiles (where
-    /// others hold the segment) until something of it does.
-    suspect: Vec<bool>,
+    /// Per node: a tile of it was late (which, and when) and has not come back; it gets no
+    /// new tiles (where others hold the segment) until that tile, or one sent after, does.
+    suspect: Vec<Option<(TileKey, f64)>>,
     /// By (segment, node): how long its tiles took, sent to received (µs, smoothed).
     took_us: HashMap<(usize, usize), f64>,
 }
@@ -202,7 +204,7 @@ impl<T: Transport> Coordinator<T> {
             lost,
             unreachable: Vec::new(),
             deadlines: None,
-            suspect: vec![false; n_nodes],
+            suspect: vec![None; n_nodes],
             took_us: HashMap::new(),
         }
     }
@@ -299,8 +301,13 @@ impl<T: Transport> Coordinator<T> {
             }
             let event = match self.next_deadline(&frames) {
                 None => self.transport.recv()?,
+                // Late already (events kept coming): chase before taking the next one.
+                Some(at) if at <= self.transport.now_us() => {
+                    self.chase(&mut frames)?;
+                    continue;
+                }
                 Some(at) => {
-                    let wait = (at - self.transport.now_us()).max(0.0);
+                    let wait = (at - self.transport.now_us()).min(3.6e9);
                     match self
                         .transport
                         .recv_timeout(Duration::from_secs_f64(wait / 1e6))?
@@ -315,11 +322,7 @@ impl<T: Transport> Coordinator<T> {
             };
             match event {
                 Event::Done(d) => {
-                    // A suspect node that answers (even too late to count) is trusted again.
-                    if self.suspect.get(d.node).copied().unwrap_or(false) {
-                        self.suspect[d.node] = false;
-                        self.recompute_routes()?;
-                    }
+                    self.heard(&frames, &d)?;
                     let Some(mut frame) = frames.remove(&d.frame) else {
                         continue; // a frame that already failed or finished
                     };
@@ -383,9 +386,9 @@ impl<T: Transport> Coordinator<T> {
             segment: 0,
             current: input,
             out: Array3::zeros((0, 0, 0)),
-            outstanding: Vec::new(),
-            sent_us: Vec::new(),
-            chased: Vec::new(),
+            copies: Vec::new(),
+            stitched: Vec::new(),
+            due: Vec::new(),
             pending: 0,
             start_us: self.transport.now_us(),
             busy: vec![0.0; cluster.nodes.len()],
@@ -406,9 +409,9 @@ impl<T: Transport> Coordinator<T> {
         if let Some(seg) = plan.segments.get(frame.segment) {
             let t0 = self.transport.now_us();
             let si = frame.segment;
-            frame.outstanding = vec![None; seg.tiles.len()];
-            frame.sent_us = vec![t0; seg.tiles.len()];
-            frame.chased = vec![false; seg.tiles.len()];
+            frame.copies = vec![Vec::new(); seg.tiles.len()];
+            frame.stitched = vec![false; seg.tiles.len()];
+            frame.due = vec![f64::INFINITY; seg.tiles.len()];
             for (ti, tile) in seg.tiles.iter().enumerate() {
                 let (input, e) = job_input(&frame, si, tile, plan.compression);
                 frame.quant.add(e);
@@ -420,7 +423,9 @@ impl<T: Transport> Coordinator<T> {
                 };
                 let node = self.routes[si][ti];
                 self.send(node, job)?;
-                frame.outstanding[ti] = Some(node);
+                let now = self.transport.now_us();
+                frame.copies[ti] = vec![(node, now)];
+                frame.due[ti] = now + self.allowance_us(si, ti, node);
             }
             let t1 = self.transport.now_us();
             frame.trace.push(Span {
@@ -510,9 +515,16 @@ impl<T: Transport> Coordinator<T> {
                     start_us: now,
                     dur_us: 0.0,
                 });
-                let orphans: Vec<usize> = (0..frame.outstanding.len())
-                    .filter(|&ti| frame.outstanding[ti] == Some(node))
-                    .collect();
+                // Tiles whose every copy was on the lost node (a copy elsewhere, sent as
+                // late, may still answer).
+                let mut orphans = Vec::new();
+                for (ti, copies) in frame.copies.iter_mut().enumerate() {
+                    let had = copies.len();
+                    copies.retain(|&(n, _)| n != node);
+                    if copies.is_empty() && had > 0 && !frame.stitched[ti] {
+                        orphans.push(ti);
+                    }
+                }
                 let si = frame.segment;
                 for ti in orphans {
                     let to = self.routes[si][ti];
@@ -525,9 +537,8 @@ impl<T: Transport> Coordinator<T> {
                         tile: ti as u32,
                         input,
                     };
-                    frame.outstanding[ti] = Some(to);
-                    frame.sent_us[ti] = now;
-                    frame.chased[ti] = false;
+                    frame.copies[ti] = vec![(to, now)];
+                    frame.due[ti] = now + self.allowance_us(si, ti, to);
                     frame.redispatch(Redispatch {
                         segment: si as u32,
                         tile: ti as u32,
@@ -542,26 +553,60 @@ impl<T: Transport> Coordinator<T> {
         Ok(())
     }
 
+    /// Learns from a result, whether it counts or not: how long the node took (from this
+    /// copy's sending, or the transport's figures for a frame already out), and that a
+    /// suspect node answered its late tile or one sent after it (then it is trusted again).
+    fn heard(&mut self, frames: &HashMap<u64, InFlight>, d: &TileDone) -> Result<(), RunError> {
+        let now = self.transport.now_us();
+        let sent = frames
+            .get(&d.frame)
+            .filter(|f| f.segment == d.segment as usize)
+            .and_then(|f| f.copies.get(d.tile as usize))
+            .and_then(|c| c.iter().find(|(n, _)| *n == d.node))
+            .map(|&(_, at)| at);
+        let took = match sent {
+            Some(at) => now - at,
+            None => d.received_us - d.sent_us,
+        };
+        if took > 0.0 {
+            let e = self
+                .took_us
+                .entry((d.segment as usize, d.node))
+                .or_insert(took);
+            *e += 0.2 * (took - *e);
+        }
+        if let Some(Some((key, since))) = self.suspect.get(d.node).copied() {
+            let answered = key == (d.frame, d.segment, d.tile) || sent.unwrap_or(d.sent_us) > since;
+            if answered {
+                self.suspect[d.node] = None;
+                tracing::info!(node = %self.node_name(d.node), "answered; trusted again");
+                self.recompute_routes()?;
+            }
+        }
+        Ok(())
+    }
+
     /// When the next outstanding tile becomes late (µs, the transport's clock); `None`
     /// without deadlines or when every late tile was already sent again.
     fn next_deadline(&self, frames: &HashMap<u64, InFlight>) -> Option<f64> {
-        let d = self.deadlines?;
-        let mut next: Option<f64> = None;
-        for f in frames.values() {
-            for (ti, node) in f.outstanding.iter().enumerate() {
-                let Some(node) = *node else { continue };
-                if f.chased[ti] {
-                    continue;
-                }
-                let at = f.sent_us[ti] + self.allowance_us(d, f.segment, ti, node);
-                next = Some(next.map_or(at, |n: f64| n.min(at)));
-            }
-        }
-        next
+        self.deadlines?;
+        frames
+            .values()
+            .flat_map(|f| {
+                (0..f.due.len())
+                    .filter(|&t| !f.stitched[t] && !f.copies[t].is_empty())
+                    .map(|t| f.due[t])
+            })
+            .filter(|d| d.is_finite())
+            .min_by(f64::total_cmp)
     }
 
-    /// How long tile `ti` of segment `si` may take on `node` before it is late (µs).
-    fn allowance_us(&self, d: Deadlines, si: usize, ti: usize, node: usize) -> f64 {
+    /// How long tile `ti` of segment `si` may take on `node` before it is late (µs;
+    /// infinite without deadlines).
+    fn allowance_us(&self, si: usize, ti: usize, node: usize) -> f64 {
+        let Some(d) = self.deadlines else {
+            return f64::INFINITY;
+        };
         let expected = self.took_us.get(&(si, node)).copied().unwrap_or_else(|| {
             let plan = &self.header.plan;
             let gflops = plan
@@ -571,19 +616,23 @@ impl<T: Transport> Coordinator<T> {
                 .map_or(1.0, |n| n.gflops.max(1e-3));
             plan.segments[si].tiles[ti].flops as f64 / (gflops * 1e3)
         });
-        (d.factor * expected).max(d.floor.as_secs_f64() * 1e6)
+        // At least a millisecond, so that a tile re-armed with no one to take it is not
+        // looked at again at once.
+        (d.factor * expected)
+            .max(d.floor.as_secs_f64() * 1e6)
+            .max(1e3)
     }
 
     /// Sends every late tile once more, to the live holder of its segment (other than the
     /// node it is on) with the fewest tiles out; the first result wins.
     fn chase(&mut self, frames: &mut HashMap<u64, InFlight>) -> Result<(), RunError> {
-        let Some(d) = self.deadlines else {
+        if self.deadlines.is_none() {
             return Ok(());
-        };
+        }
         let now = self.transport.now_us();
         let mut out: Vec<usize> = vec![0; self.lost.len()];
         for f in frames.values() {
-            for n in f.outstanding.iter().flatten() {
+            for (n, _) in f.copies.iter().flatten() {
                 out[*n] += 1;
             }
         }
@@ -597,26 +646,36 @@ impl<T: Transport> Coordinator<T> {
             };
             let si = frame.segment;
             let seg = &header.plan.segments[si];
-            for ti in 0..frame.outstanding.len() {
-                let Some(node) = frame.outstanding[ti] else {
+            for ti in 0..frame.copies.len() {
+                let Some(&(node, _)) = frame.copies[ti].first() else {
                     continue;
                 };
-                if frame.chased[ti] || now < frame.sent_us[ti] + self.allowance_us(d, si, ti, node)
-                {
+                if frame.stitched[ti] || now < frame.due[ti] {
                     continue;
                 }
-                frame.chased[ti] = true;
-                newly_suspect.push(node);
+                newly_suspect.push((node, (id, si as u32, ti as u32)));
+                // Another live holder of the segment that is not late itself, the one with
+                // the fewest tiles out.
+                let unreachable: Vec<usize> = self.unreachable.iter().map(|u| u.0).collect();
                 let to = seg
                     .tiles
                     .iter()
                     .map(|t| t.node)
-                    .filter(|&n| n != node && !self.lost[n])
+                    .filter(|&n| {
+                        n != node
+                            && !self.lost[n]
+                            && self.suspect[n].is_none()
+                            && !unreachable.contains(&n)
+                    })
                     .min_by_key(|&n| (out[n], n));
                 let Some(to) = to else {
-                    continue; // no one else holds the segment: wait
+                    // No one else can take it now: look again after another allowance.
+                    frame.due[ti] = now + self.allowance_us(si, ti, node);
+                    continue;
                 };
+                frame.due[ti] = f64::INFINITY;
                 out[to] += 1;
+                frame.copies[ti].push((to, now));
                 let (input, _) = job_input(frame, si, &seg.tiles[ti], header.plan.compression);
                 frame.redispatch(Redispatch {
                     segment: si as u32,
@@ -637,9 +696,9 @@ impl<T: Transport> Coordinator<T> {
         }
         // A node with a late tile gets no new tiles until it answers.
         let mut changed = false;
-        for n in newly_suspect {
-            if !self.suspect[n] && !self.lost[n] {
-                self.suspect[n] = true;
+        for (n, key) in newly_suspect {
+            if self.suspect[n].is_none() && !self.lost[n] {
+                self.suspect[n] = Some((key, now));
                 changed = true;
                 tracing::info!(node = %self.node_name(n), "late; no new tiles until it answers");
             }
@@ -658,7 +717,7 @@ impl<T: Transport> Coordinator<T> {
             return Ok(());
         }
         self.lost[node] = false;
-        self.suspect[node] = false;
+        self.suspect[node] = None;
         tracing::info!(node = %self.node_name(node), "worker back; it gets its tiles again");
         self.recompute_routes()?;
         self.pending.push(Telemetry::Rejoined { node });
@@ -669,7 +728,7 @@ impl<T: Transport> Coordinator<T> {
     fn recompute_routes(&mut self) -> Result<(), RunError> {
         self.routes = plan_routes(&self.header);
         for n in 0..self.lost.len() {
-            if self.lost[n] || self.suspect[n] {
+            if self.lost[n] || self.suspect[n].is_some() {
                 self.reroute(n, "still lost")?;
             }
         }
@@ -697,8 +756,8 @@ impl<T: Transport> Coordinator<T> {
             holders.retain(|&n| !self.lost[n]);
             // Suspect nodes only where no one else is left (a lost node's tiles must go
             // somewhere; a suspect node's stay where they are).
-            if holders.iter().any(|&n| !self.suspect[n]) {
-                holders.retain(|&n| !self.suspect[n]);
+            if holders.iter().any(|&n| self.suspect[n].is_none()) {
+                holders.retain(|&n| self.suspect[n].is_none());
             } else if !lost {
                 continue;
             }
@@ -745,18 +804,18 @@ impl<T: Transport> Coordinator<T> {
     fn stitch(&mut self, frame: &mut InFlight, d: TileDone) -> Result<(), RunError> {
         let plan = &self.header.plan;
         let node = self.node_name(d.node);
+        // A tile already stitched (sent again, and both copies came back) or of a segment
+        // the frame has passed: the first result won, whatever this one is.
+        let stitched = (d.segment as usize) < frame.segment
+            || (d.segment as usize == frame.segment
+                && frame.stitched.get(d.tile as usize) == Some(&true));
+        if stitched {
+            return Ok(());
+        }
         let t = d.output.map_err(|message| RunError::Kernel {
             node: node.clone(),
             message,
         })?;
-        // A tile already stitched (a lost node's tile that was sent again, and both came
-        // back) or of a segment the frame has passed: the first result won.
-        let stitched = (d.segment as usize) < frame.segment
-            || (d.segment as usize == frame.segment
-                && frame.outstanding.get(d.tile as usize) == Some(&None));
-        if stitched {
-            return Ok(());
-        }
         let tile = plan
             .segments
             .get(d.segment as usize)
@@ -813,15 +872,9 @@ impl<T: Transport> Coordinator<T> {
             bytes_out: d.bytes_out,
             flops: tile.flops,
         });
-        if d.received_us > d.sent_us {
-            let took = d.received_us - d.sent_us;
-            let e = self
-                .took_us
-                .entry((d.segment as usize, d.node))
-                .or_insert(took);
-            *e += 0.2 * (took - *e);
-        }
-        frame.outstanding[d.tile as usize] = None;
+        frame.stitched[d.tile as usize] = true;
+        frame.copies[d.tile as usize].clear();
+        frame.due[d.tile as usize] = f64::INFINITY;
         frame.pending -= 1;
         Ok(())
     }
@@ -848,6 +901,9 @@ fn job_input(
         },
     }
 }
+
+/// A tile of a frame: (frame, segment, tile).
+type TileKey = (u64, u32, u32);
 
 /// Per segment, per tile: the node the plan gave it.
 fn plan_routes(header: &PlanHeader) -> Vec<Vec<usize>> {

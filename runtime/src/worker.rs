@@ -236,8 +236,8 @@ pub enum Fault {
     /// `adcnn-lose-node`: the node is lost (in process its threads stop; a daemon breaks
     /// its tile stream, as a crash looks to the coordinator).
     Lose,
-    /// `adcnn-stall-node`: the node never answers that one job (a straggler), and serves
-    /// on.
+    /// `adcnn-stall-node`: the node never answers the jobs of that frame (a straggler), and
+    /// serves the others.
     Stall,
 }
 

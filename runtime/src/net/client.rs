@@ -108,8 +108,9 @@ pub enum ConnectError {
     Runtime(String),
 }
 
-/// Jobs on their way, by (frame, segment, tile): when each was sent and its bytes.
-type Sent = HashMap<(u64, u32, u32), (f64, usize)>;
+/// Jobs on their way, by (frame, segment, tile, node): when each was sent and its bytes (a
+/// tile sent again goes to another node and has an entry of its own).
+type Sent = HashMap<(u64, u32, u32, usize), (f64, usize)>;
 
 /// Workers over gRPC.
 #[derive(Debug)]
@@ -392,6 +393,12 @@ impl GrpcTransport {
         old.pinger.abort();
         let Stream { reader, tx, .. } = old;
         drop(tx);
+        self.retry(node, reader);
+    }
+
+    /// Starts trying `node` again (once its old stream's `reader` has ended), unless
+    /// re-admission is off or a try is under way.
+    fn retry(&mut self, node: usize, reader: JoinHandle<()>) {
         let (Some(rejoin), Some(runtime)) = (&self.rejoin, &self.runtime) else {
             self.ended.push(reader);
             return;
@@ -433,6 +440,13 @@ impl GrpcTransport {
         let Some(stream) = stream else {
             return false;
         };
+        // It may have broken already (its Lost came first, while the node was still lost,
+        // and went unheeded): then it is of no use, and trying begins again.
+        if stream.reader.is_finished() {
+            stream.pinger.abort();
+            self.retry(node, stream.reader);
+            return false;
+        }
         match self.links.iter_mut().find(|l| l.node == node) {
             Some(l) => *l = stream.link.clone(),
             None => self.links.push(stream.link.clone()),
@@ -450,7 +464,8 @@ async fn rejoin_node(rejoin: Arc<Rejoin>, node: usize) {
         return;
     };
     loop {
-        tokio::time::sleep(rejoin.every).await;
+        // Never faster than every 10 ms, whatever the options say.
+        tokio::time::sleep(rejoin.every.max(Duration::from_millis(10))).await;
         let opened = open_node(
             plan.clone(),
             rejoin.plan_hash,
@@ -458,11 +473,16 @@ async fn rejoin_node(rejoin: Arc<Rejoin>, node: usize) {
             &rejoin.payloads,
         )
         .await;
-        let Ok(o) = opened else {
-            continue;
+        let stream = match opened {
+            Ok(o) => start_stream(o, &rejoin.cx).await,
+            Err(e) => Err(e),
         };
-        let Ok(stream) = start_stream(o, &rejoin.cx).await else {
-            continue;
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(node, error = %e, "lost worker not back yet");
+                continue;
+            }
         };
         rejoin
             .ready
@@ -822,7 +842,7 @@ impl Reader {
     }
 
     fn done(&self, r: proto::TileResult, received_us: f64) -> Event {
-        let key = (r.frame, r.segment, r.tile);
+        let key = (r.frame, r.segment, r.tile, self.node);
         let sent = self
             .sent
             .lock()
@@ -879,7 +899,7 @@ impl Transport for GrpcTransport {
         self.sent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((job.frame, job.segment, job.tile), (now, bytes));
+            .insert((job.frame, job.segment, job.tile, node), (now, bytes));
         let m = to_worker::Message::Job(proto::TileJob {
             frame: job.frame,
             segment: job.segment,
@@ -906,7 +926,9 @@ impl Transport for GrpcTransport {
     }
 
     fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Event>, TransportError> {
-        let until = Instant::now() + timeout;
+        let Some(until) = Instant::now().checked_add(timeout) else {
+            return self.recv().map(Some);
+        };
         loop {
             let e = match self.events.recv_deadline(until) {
                 Ok(e) => e,

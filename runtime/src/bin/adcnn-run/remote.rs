@@ -48,8 +48,9 @@ pub struct Remote {
     pub rejoin_every: f64,
     /// A tile not back after FACTOR times what its segment's tiles took on that worker (the
     /// plan's prediction until one came back), and at least --deadline-floor-ms, is sent to
-    /// another worker of its segment as well; the first result wins (0: wait for every
-    /// tile however long it takes).
+    /// another worker of its segment as well; the first result wins, and the late worker
+    /// gets no new tiles until it answers (0: wait for every tile however long it takes).
+    /// Runs on workers only; --local has no deadlines.
     #[arg(long, default_value_t = 4.0, value_name = "FACTOR")]
     pub deadline: f64,
     /// The least time a tile is given before it counts as late.
@@ -65,11 +66,20 @@ fn is_loopback(address: &str) -> bool {
 
 impl Remote {
     /// The deadlines late tiles are sent again by (`None` with `--deadline 0`).
-    pub fn deadlines(&self) -> Option<Deadlines> {
-        (self.deadline > 0.0).then(|| Deadlines {
+    pub fn deadlines(&self) -> Result<Option<Deadlines>, String> {
+        let bad = |what: &str, v: f64, most: f64| {
+            (!v.is_finite() || !(0.0..=most).contains(&v))
+                .then(|| format!("error: {what} takes a number from 0 to {most}, not {v}"))
+        };
+        if let Some(e) = bad("--deadline", self.deadline, 1e6)
+            .or_else(|| bad("--deadline-floor-ms", self.deadline_floor_ms, 3.6e6))
+        {
+            return Err(e);
+        }
+        Ok((self.deadline > 0.0).then(|| Deadlines {
             factor: self.deadline,
-            floor: Duration::from_secs_f64(self.deadline_floor_ms.max(0.0) / 1e3),
-        })
+            floor: Duration::from_secs_f64(self.deadline_floor_ms / 1e3),
+        }))
     }
 
     pub fn coder(&self, header: &PlanHeader) -> Result<Coder, String> {
@@ -146,10 +156,14 @@ impl Remote {
             tls: self.tls_dir.clone(),
             kernels,
             coder: self.coder(header)?,
-            connect_timeout: Duration::from_secs_f64(self.connect_timeout.max(0.1)),
+            connect_timeout: Duration::from_secs_f64(if self.connect_timeout.is_finite() {
+                self.connect_timeout.clamp(0.1, 3600.0)
+            } else {
+                3600.0
+            }),
             ping_every: Duration::from_secs(1),
             rejoin_every: (self.rejoin_every > 0.0)
-                .then(|| Duration::from_secs_f64(self.rejoin_every.max(0.01))),
+                .then(|| Duration::from_secs_f64(self.rejoin_every.clamp(0.01, 86_400.0))),
         };
         GrpcTransport::connect(file, header, &opts).map_err(|e| format!("error: {e}"))
     }

@@ -229,7 +229,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         );
     }
     let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
-    coordinator.set_deadlines(cli.remote.deadlines());
+    coordinator.set_deadlines(cli.remote.deadlines()?);
     frames_through(cli, &mut coordinator, "gRPC", &segments, &tail)
 }
 
