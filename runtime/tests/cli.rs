@@ -111,6 +111,32 @@ fn bad_plans_and_inputs_are_one_clear_error_each() {
         stderr.starts_with("error: cannot read missing.png"),
         "{stderr}"
     );
+    // Deadlines that are not numbers are refused before any worker is reached (the address
+    // is a loopback port where nothing listens: reaching for it would be another error).
+    let token = plan.with_extension("token");
+    std::fs::write(&token, "a token for a run that never connects\n").expect("token");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let nowhere = format!("w1={}", free.local_addr().expect("address"));
+    drop(free);
+    for (flag, value) in [("--deadline", "inf"), ("--deadline-floor-ms", "NaN")] {
+        let (code, _, stderr) = adcnn_run(&[
+            p,
+            "--token-file",
+            token.to_str().expect("utf-8"),
+            "--worker",
+            &nowhere,
+            flag,
+            value,
+            "--input",
+            "dsl-examples/images/chelsea.jpg",
+        ]);
+        assert_eq!(code, 1);
+        assert!(
+            stderr.starts_with(&format!("error: {flag} takes a number from 0 to")),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(&token);
     // Corrupted plan: the damaged section is named.
     let mut bytes = std::fs::read(&plan).expect("plan");
     let mid = bytes.len() / 2;

@@ -193,6 +193,8 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let (file, header) = open_plan(&cli.plan)?;
     let tail = Arc::new(file.tail(&header).map_err(|e| plan_error(&cli.plan, &e))?);
     let which = kernels(&cli.kernels)?;
+    // Checked before any worker is reached.
+    let deadlines = cli.net.deadlines()?;
     let transport = cli.net.connect(&file, &header, which)?;
     let compile_ms = transport
         .links
@@ -210,7 +212,7 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let mut rng = SplitMix64::new(1);
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
     let mut coordinator = Coordinator::new(Arc::new(header.clone()), tail, transport);
-    coordinator.set_deadlines(cli.net.deadlines()?);
+    coordinator.set_deadlines(deadlines);
     let runs = cli.runs.max(1);
     let frames = |n: usize| std::iter::repeat_n(x.clone(), n).map(Ok);
     coordinator

@@ -197,6 +197,8 @@ pub fn main(cli: &Cli) -> Result<(), String> {
                 .collect::<Result<_, _>>()
                 .map_err(|e| plan_error(&cli.plan, &e))?
         };
+    // Checked before any worker is reached.
+    let deadlines = cli.remote.deadlines()?;
     let transport = cli.remote.connect(&file, &header, which)?;
     for l in &transport.links {
         let shipped = if l.shipped_sections == 0 {
@@ -229,7 +231,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         );
     }
     let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
-    coordinator.set_deadlines(cli.remote.deadlines()?);
+    coordinator.set_deadlines(deadlines);
     frames_through(cli, &mut coordinator, "gRPC", &segments, &tail)
 }
 
