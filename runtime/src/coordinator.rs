@@ -168,6 +168,8 @@ pub struct Coordinator<T: Transport> {
     pending: Vec<Telemetry>,
     /// Per segment, per tile: the node its jobs go to (the plan's, until a node is lost).
     routes: Vec<Vec<usize>>,
+    /// Per segment: the nodes that hold it (the plan gave them tiles of it), in order.
+    holders: Vec<Vec<usize>>,
     /// Per node: lost (no job goes to it any more).
     lost: Vec<bool>,
     /// Nodes found unreachable while sending, with why, not yet handled.
@@ -192,6 +194,15 @@ impl<T: Transport> std::fmt::Debug for Coordinator<T> {
 impl<T: Transport> Coordinator<T> {
     pub fn new(header: Arc<PlanHeader>, tail: Arc<Program>, transport: T) -> Self {
         let routes = plan_routes(&header);
+        let holders = routes
+            .iter()
+            .map(|r| {
+                let mut h = r.clone();
+                h.sort_unstable();
+                h.dedup();
+                h
+            })
+            .collect();
         let n_nodes = header.plan.cluster.nodes.len();
         let lost = vec![false; n_nodes];
         Coordinator {
@@ -201,6 +212,7 @@ impl<T: Transport> Coordinator<T> {
             next_frame: 0,
             pending: Vec::new(),
             routes,
+            holders,
             lost,
             unreachable: Vec::new(),
             deadlines: None,
@@ -354,12 +366,7 @@ impl<T: Transport> Coordinator<T> {
     }
 
     fn node_name(&self, node: usize) -> String {
-        self.header
-            .plan
-            .cluster
-            .nodes
-            .get(node)
-            .map_or_else(|| format!("#{node}"), |n| n.name.clone())
+        node_name(&self.header, node)
     }
 
     /// A new frame for `input`, checked against the network's input shape.
@@ -608,13 +615,8 @@ impl<T: Transport> Coordinator<T> {
             return f64::INFINITY;
         };
         let expected = self.took_us.get(&(si, node)).copied().unwrap_or_else(|| {
-            let plan = &self.header.plan;
-            let gflops = plan
-                .cluster
-                .nodes
-                .get(node)
-                .map_or(1.0, |n| n.gflops.max(1e-3));
-            plan.segments[si].tiles[ti].flops as f64 / (gflops * 1e3)
+            self.header.plan.segments[si].tiles[ti].flops as f64
+                / (gflops(&self.header, node) * 1e3)
         });
         // At least a millisecond, so that a tile re-armed with no one to take it is not
         // looked at again at once.
@@ -656,16 +658,14 @@ impl<T: Transport> Coordinator<T> {
                 newly_suspect.push((node, (id, si as u32, ti as u32)));
                 // Another live holder of the segment that is not late itself, the one with
                 // the fewest tiles out.
-                let unreachable: Vec<usize> = self.unreachable.iter().map(|u| u.0).collect();
-                let to = seg
-                    .tiles
+                let to = self.holders[si]
                     .iter()
-                    .map(|t| t.node)
+                    .copied()
                     .filter(|&n| {
                         n != node
                             && !self.lost[n]
                             && self.suspect[n].is_none()
-                            && !unreachable.contains(&n)
+                            && !self.unreachable.iter().any(|u| u.0 == n)
                     })
                     .min_by_key(|&n| (out[n], n));
                 let Some(to) = to else {
@@ -749,10 +749,7 @@ impl<T: Transport> Coordinator<T> {
             if orphans.is_empty() {
                 continue;
             }
-            // Who holds the segment: the nodes the plan gave tiles of it.
-            let mut holders: Vec<usize> = seg.tiles.iter().map(|t| t.node).collect();
-            holders.sort_unstable();
-            holders.dedup();
+            let mut holders = self.holders[si].clone();
             holders.retain(|&n| !self.lost[n]);
             // Suspect nodes only where no one else is left (a lost node's tiles must go
             // somewhere; a suspect node's stay where they are).
@@ -763,21 +760,12 @@ impl<T: Transport> Coordinator<T> {
             }
             if holders.is_empty() {
                 return Err(RunError::WorkerLost {
-                    node: plan
-                        .cluster
-                        .nodes
-                        .get(node)
-                        .map_or_else(|| format!("#{node}"), |n| n.name.clone()),
+                    node: node_name(&self.header, node),
                     reason: reason.to_string(),
                     segment: si,
                 });
             }
-            let speed = |n: usize| {
-                plan.cluster
-                    .nodes
-                    .get(n)
-                    .map_or(1.0, |x| x.gflops.max(1e-3))
-            };
+            let speed = |n: usize| gflops(&self.header, n);
             // Seconds of work each holder has in this segment already.
             let mut load: Vec<f64> = vec![0.0; plan.cluster.nodes.len()];
             for (t, &n) in routes.iter().enumerate() {
@@ -900,6 +888,26 @@ fn job_input(
             (WireTile::Exact(a), _) => (TileInput::Values(a), none),
         },
     }
+}
+
+/// The name of `node` in the plan's cluster (`#N` if there is none).
+fn node_name(header: &PlanHeader, node: usize) -> String {
+    header
+        .plan
+        .cluster
+        .nodes
+        .get(node)
+        .map_or_else(|| format!("#{node}"), |n| n.name.clone())
+}
+
+/// The speed the plan assumed for `node`, GFLOP/s (never zero).
+fn gflops(header: &PlanHeader, node: usize) -> f64 {
+    header
+        .plan
+        .cluster
+        .nodes
+        .get(node)
+        .map_or(1.0, |n| n.gflops.max(1e-3))
 }
 
 /// A tile of a frame: (frame, segment, tile).
