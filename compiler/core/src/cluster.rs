@@ -47,6 +47,22 @@ impl Cluster {
     }
 }
 
+/// The planner's cost model, shared by the compiler's search and the runtime's re-planning
+/// (book: "The cost model"): a transfer is its bytes at the link's rate plus the link's
+/// latency ([`Cluster::transfer_ms`]); a tile is its input's transfer, its FLOPs at the
+/// node's speed, and its output's transfer (`Tile::ms_on`).
+impl Cluster {
+    /// Milliseconds to move `bytes` between the coordinator and `node` (0 on the
+    /// coordinator itself).
+    pub fn transfer_ms(&self, node: usize, bytes: u64) -> f64 {
+        if node == self.coordinator {
+            return 0.0;
+        }
+        let n = &self.nodes[node];
+        bytes as f64 * 8.0 / (n.mbps.unwrap_or(f64::INFINITY) * 1e3) + n.latency_ms
+    }
+}
+
 impl Cluster {
     /// This machine as a cluster: one node per core, `node0` coordinating and working too.
     /// The in-process runtime moves tiles through memory, so links are fast and near-instant.

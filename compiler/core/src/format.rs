@@ -280,19 +280,27 @@ pub fn encode(
     Ok(out)
 }
 
-#[derive(Serialize, Deserialize)]
-struct ProgramMeta {
-    first: LayerId,
-    input: Shape,
-    layers: Vec<Layer>,
+/// A program's layers without its weights (the `meta` at the start of a segment or tail
+/// section): what re-planning needs to know of a segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgramLayers {
+    pub first: LayerId,
+    pub input: Shape,
+    pub layers: Vec<Layer>,
+}
+
+impl ProgramLayers {
+    pub fn of(p: &Program) -> ProgramLayers {
+        ProgramLayers {
+            first: p.first(),
+            input: p.input_shape(),
+            layers: p.layers().to_vec(),
+        }
+    }
 }
 
 fn encode_program(p: &Program, kind: SectionKind) -> Result<Vec<u8>, FormatError> {
-    let meta = ProgramMeta {
-        first: p.first(),
-        input: p.input_shape(),
-        layers: p.layers().to_vec(),
-    };
+    let meta = ProgramLayers::of(p);
     let json = serde_json::to_vec(&meta).map_err(|e| corrupt(&kind.to_string(), e.to_string()))?;
     let mut out = Vec::with_capacity(json.len() + p.weights().bytes() + 1024);
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
@@ -600,13 +608,7 @@ pub fn decode_program(bytes: &[u8], kind: SectionKind) -> Result<Program, Format
     let section = kind.to_string();
     let mut r = Reader::new(bytes, "program");
     r.section = section.clone();
-    let len = r.u64()?;
-    if len > MAX_JSON_BYTES {
-        return Err(corrupt(&section, format!("{len} bytes of JSON")));
-    }
-    let json = r.take(len as usize)?;
-    let meta: ProgramMeta =
-        serde_json::from_slice(json).map_err(|e| corrupt(&section, e.to_string()))?;
+    let meta = read_layers(&mut r)?;
     let count = r.u32()?;
     if count > MAX_TENSORS {
         return Err(corrupt(&section, format!("{count} tensors")));
@@ -664,6 +666,25 @@ pub fn decode_program(bytes: &[u8], kind: SectionKind) -> Result<Program, Format
     }
     Program::new(meta.first, meta.layers, meta.input, weights)
         .map_err(|e| corrupt(&section, e.to_string()))
+}
+
+/// Decodes only the layers of a segment or tail section (its weights are not read).
+pub fn decode_program_layers(
+    bytes: &[u8],
+    kind: SectionKind,
+) -> Result<ProgramLayers, FormatError> {
+    let mut r = Reader::new(bytes, "program");
+    r.section = kind.to_string();
+    read_layers(&mut r)
+}
+
+fn read_layers(r: &mut Reader<'_>) -> Result<ProgramLayers, FormatError> {
+    let len = r.u64()?;
+    if len > MAX_JSON_BYTES {
+        return Err(corrupt(&r.section, format!("{len} bytes of JSON")));
+    }
+    let json = r.take(len as usize)?;
+    serde_json::from_slice(json).map_err(|e| corrupt(&r.section, e.to_string()))
 }
 
 /// Decodes a whole plan held in memory.

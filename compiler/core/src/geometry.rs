@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::{Layer, Source};
 use crate::ops::{Hw, Op, Pad2, Shape, window_out};
 
 /// A rectangle of a feature map: rows `r0..r1`, columns `c0..c1` (half-open).
@@ -225,6 +226,63 @@ pub fn tile_op(op: &Op, out: &Region, input: Shape) -> Result<Op, NotTileable> {
         });
     }
     Ok(op.clone())
+}
+
+/// A layer as halo tracing sees it: its operator and where its inputs come from. The
+/// compiler's layers (with statistics and spans) and the runtime's ([`Layer`]) both are.
+pub trait TileLayer {
+    fn op(&self) -> &Op;
+    fn inputs(&self) -> &[Source];
+}
+
+impl TileLayer for Layer {
+    fn op(&self) -> &Op {
+        &self.op
+    }
+
+    fn inputs(&self) -> &[Source] {
+        &self.inputs
+    }
+}
+
+/// Halo mode: the region of every layer's output a tile computes, and the region of the
+/// segment's input it needs, for the tile that produces `out` of the segment's last layer.
+/// `layers` are the segment's, the first being layer `first` of the network; `shape_of`
+/// gives the shape of any source they read. Traced back from the output, layer by layer.
+/// An error names the layer (index into `layers`) that cannot compute its region on a tile.
+pub fn halo_regions<L: TileLayer>(
+    layers: &[L],
+    first: usize,
+    shape_of: impl Fn(&Source) -> Shape,
+    out: Region,
+) -> Result<(Vec<Region>, Region), (usize, NotTileable)> {
+    let n = layers.len();
+    let mut regions = vec![Region::EMPTY; n];
+    let mut need = Region::EMPTY;
+    if n == 0 {
+        return Ok((regions, need));
+    }
+    regions[n - 1] = out;
+    for l in (0..n).rev() {
+        let r = regions[l];
+        if r.is_empty() {
+            continue;
+        }
+        let layer = &layers[l];
+        for s in layer.inputs() {
+            let shape = shape_of(s);
+            tile_op(layer.op(), &r, shape).map_err(|e| (l, e))?;
+            let want = input_region(layer.op(), &r, shape);
+            match s {
+                Source::Layer(id) if id.index() >= first && id.index() - first < n => {
+                    let j = id.index() - first;
+                    regions[j] = regions[j].union(&want);
+                }
+                _ => need = need.union(&want),
+            }
+        }
+    }
+    Ok((regions, need))
 }
 
 /// FDSP: the output size of `op` when its `rows × cols` input is processed as an image of its

@@ -6,6 +6,8 @@
 //! - [`weights`] — weight tensors by name, and the seeded generator;
 //! - [`eval`] — the plain implementation of every operator (the oracle's arithmetic);
 //! - [`geometry`], [`plan`] — regions and tile geometry; plans, segments, tiles;
+//! - [`rebalance`] — a plan's segments re-tiled for measured node speeds (the runtime's
+//!   re-planning), on the planner's halo tracing and cost model;
 //! - [`program`] — a segment's or the tail's layers with their weights, self-contained,
 //!   and the plain tile runner;
 //! - [`format`](mod@format) — `plan.bin`, sectioned so a node reads only its segments;
@@ -26,6 +28,7 @@ pub mod npy;
 pub mod ops;
 pub mod plan;
 pub mod program;
+pub mod rebalance;
 pub mod report;
 pub mod stdout;
 pub mod tensor;

@@ -163,6 +163,18 @@ pub struct Tile {
     pub predicted_ms: f64,
 }
 
+impl Tile {
+    /// Predicted milliseconds of this tile on `node` of `cluster` computing at `gflops`
+    /// GFLOP/s: its input's transfer, its FLOPs, its output's transfer (the planner's cost
+    /// model).
+    pub fn ms_on(&self, cluster: &Cluster, node: usize, gflops: f64) -> f64 {
+        let compute = self.flops as f64 / (gflops * 1e6);
+        cluster.transfer_ms(node, self.input_bytes)
+            + compute
+            + cluster.transfer_ms(node, self.output_bytes)
+    }
+}
+
 /// A fused run of layers executed tile-parallel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Segment {

@@ -49,6 +49,16 @@ pub struct LayerGraph {
     consumers: Vec<Vec<LayerId>>,
 }
 
+impl adcnn_core::geometry::TileLayer for Layer {
+    fn op(&self) -> &Op {
+        &self.op
+    }
+
+    fn inputs(&self) -> &[Source] {
+        &self.inputs
+    }
+}
+
 impl LayerGraph {
     /// Resolves names, orders, shape-checks and measures a lowered network. Every problem
     /// found is returned, not just the first.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::graph::{LayerGraph, LayerId, Source};
 use crate::plan::{Mode, Options, Plan, Segment, Strategy, Tile, is_tail_kind};
 use adcnn_core::cluster::Cluster;
-use adcnn_core::geometry::{Region, independent_out, input_region, split, tile_op};
+use adcnn_core::geometry::{Region, halo_regions, independent_out, split};
 use adcnn_core::ops::{Op, Shape};
 
 /// Why no plan could be made.
@@ -415,34 +415,13 @@ impl<'a> Ctx<'a> {
         b: usize,
         out: Region,
     ) -> Result<(Vec<Region>, Region), PlanError> {
-        let layers = self.graph.layers();
-        let mut regions = vec![Region::EMPTY; b - a];
-        regions[b - a - 1] = out;
-        let mut need = Region::EMPTY;
-        for l in (a..b).rev() {
-            let r = regions[l - a];
-            if r.is_empty() {
-                continue;
+        let layers = &self.graph.layers()[a..b];
+        halo_regions(layers, a, |s| self.shape_of(*s), out).map_err(|(l, e)| {
+            PlanError::NotTileable {
+                layer: layers[l].name.clone(),
+                why: e.0,
             }
-            let layer = &layers[l];
-            for s in &layer.inputs {
-                let shape = self.shape_of(*s);
-                if let Err(e) = tile_op(&layer.op, &r, shape) {
-                    return Err(PlanError::NotTileable {
-                        layer: layer.name.clone(),
-                        why: e.0,
-                    });
-                }
-                let want = input_region(&layer.op, &r, shape);
-                match s {
-                    Source::Layer(id) if id.index() >= a => {
-                        regions[id.index() - a] = regions[id.index() - a].union(&want)
-                    }
-                    _ => need = need.union(&want),
-                }
-            }
-        }
-        Ok((regions, need))
+        })
     }
 
     /// FDSP mode: the tile's input is the matching stride-aligned block of the segment input,
@@ -582,17 +561,8 @@ impl<'a> Ctx<'a> {
         1.0 - unaffected as f64 / (out_shape.h * out_shape.w).max(1) as f64
     }
 
-    fn transfer_ms(&self, node: usize, bytes: u64) -> f64 {
-        if node == self.cluster.coordinator {
-            return 0.0;
-        }
-        let n = &self.cluster.nodes[node];
-        bytes as f64 * 8.0 / (n.mbps.unwrap_or(f64::INFINITY) * 1e3) + n.latency_ms
-    }
-
     fn tile_ms(&self, node: usize, t: &Tile) -> f64 {
-        let compute = t.flops as f64 / (self.cluster.nodes[node].gflops * 1e6);
-        self.transfer_ms(node, t.input_bytes) + compute + self.transfer_ms(node, t.output_bytes)
+        t.ms_on(self.cluster, node, self.cluster.nodes[node].gflops)
     }
 
     /// Assigns tiles to workers; returns each node's busy time.
