@@ -10,13 +10,22 @@
 //! `adcnn-stall-node`, configured the same way, makes node NODE never answer the jobs of
 //! frame FRAME (a straggler): with deadlines set, those tiles are sent to another worker
 //! once they are late (how soon depends on the clock; that they are, does not).
+//! `adcnn-slow-node`, configured as `return(NODE@FRAME*K)`, makes node NODE K times slower
+//! (it takes K times as long over each tile) from frame FRAME on, `return(NODE@FRAME*K/P)`
+//! only in every P-th frame from FRAME on (a node that flaps): with re-planning on, the
+//! coordinator re-balances the tiles away from a node that stays slow, and not for one that
+//! flaps. A slowdown of 8× is measured as such whatever the machine's speed or load (it is
+//! the node's own time, multiplied); the tests assert what the coordinator decided and that
+//! every frame came out exactly, not how fast.
 
 use adcnn_compiler::build::build;
 use adcnn_compiler::plan::{Compression, Options, Strategy};
+use adcnn_core::format::ProgramLayers;
 use adcnn_core::format::decode;
 use adcnn_core::weights::SplitMix64;
 use adcnn_runtime::coordinator::{Deadlines, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
+use adcnn_runtime::replan::ReplanConfig;
 use adcnn_runtime::telemetry::Telemetry;
 use adcnn_tests::{example, relative_l2};
 use ndarray::Array3;
@@ -86,15 +95,64 @@ fn stream_with(
     in_flight: usize,
     deadlines: Option<Deadlines>,
 ) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>) {
+    let (r, reports, lost, _) = stream_adapting(bytes, xs, 1, in_flight, deadlines, None);
+    (r, reports, lost)
+}
+
+/// The same, `rounds` times over the inputs, re-planning by `replan`; also returns the
+/// share of the head's work each node has in the last layout.
+fn stream_adapting(
+    bytes: &[u8],
+    xs: &[Array3<f32>],
+    rounds: usize,
+    in_flight: usize,
+    deadlines: Option<Deadlines>,
+    replan: Option<ReplanConfig>,
+) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>, Vec<f64>) {
     let mut cluster = LocalCluster::new(decode(bytes).expect("plan"));
+    let layers = cluster
+        .segments()
+        .iter()
+        .map(|p| ProgramLayers::of(p))
+        .collect();
     let mut reports = Vec::new();
     let c = cluster.coordinator();
     c.set_deadlines(deadlines);
-    let r = c.run_stream(xs.iter().cloned().map(Ok), in_flight, |r| {
+    c.set_replan(replan, layers).expect("re-planning");
+    let frames = (0..rounds).flat_map(|_| xs.iter().cloned().map(Ok));
+    let r = c.run_stream(frames, in_flight, |r| {
         reports.push(r);
         Ok(())
     });
-    (r, reports, c.lost_nodes().to_vec())
+    let shares = shares(c.layout(), c.lost_nodes().len());
+    (r, reports, c.lost_nodes().to_vec(), shares)
+}
+
+/// Per node: its share of the head's tile FLOPs in `layout`.
+fn shares(layout: &[adcnn_core::plan::Segment], nodes: usize) -> Vec<f64> {
+    let mut f = vec![0.0; nodes];
+    for t in layout.iter().flat_map(|s| &s.tiles) {
+        f[t.node] += t.flops as f64;
+    }
+    let total: f64 = f.iter().sum();
+    f.iter().map(|x| x / total).collect()
+}
+
+/// The re-plans on record, in order: (first frame on the new tiles, shares before, after).
+fn replans(reports: &[RunReport]) -> Vec<(u64, Vec<f64>, Vec<f64>)> {
+    reports
+        .iter()
+        .flat_map(|r| &r.telemetry)
+        .filter_map(|e| match e {
+            Telemetry::Replan {
+                frame,
+                before,
+                after,
+                ..
+            } => Some((*frame, before.clone(), after.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every frame came out once, in order, equal to the run without the fault (`clean`, whose
@@ -326,4 +384,108 @@ fn a_late_tile_over_grpc_is_sent_again() {
         late.iter().any(|r| r.late && r.from == 2 && r.to == 1),
         "{late:?}"
     );
+}
+
+#[test]
+fn a_worker_that_slows_down_gets_less_work_after_a_replan() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
+    // w2 eight times slower from frame 4 on; 24 frames, 2 in flight.
+    fail::cfg("adcnn-slow-node", "return(2@4*8)").expect("failpoint");
+    let (ok, got, lost, last) =
+        stream_adapting(&bytes, &xs, 4, 2, None, Some(ReplanConfig::default()));
+    scenario.teardown();
+    ok.expect("runs");
+    assert_eq!(got.len(), 4 * FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    assert_eq!(lost, [false; 4]);
+    let done = replans(&got);
+    let (frame, before, after) = done.first().expect("a re-plan");
+    // Not before the drift was seen for three frames of it (4, 5, 6).
+    assert!(*frame >= 7, "re-planned at frame {frame}");
+    assert!(
+        after[2] < before[2] / 2.0,
+        "w2's share {:.3} → {:.3}",
+        before[2],
+        after[2]
+    );
+    assert!(last[2] < before[2] / 2.0, "w2's share now {:.3}", last[2]);
+    // Every worker keeps some work: w2's is measured on.
+    assert!(last[1..].iter().all(|&s| s > 0.0), "{last:?}");
+}
+
+#[test]
+fn a_worker_that_flaps_causes_no_replan_storm() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
+    // w2 eight times slower in every other frame from frame 2 on: never three in a row.
+    fail::cfg("adcnn-slow-node", "return(2@2*8/2)").expect("failpoint");
+    let (ok, got, _, _) = stream_adapting(&bytes, &xs, 6, 2, None, Some(ReplanConfig::default()));
+    scenario.teardown();
+    ok.expect("runs");
+    assert_eq!(got.len(), 6 * FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    // None for the flapping: it never drifts three frames in a row. (Other drift — this
+    // machine's own noise — would need three frames in a row 2× off and a predicted gain
+    // of 10 %, and then a cooldown of 10 frames: at most 3 in 36 frames.)
+    let done = replans(&got);
+    assert!(
+        done.iter().all(|(_, b, a)| (a[2] - b[2]).abs() < 0.2),
+        "a re-plan moved w2's share: {done:?}"
+    );
+    assert!(done.len() <= 1, "{} re-plans: {done:?}", done.len());
+}
+
+#[test]
+fn a_lost_worker_is_planned_around() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
+    fail::cfg("adcnn-lose-node", "return(2@2)").expect("failpoint");
+    let (ok, got, lost, last) =
+        stream_adapting(&bytes, &xs, 2, 2, None, Some(ReplanConfig::default()));
+    scenario.teardown();
+    ok.expect("runs");
+    assert_same_frames(&got, &clean);
+    assert_eq!(lost, [false, false, true, false]);
+    // The tiles were re-planned over w1 and w3 alone.
+    let done = replans(&got);
+    assert!(!done.is_empty(), "no re-plan");
+    assert_eq!(last[2], 0.0);
+    assert!(last[1] > 0.0 && last[3] > 0.0, "{last:?}");
+}
+
+#[test]
+fn a_slowed_worker_over_grpc_gets_new_tiles() {
+    let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 1);
+    let workers = daemons::Workers::start(3, daemons::TOKEN, None);
+    let mut c = daemons::grpc(&bytes, &workers.options(daemons::TOKEN, None)).expect("connects");
+    let layers = decode(&bytes)
+        .expect("plan")
+        .segments
+        .iter()
+        .map(ProgramLayers::of)
+        .collect();
+    c.set_replan(Some(ReplanConfig::default()), layers)
+        .expect("re-planning");
+    fail::cfg("adcnn-slow-node", "return(3@1*8)").expect("failpoint");
+    let mut got = Vec::new();
+    let frames = (0..3).flat_map(|_| xs.iter().cloned().map(Ok));
+    let ok = c.run_stream(frames, 2, |r| {
+        got.push(r);
+        Ok(())
+    });
+    scenario.teardown();
+    ok.expect("runs");
+    assert_same_frames(&got, &clean);
+    let done = replans(&got);
+    let (_, before, after) = done.first().expect("a re-plan");
+    assert!(after[3] < before[3] / 2.0, "w3: {before:?} → {after:?}");
+    assert!(c.replans() >= 1);
+    // The next session on the same daemons starts from the plan's tiles.
+    drop(c);
+    let mut c = daemons::grpc(&bytes, &workers.options(daemons::TOKEN, None)).expect("connects");
+    let mut again = Vec::new();
+    c.run_stream(xs.iter().cloned().map(Ok), 2, |r| {
+        again.push(r);
+        Ok(())
+    })
+    .expect("the next session runs");
+    assert_same_frames(&again, &clean);
 }

@@ -264,6 +264,7 @@ mod seeds {
                 ] {
                     let job = proto::ToWorker {
                         message: Some(proto::to_worker::Message::Job(proto::TileJob {
+                            layout: 0,
                             frame: 1,
                             segment: 0,
                             tile: 3,

@@ -11,20 +11,30 @@
 //! transport reports [`Event::Rejoined`]) gets the plan's tiles again from the next segment
 //! on. With [`Deadlines`], a tile that is late is sent to another worker of its segment as
 //! well, and its node gets no new tiles until it answers.
+//!
+//! With re-planning on ([`Coordinator::set_replan`]), the tiles themselves follow the nodes'
+//! measured speeds: when a node drifts from what the running *layout* assumed (see
+//! [`crate::replan`]), or is lost, or comes back, the coordinator re-balances the plan's
+//! segments ([`adcnn_core::rebalance`]), sends the new layout to the workers, and once every
+//! one has prepared it, frames admitted from then on use it; frames already out finish on
+//! theirs. No frame is dropped or run twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use adcnn_core::eval::EvalError;
-use adcnn_core::format::PlanHeader;
+use adcnn_core::format::{PlanHeader, ProgramLayers};
 use adcnn_core::input::Frame;
-use adcnn_core::plan::{Compression, Tile};
+use adcnn_core::net::LayerId;
+use adcnn_core::plan::{Compression, Segment, Tile};
 use adcnn_core::program::Program;
+use adcnn_core::rebalance::{SegmentLayers, rebalance};
 use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
 use ndarray::Array3;
 
+use crate::replan::{Drift, ReplanConfig};
 use crate::telemetry::Telemetry;
 use crate::trace::{Event as Span, Flow, Trace};
 use crate::transport::{Event, TileDone, TileInput, TileJob, Transport, TransportError};
@@ -107,6 +117,8 @@ pub struct Deadlines {
 /// A frame on its way through the plan.
 struct InFlight {
     id: u64,
+    /// The tile layout it runs on (index into the coordinator's layouts).
+    layout: usize,
     /// The input image's pixels, which the first segment's tiles travel as.
     pixels: Option<Array3<u8>>,
     /// The segment whose tiles are out.
@@ -179,8 +191,52 @@ pub struct Coordinator<T: Transport> {
     /// Per node: a tile of it was late (which, and when) and has not come back; it gets no
     /// new tiles (where others hold the segment) until that tile, or one sent after, does.
     suspect: Vec<Option<(TileKey, f64)>>,
-    /// By (segment, node): how long its tiles took, sent to received (µs, smoothed).
-    took_us: HashMap<(usize, usize), f64>,
+    /// By (layout, segment, node): how long its tiles took, sent to received (µs, smoothed).
+    took_us: HashMap<(usize, usize, usize), f64>,
+    /// Tile layouts: the plan's (0), then one per re-plan. Frames keep the one they were
+    /// admitted with.
+    layouts: Vec<Arc<Vec<Segment>>>,
+    /// The layout new frames take.
+    current: usize,
+    /// Re-planning (off unless set).
+    replan: Option<Replanner>,
+    /// Per node: a node that came back while a later layout than the plan's runs is given
+    /// that layout (index) before it gets tiles again.
+    rejoining: Vec<Option<usize>>,
+    /// Per node: the layouts it holds (said ready), as it keeps them; no job of another
+    /// layout goes to it.
+    has: Vec<Vec<usize>>,
+    /// By (node, layout) sent to it: the layouts it was told to keep besides.
+    keeps: HashMap<(usize, usize), Vec<usize>>,
+}
+
+/// Frames a new layout may take to be ready on every worker before it is given up (a
+/// worker that never answers).
+const PENDING_FRAMES: usize = 50;
+
+/// What re-planning keeps.
+struct Replanner {
+    drift: Drift,
+    /// Per segment: its layers and their FLOPs.
+    layers: Vec<(ProgramLayers, Vec<u64>)>,
+    /// A layout sent to the workers, not yet ready on all of them.
+    pending: Option<PendingLayout>,
+    /// A re-plan wanted whatever the drift (a node lost or back), and why.
+    wanted: Option<String>,
+    /// Layouts switched to.
+    replans: usize,
+}
+
+struct PendingLayout {
+    layout: usize,
+    /// Frames finished since it was sent (it is given up after [`PENDING_FRAMES`]).
+    frames: usize,
+    /// Workers that have not said it is ready.
+    waiting: Vec<usize>,
+    reason: String,
+    speeds: Vec<f64>,
+    predicted_ms: f64,
+    current_ms: f64,
 }
 
 impl<T: Transport> std::fmt::Debug for Coordinator<T> {
@@ -193,7 +249,8 @@ impl<T: Transport> std::fmt::Debug for Coordinator<T> {
 
 impl<T: Transport> Coordinator<T> {
     pub fn new(header: Arc<PlanHeader>, tail: Arc<Program>, transport: T) -> Self {
-        let routes = plan_routes(&header);
+        let layout0 = Arc::new(header.plan.segments.clone());
+        let routes = layout_routes(&layout0);
         let holders = routes
             .iter()
             .map(|r| {
@@ -218,7 +275,80 @@ impl<T: Transport> Coordinator<T> {
             deadlines: None,
             suspect: vec![None; n_nodes],
             took_us: HashMap::new(),
+            layouts: vec![layout0],
+            current: 0,
+            replan: None,
+            rejoining: vec![None; n_nodes],
+            has: vec![vec![0]; n_nodes],
+            keeps: HashMap::new(),
         }
+    }
+
+    /// Re-plans when the nodes drift from what the running layout assumed, or one is lost
+    /// or back (see [`ReplanConfig`]); `None` (the default) keeps the plan's tiles.
+    /// `layers` describes every segment of the plan, in order (its program's layers).
+    pub fn set_replan(
+        &mut self,
+        config: Option<ReplanConfig>,
+        layers: Vec<ProgramLayers>,
+    ) -> Result<(), String> {
+        let Some(config) = config else {
+            self.replan = None;
+            return Ok(());
+        };
+        let plan = &self.header.plan;
+        if layers.len() != plan.segments.len() {
+            return Err(format!(
+                "{} segments described, the plan has {}",
+                layers.len(),
+                plan.segments.len()
+            ));
+        }
+        let mut described = Vec::with_capacity(layers.len());
+        for (i, (l, seg)) in layers.into_iter().zip(&plan.segments).enumerate() {
+            if (l.first, LayerId(l.first.0 + l.layers.len() as u32)) != (seg.first, seg.end) {
+                return Err(format!("segment {i}: its layers do not match the plan's"));
+            }
+            let flops = seg
+                .layers()
+                .map(|id| {
+                    self.header
+                        .network
+                        .layers
+                        .get(id.index())
+                        .map_or(0, |x| x.flops)
+                })
+                .collect();
+            described.push((l, flops));
+        }
+        let assumed = (0..plan.cluster.nodes.len())
+            .map(|n| {
+                let node = &plan.cluster.nodes[n];
+                if node.worker {
+                    node.gflops.max(1e-3)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        self.replan = Some(Replanner {
+            drift: Drift::new(config, assumed),
+            layers: described,
+            pending: None,
+            wanted: None,
+            replans: 0,
+        });
+        Ok(())
+    }
+
+    /// The tiles new frames run on now: the plan's, or the last re-plan's.
+    pub fn layout(&self) -> &[Segment] {
+        &self.layouts[self.current]
+    }
+
+    /// How many times the tiles were re-planned.
+    pub fn replans(&self) -> usize {
+        self.replan.as_ref().map_or(0, |r| r.replans)
     }
 
     /// Sends late tiles again (see [`Deadlines`]); `None` (the default) waits for every
@@ -294,6 +424,7 @@ impl<T: Transport> Coordinator<T> {
                                 frames.insert(f.id, f);
                             }
                             Step::Done(report) => {
+                                self.consider_replan(Some(&report.telemetry), &frames)?;
                                 finished.insert(report.frame, report);
                             }
                         }
@@ -350,6 +481,7 @@ impl<T: Transport> Coordinator<T> {
                             frames.insert(f.id, f);
                         }
                         Step::Done(report) => {
+                            self.consider_replan(Some(&report.telemetry), &frames)?;
                             finished.insert(report.frame, report);
                         }
                     }
@@ -359,7 +491,16 @@ impl<T: Transport> Coordinator<T> {
                     self.unreachable.push((node, reason));
                     self.settle(&mut frames)?;
                 }
-                Event::Rejoined { node } => self.readmit(node)?,
+                Event::Rejoined { node } => self.rejoined(node)?,
+                Event::Retiled {
+                    node,
+                    layout,
+                    result,
+                } => {
+                    self.retiled(node, layout as usize, result)?;
+                    self.consider_replan(None, &frames)?;
+                    self.settle(&mut frames)?;
+                }
                 Event::Rtt { node, rtt_us } => self.pending.push(Telemetry::Rtt { node, rtt_us }),
             }
         }
@@ -389,6 +530,7 @@ impl<T: Transport> Coordinator<T> {
         let cluster = &self.header.plan.cluster;
         Ok(InFlight {
             id,
+            layout: self.current,
             pixels,
             segment: 0,
             current: input,
@@ -413,7 +555,8 @@ impl<T: Transport> Coordinator<T> {
         let header = Arc::clone(&self.header);
         let plan = &header.plan;
         let coord = plan.cluster.coordinator;
-        if let Some(seg) = plan.segments.get(frame.segment) {
+        let layout = Arc::clone(&self.layouts[frame.layout]);
+        if let Some(seg) = layout.get(frame.segment) {
             let t0 = self.transport.now_us();
             let si = frame.segment;
             frame.copies = vec![Vec::new(); seg.tiles.len()];
@@ -424,15 +567,16 @@ impl<T: Transport> Coordinator<T> {
                 frame.quant.add(e);
                 let job = TileJob {
                     frame: frame.id,
+                    layout: frame.layout as u32,
                     segment: si as u32,
                     tile: ti as u32,
                     input,
                 };
-                let node = self.routes[si][ti];
+                let node = self.route(frame.layout, si, ti);
                 self.send(node, job)?;
                 let now = self.transport.now_us();
                 frame.copies[ti] = vec![(node, now)];
-                frame.due[ti] = now + self.allowance_us(si, ti, node);
+                frame.due[ti] = now + self.allowance_us(frame.layout, si, ti, node);
             }
             let t1 = self.transport.now_us();
             frame.trace.push(Span {
@@ -505,6 +649,9 @@ impl<T: Transport> Coordinator<T> {
             self.lost[node] = true;
             tracing::warn!(node = %self.node_name(node), %reason, "worker lost; its tiles go to the others");
             self.reroute(node, &reason)?;
+            self.want_replan(format!("node {} was lost", self.node_name(node)));
+            // A layout waiting for this node's answer waits no more.
+            self.switch_if_ready()?;
             let now = self.transport.now_us();
             self.pending.push(Telemetry::Lost {
                 node,
@@ -533,19 +680,21 @@ impl<T: Transport> Coordinator<T> {
                     }
                 }
                 let si = frame.segment;
+                let layout = Arc::clone(&self.layouts[frame.layout]);
                 for ti in orphans {
-                    let to = self.routes[si][ti];
-                    let tile = &self.header.plan.segments[si].tiles[ti];
+                    let to = self.route(frame.layout, si, ti);
+                    let tile = &layout[si].tiles[ti];
                     // Quantised as before: the same codes, their error counted once.
                     let (input, _) = job_input(frame, si, tile, self.header.plan.compression);
                     let job = TileJob {
                         frame: id,
+                        layout: frame.layout as u32,
                         segment: si as u32,
                         tile: ti as u32,
                         input,
                     };
                     frame.copies[ti] = vec![(to, now)];
-                    frame.due[ti] = now + self.allowance_us(si, ti, to);
+                    frame.due[ti] = now + self.allowance_us(frame.layout, si, ti, to);
                     frame.redispatch(Redispatch {
                         segment: si as u32,
                         tile: ti as u32,
@@ -575,10 +724,12 @@ impl<T: Transport> Coordinator<T> {
             Some(at) => now - at,
             None => d.received_us - d.sent_us,
         };
-        if took > 0.0 {
+        // Tiles of a frame already finished: their layout is not known any more.
+        let layout = frames.get(&d.frame).map(|f| f.layout);
+        if let Some(layout) = layout.filter(|_| took > 0.0) {
             let e = self
                 .took_us
-                .entry((d.segment as usize, d.node))
+                .entry((layout, d.segment as usize, d.node))
                 .or_insert(took);
             *e += 0.2 * (took - *e);
         }
@@ -610,14 +761,17 @@ impl<T: Transport> Coordinator<T> {
 
     /// How long tile `ti` of segment `si` may take on `node` before it is late (µs;
     /// infinite without deadlines).
-    fn allowance_us(&self, si: usize, ti: usize, node: usize) -> f64 {
+    fn allowance_us(&self, layout: usize, si: usize, ti: usize, node: usize) -> f64 {
         let Some(d) = self.deadlines else {
             return f64::INFINITY;
         };
-        let expected = self.took_us.get(&(si, node)).copied().unwrap_or_else(|| {
-            self.header.plan.segments[si].tiles[ti].flops as f64
-                / (gflops(&self.header, node) * 1e3)
-        });
+        let expected = self
+            .took_us
+            .get(&(layout, si, node))
+            .copied()
+            .unwrap_or_else(|| {
+                self.layouts[layout][si].tiles[ti].flops as f64 / (self.speed(node) * 1e3)
+            });
         // At least a millisecond, so that a tile re-armed with no one to take it is not
         // looked at again at once.
         (d.factor * expected)
@@ -638,7 +792,7 @@ impl<T: Transport> Coordinator<T> {
                 out[*n] += 1;
             }
         }
-        let header = Arc::clone(&self.header);
+        let compression = self.header.plan.compression;
         let mut newly_suspect = Vec::new();
         let mut ids: Vec<u64> = frames.keys().copied().collect();
         ids.sort_unstable();
@@ -647,7 +801,8 @@ impl<T: Transport> Coordinator<T> {
                 continue;
             };
             let si = frame.segment;
-            let seg = &header.plan.segments[si];
+            let layout = Arc::clone(&self.layouts[frame.layout]);
+            let seg = &layout[si];
             for ti in 0..frame.copies.len() {
                 let Some(&(node, _)) = frame.copies[ti].first() else {
                     continue;
@@ -665,18 +820,19 @@ impl<T: Transport> Coordinator<T> {
                         n != node
                             && !self.lost[n]
                             && self.suspect[n].is_none()
+                            && self.holds(n, frame.layout)
                             && !self.unreachable.iter().any(|u| u.0 == n)
                     })
                     .min_by_key(|&n| (out[n], n));
                 let Some(to) = to else {
                     // No one else can take it now: look again after another allowance.
-                    frame.due[ti] = now + self.allowance_us(si, ti, node);
+                    frame.due[ti] = now + self.allowance_us(frame.layout, si, ti, node);
                     continue;
                 };
                 frame.due[ti] = f64::INFINITY;
                 out[to] += 1;
                 frame.copies[ti].push((to, now));
-                let (input, _) = job_input(frame, si, &seg.tiles[ti], header.plan.compression);
+                let (input, _) = job_input(frame, si, &seg.tiles[ti], compression);
                 frame.redispatch(Redispatch {
                     segment: si as u32,
                     tile: ti as u32,
@@ -687,6 +843,7 @@ impl<T: Transport> Coordinator<T> {
                 tracing::info!(frame = id, segment = si, tile = ti, from = %self.node_name(node), to = %self.node_name(to), "tile late; sent again");
                 let job = TileJob {
                     frame: id,
+                    layout: frame.layout as u32,
                     segment: si as u32,
                     tile: ti as u32,
                     input,
@@ -721,12 +878,26 @@ impl<T: Transport> Coordinator<T> {
         tracing::info!(node = %self.node_name(node), "worker back; it gets its tiles again");
         self.recompute_routes()?;
         self.pending.push(Telemetry::Rejoined { node });
+        self.want_replan(format!("node {} is back", self.node_name(node)));
+        // New tiles on their way to the others: this node too, so that it holds them when
+        // they take over.
+        let pending = self
+            .replan
+            .as_ref()
+            .and_then(|r| r.pending.as_ref())
+            .map(|p| p.layout);
+        if let Some(layout) = pending
+            && self.send_layout(node, layout, vec![self.current])?
+            && let Some(p) = self.replan.as_mut().and_then(|r| r.pending.as_mut())
+        {
+            p.waiting.push(node);
+        }
         Ok(())
     }
 
     /// The plan's assignment with the tiles of lost and suspect nodes moved to others.
     fn recompute_routes(&mut self) -> Result<(), RunError> {
-        self.routes = plan_routes(&self.header);
+        self.routes = layout_routes(&self.layouts[self.current]);
         for n in 0..self.lost.len() {
             if self.lost[n] || self.suspect[n].is_some() {
                 self.reroute(n, "still lost")?;
@@ -739,10 +910,11 @@ impl<T: Transport> Coordinator<T> {
     /// their segment, each to the one that would finish its share soonest (by the plan's
     /// speeds), largest tiles first.
     fn reroute(&mut self, node: usize, reason: &str) -> Result<(), RunError> {
-        let plan = &self.header.plan;
+        let layout = Arc::clone(&self.layouts[self.current]);
+        let speeds: Vec<f64> = (0..self.lost.len()).map(|n| self.speed(n)).collect();
         // A suspect node (a late tile still out) keeps the segments no one else holds.
         let lost = self.lost.get(node).copied().unwrap_or(true);
-        for (si, seg) in plan.segments.iter().enumerate() {
+        for (si, seg) in layout.iter().enumerate() {
             let routes = &mut self.routes[si];
             let mut orphans: Vec<usize> =
                 (0..routes.len()).filter(|&t| routes[t] == node).collect();
@@ -750,7 +922,8 @@ impl<T: Transport> Coordinator<T> {
                 continue;
             }
             let mut holders = self.holders[si].clone();
-            holders.retain(|&n| !self.lost[n]);
+            let (has, current) = (&self.has, self.current);
+            holders.retain(|&n| !self.lost[n] && has[n].contains(&current));
             // Suspect nodes only where no one else is left (a lost node's tiles must go
             // somewhere; a suspect node's stay where they are).
             if holders.iter().any(|&n| self.suspect[n].is_none()) {
@@ -765,9 +938,9 @@ impl<T: Transport> Coordinator<T> {
                     segment: si,
                 });
             }
-            let speed = |n: usize| gflops(&self.header, n);
+            let speed = |n: usize| speeds[n];
             // Seconds of work each holder has in this segment already.
-            let mut load: Vec<f64> = vec![0.0; plan.cluster.nodes.len()];
+            let mut load: Vec<f64> = vec![0.0; speeds.len()];
             for (t, &n) in routes.iter().enumerate() {
                 if n != node {
                     load[n] += seg.tiles[t].flops as f64 / speed(n);
@@ -788,6 +961,311 @@ impl<T: Transport> Coordinator<T> {
         Ok(())
     }
 
+    /// The node tile `ti` of segment `si` goes to in a frame of `layout`: the routes of the
+    /// running layout; for an older layout's frame, its own assignment while that node is
+    /// live, trusted and holds the layout, else the live holder of the segment that holds
+    /// the layout and has the most of the running layout's tiles.
+    fn route(&self, layout: usize, si: usize, ti: usize) -> usize {
+        if layout == self.current {
+            return self.routes[si][ti];
+        }
+        let own = self.layouts[layout][si].tiles[ti].node;
+        if !self.lost[own] && self.suspect[own].is_none() && self.holds(own, layout) {
+            return own;
+        }
+        let count = |n: usize| self.routes[si].iter().filter(|&&x| x == n).count();
+        self.holders[si]
+            .iter()
+            .copied()
+            .filter(|&n| !self.lost[n] && self.holds(n, layout))
+            .max_by_key(|&n| (self.suspect[n].is_none(), count(n), std::cmp::Reverse(n)))
+            .unwrap_or(own)
+    }
+
+    /// Whether `node` holds `layout` (it said it is ready).
+    fn holds(&self, node: usize, layout: usize) -> bool {
+        self.has.get(node).is_some_and(|h| h.contains(&layout))
+    }
+
+    /// The speed the running layout assumes of `node` (GFLOP/s, never zero): the plan's,
+    /// or what was measured when it was re-planned.
+    fn speed(&self, node: usize) -> f64 {
+        match &self.replan {
+            Some(r) => r
+                .drift
+                .assumed()
+                .get(node)
+                .copied()
+                .filter(|&s| s > 0.0)
+                .unwrap_or_else(|| gflops(&self.header, node)),
+            None => gflops(&self.header, node),
+        }
+        .max(1e-3)
+    }
+
+    /// Asks for a re-plan whatever the drift (when re-planning is on).
+    fn want_replan(&mut self, why: String) {
+        if let Some(r) = self.replan.as_mut() {
+            r.wanted = Some(why);
+        }
+    }
+
+    /// Sends `node` layout `layout` to prepare, telling it to keep `keep` too. A node it
+    /// cannot reach is noted as lost.
+    fn send_layout(
+        &mut self,
+        node: usize,
+        layout: usize,
+        keep: Vec<usize>,
+    ) -> Result<bool, RunError> {
+        let keep32: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+        let segments = Arc::clone(&self.layouts[layout]);
+        match self
+            .transport
+            .retile(node, layout as u32, segments, &keep32)
+        {
+            Ok(()) => {
+                self.keeps.insert((node, layout), keep);
+                Ok(true)
+            }
+            Err(TransportError::Unreachable { reason, .. }) => {
+                self.unreachable.push((node, reason));
+                Ok(false)
+            }
+            Err(e) => Err(RunError::Transport(e)),
+        }
+    }
+
+    /// A lost node's transport set it up again (a new session: it holds the plan's layout
+    /// only). With the plan's layout running it is readmitted at once; with a later one, it
+    /// is sent that layout first.
+    fn rejoined(&mut self, node: usize) -> Result<(), RunError> {
+        if let Some(h) = self.has.get_mut(node) {
+            *h = vec![0];
+        }
+        if self.current == 0 || !self.lost.get(node).copied().unwrap_or(false) {
+            return self.readmit(node);
+        }
+        self.rejoining[node] = Some(self.current);
+        if !self.send_layout(node, self.current, Vec::new())? {
+            self.rejoining[node] = None;
+        }
+        Ok(())
+    }
+
+    /// A node prepared a layout (or could not).
+    fn retiled(
+        &mut self,
+        node: usize,
+        layout: usize,
+        result: Result<f64, String>,
+    ) -> Result<(), RunError> {
+        let keep = self.keeps.remove(&(node, layout)).unwrap_or_default();
+        if result.is_ok()
+            && let Some(h) = self.has.get_mut(node)
+        {
+            // As the worker keeps them: the plan's, newer ones, those it was told to keep.
+            h.retain(|&l| l == 0 || l > layout || keep.contains(&l));
+            h.push(layout);
+        }
+        if self.rejoining.get(node).copied().flatten() == Some(layout) {
+            self.rejoining[node] = None;
+            match &result {
+                Ok(_) if layout == self.current => self.readmit(node)?,
+                // The layout changed meanwhile: the running one, then.
+                Ok(_) => self.rejoined_again(node)?,
+                Err(e) => {
+                    tracing::warn!(node = %self.node_name(node), error = %e, "back, but could not take the running layout; it stays out")
+                }
+            }
+        }
+        let Some(r) = self.replan.as_mut() else {
+            return Ok(());
+        };
+        let Some(p) = r
+            .pending
+            .as_mut()
+            .filter(|p| p.layout == layout && p.waiting.contains(&node))
+        else {
+            return Ok(());
+        };
+        match result {
+            Ok(ms) => {
+                tracing::debug!(node, layout, compile_ms = ms, "layout ready");
+                p.waiting.retain(|&n| n != node);
+            }
+            Err(e) => {
+                let name = node_name(&self.header, node);
+                tracing::warn!(node = %name, error = %e, "could not take the new layout; keeping the running one");
+                r.pending = None;
+                r.drift.replanned(None);
+                return Ok(());
+            }
+        }
+        self.switch_if_ready()
+    }
+
+    /// A rejoining node that prepared a layout no longer running: the running one, then.
+    fn rejoined_again(&mut self, node: usize) -> Result<(), RunError> {
+        self.rejoining[node] = Some(self.current);
+        if !self.send_layout(node, self.current, Vec::new())? {
+            self.rejoining[node] = None;
+        }
+        Ok(())
+    }
+
+    /// Switches to the pending layout once every worker it went to is ready (or lost).
+    fn switch_if_ready(&mut self) -> Result<(), RunError> {
+        let Some(r) = self.replan.as_mut() else {
+            return Ok(());
+        };
+        let lost = &self.lost;
+        let ready = r.pending.as_mut().is_some_and(|p| {
+            p.waiting.retain(|&n| !lost[n]);
+            p.waiting.is_empty()
+        });
+        if !ready {
+            return Ok(());
+        }
+        let Some(p) = r.pending.take() else {
+            return Ok(());
+        };
+        let before = shares(&self.layouts[self.current], self.lost.len());
+        let after = shares(&self.layouts[p.layout], self.lost.len());
+        let old = self.current;
+        self.current = p.layout;
+        r.drift.replanned(Some(p.speeds));
+        r.replans += 1;
+        // Times measured of layouts no frame uses any more.
+        self.took_us.retain(|k, _| k.0 == old || k.0 == p.layout);
+        let gain = p.current_ms / p.predicted_ms.max(1e-9);
+        tracing::info!(
+            layout = p.layout,
+            reason = %p.reason,
+            predicted_gain = gain,
+            "re-planned: frames from now on take the new tiles"
+        );
+        self.pending.push(Telemetry::Replan {
+            frame: self.next_frame,
+            layout: p.layout as u32,
+            reason: p.reason,
+            predicted_ms: p.predicted_ms,
+            current_ms: p.current_ms,
+            before,
+            after,
+        });
+        self.recompute_routes()
+    }
+
+    /// After a frame (its telemetry) or a change of nodes: re-balances the tiles for the
+    /// measured speeds and sends the new layout to the workers when drift, a lost node or
+    /// a node back asks for it and the gain is worth it. Not while a layout is pending or
+    /// frames of a layout older than the running one are out (a worker keeps the running
+    /// one and the new one besides the plan's). A layout pending for
+    /// [`PENDING_FRAMES`] frames is given up.
+    fn consider_replan(
+        &mut self,
+        telemetry: Option<&[Telemetry]>,
+        frames: &HashMap<u64, InFlight>,
+    ) -> Result<(), RunError> {
+        let header = Arc::clone(&self.header);
+        let Some(r) = self.replan.as_mut() else {
+            return Ok(());
+        };
+        let trigger = telemetry.and_then(|t| r.drift.frame(t, |n| node_name(&header, n)));
+        if let Some(p) = r.pending.as_mut() {
+            p.frames += usize::from(telemetry.is_some());
+            if p.frames <= PENDING_FRAMES {
+                return Ok(());
+            }
+            tracing::warn!(layout = p.layout, waiting = ?p.waiting, "new tiles not ready after {PENDING_FRAMES} frames; keeping the running ones");
+            r.pending = None;
+            r.drift.replanned(None);
+            return Ok(());
+        }
+        if frames.values().any(|f| f.layout != self.current) {
+            return Ok(());
+        }
+        let (reason, mut speeds, forced) = match (trigger, r.wanted.take()) {
+            (_, Some(why)) => (why, r.drift.current_speeds(), true),
+            (Some(t), None) => (t.reason, t.speeds, false),
+            (None, None) => return Ok(()),
+        };
+        for (n, s) in speeds.iter_mut().enumerate() {
+            if self.lost[n] || self.rejoining[n].is_some() || !self.has[n].contains(&self.current) {
+                *s = 0.0;
+            }
+        }
+        let descs: Vec<SegmentLayers<'_>> = r
+            .layers
+            .iter()
+            .map(|(l, f)| SegmentLayers {
+                layers: &l.layers,
+                flops: f,
+                input: l.input,
+            })
+            .collect();
+        let plan = &header.plan;
+        let current = Arc::clone(&self.layouts[self.current]);
+        let result = rebalance(
+            &plan.cluster,
+            plan.compression,
+            &current,
+            &self.holders,
+            &descs,
+            &speeds,
+        );
+        let r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(%reason, error = %e, "no re-plan");
+                if let Some(rp) = self.replan.as_mut() {
+                    rp.drift.replanned(None);
+                }
+                return Ok(());
+            }
+        };
+        let min_gain = self
+            .replan
+            .as_ref()
+            .map_or(1.0, |rp| rp.drift.config().min_gain);
+        // After a loss the current assignment is the rerouted one, which the gain compares
+        // against: a lost node's share always moves.
+        if r.gain() < min_gain && !(forced && r.gain() > 1.0 + 1e-9) {
+            tracing::info!(%reason, predicted_gain = r.gain(), "re-plan not worth it");
+            if let Some(rp) = self.replan.as_mut() {
+                rp.drift.replanned(None);
+            }
+            return Ok(());
+        }
+        let layout = self.layouts.len();
+        let gain = r.gain();
+        self.layouts.push(Arc::new(r.segments));
+        let mut waiting = Vec::new();
+        for n in 0..self.lost.len() {
+            let holds = self.holders.iter().any(|h| h.contains(&n));
+            if !holds || self.lost[n] || self.rejoining[n].is_some() {
+                continue;
+            }
+            if self.send_layout(n, layout, vec![self.current])? {
+                waiting.push(n);
+            }
+        }
+        tracing::info!(%reason, layout, predicted_gain = gain, "re-planning: new tiles sent to the workers");
+        if let Some(rp) = self.replan.as_mut() {
+            rp.pending = Some(PendingLayout {
+                layout,
+                frames: 0,
+                waiting,
+                reason,
+                speeds,
+                predicted_ms: r.predicted_ms,
+                current_ms: r.current_ms,
+            });
+        }
+        self.switch_if_ready()
+    }
+
     /// Puts a returned tile into its place in the frame's segment output.
     fn stitch(&mut self, frame: &mut InFlight, d: TileDone) -> Result<(), RunError> {
         let plan = &self.header.plan;
@@ -804,8 +1282,8 @@ impl<T: Transport> Coordinator<T> {
             node: node.clone(),
             message,
         })?;
-        let tile = plan
-            .segments
+        let layout = Arc::clone(&self.layouts[frame.layout]);
+        let tile = layout
             .get(d.segment as usize)
             .filter(|_| d.segment as usize == frame.segment)
             .and_then(|s| s.tiles.get(d.tile as usize))
@@ -910,14 +1388,27 @@ fn gflops(header: &PlanHeader, node: usize) -> f64 {
         .map_or(1.0, |n| n.gflops.max(1e-3))
 }
 
+/// Per node: the share of the head's tile FLOPs a layout gives it.
+fn shares(layout: &[Segment], nodes: usize) -> Vec<f64> {
+    let mut f = vec![0.0; nodes];
+    for t in layout.iter().flat_map(|s| &s.tiles) {
+        if let Some(x) = f.get_mut(t.node) {
+            *x += t.flops as f64;
+        }
+    }
+    let total: f64 = f.iter().sum();
+    if total > 0.0 {
+        f.iter_mut().for_each(|x| *x /= total);
+    }
+    f
+}
+
 /// A tile of a frame: (frame, segment, tile).
 type TileKey = (u64, u32, u32);
 
-/// Per segment, per tile: the node the plan gave it.
-fn plan_routes(header: &PlanHeader) -> Vec<Vec<usize>> {
-    header
-        .plan
-        .segments
+/// Per segment, per tile: the node the layout gives it.
+fn layout_routes(layout: &[Segment]) -> Vec<Vec<usize>> {
+    layout
         .iter()
         .map(|s| s.tiles.iter().map(|t| t.node).collect())
         .collect()

@@ -7,14 +7,19 @@
 //! - [`transport`] — the trait and the messages (tile jobs, results, node losses);
 //! - [`local`] — the in-process transport and [`local::LocalCluster`], a whole plan in this
 //!   process;
+//! - [`replan`] — drift of the nodes' measured speeds from what the running tile layout
+//!   assumed: when to re-plan (the coordinator re-balances with `adcnn_core::rebalance`);
 //! - [`trace`] — Chrome trace-event JSON of a run.
 //!
 //! Architecture invariant: the runtime reads plans through `adcnn_core::format` and never
-//! links the compiler (no DSL parser, no planner, no reference interpreter over graphs).
+//! links the compiler (no DSL parser, no search over cut points, no reference interpreter over
+//! graphs); re-planning re-balances tiles within the plan's segments, with core's shared
+//! halo tracing and cost model.
 
 pub mod coordinator;
 pub mod local;
 pub mod net;
+pub mod replan;
 pub mod telemetry;
 pub mod trace;
 pub mod transport;

@@ -9,18 +9,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use adcnn_core::format::{DecodedPlan, PlanHeader};
+use adcnn_core::plan::Segment;
 use adcnn_core::program::Program;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use ndarray::Array3;
 
 use crate::coordinator::{Coordinator, RunError, RunReport};
 use crate::transport::{Event, TileJob, Transport, TransportError};
-use crate::worker::{Fault, Kernels, Worker};
+use crate::worker::{Fault, Kernels, Worker, guarded};
 
 /// Worker threads in this process, one channel per node.
 #[derive(Debug)]
 pub struct LocalTransport {
     senders: Vec<Option<Sender<TileJob>>>,
+    workers: Vec<Option<Arc<Worker>>>,
+    /// Where results, losses and prepared layouts are reported.
+    report: Sender<Event>,
     /// Per node: set when it is lost (a failpoint in tests); it takes no more jobs.
     lost: Vec<Arc<AtomicBool>>,
     events: Receiver<Event>,
@@ -62,6 +66,8 @@ impl LocalTransport {
         }
         LocalTransport {
             senders,
+            workers: workers.to_vec(),
+            report: done_tx,
             lost,
             events,
             handles,
@@ -116,6 +122,43 @@ impl Transport for LocalTransport {
             node: format!("#{node}"),
             reason: "its threads stopped".into(),
         })
+    }
+
+    fn retile(
+        &mut self,
+        node: usize,
+        layout: u32,
+        segments: Arc<Vec<Segment>>,
+        keep: &[u32],
+    ) -> Result<(), TransportError> {
+        let keep = keep.to_vec();
+        let worker = self
+            .workers
+            .get(node)
+            .and_then(Option::as_ref)
+            .ok_or(TransportError::NotAWorker(node))?;
+        let (worker, report) = (Arc::clone(worker), self.report.clone());
+        // Compiled beside the node's tile threads, as a node does it in the background.
+        let spawned = std::thread::Builder::new()
+            .name(format!("adcnn-node{node}-retile"))
+            .spawn(move || {
+                let result = guarded(|| worker.retile(layout, &segments, &keep));
+                let _ = report.send(Event::Retiled {
+                    node,
+                    layout,
+                    result,
+                });
+            });
+        match spawned {
+            Ok(h) => {
+                self.handles.push(h);
+                Ok(())
+            }
+            Err(e) => Err(TransportError::Unreachable {
+                node: format!("#{node}"),
+                reason: format!("cannot start a thread: {e}"),
+            }),
+        }
     }
 
     fn recv(&mut self) -> Result<Event, TransportError> {

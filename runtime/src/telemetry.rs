@@ -1,7 +1,7 @@
 //! Telemetry: what the coordinator learns of its nodes while frames run, as a typed event
 //! stream, and per node figures smoothed from it (exponentially weighted moving averages).
-//! The trace, the metrics file, the status line and (later) the re-planner read these, not
-//! log text.
+//! The trace, the metrics file, the status line and the re-planner read these, not log
+//! text.
 
 use serde::Serialize;
 
@@ -32,6 +32,18 @@ pub enum Telemetry {
     Lost { node: usize, reason: String },
     /// A lost node is back and gets its tiles again.
     Rejoined { node: usize },
+    /// The tiles were re-planned: frames from `frame` on take layout `layout`. `before` and
+    /// `after`: per node, its share of the head's tile FLOPs; the predicted head times at
+    /// the measured speeds with the old tiles (`current_ms`) and the new (`predicted_ms`).
+    Replan {
+        frame: u64,
+        layout: u32,
+        reason: String,
+        predicted_ms: f64,
+        current_ms: f64,
+        before: Vec<f64>,
+        after: Vec<f64>,
+    },
     /// A tile sent to another node: its node was lost, or (`late`) it missed its deadline.
     Redispatch {
         frame: u64,
@@ -147,6 +159,7 @@ impl Figures {
                     n.rejoined += 1;
                 }
             }
+            Telemetry::Replan { .. } => {}
             Telemetry::Redispatch { from, late, .. } => {
                 if let Some(n) = self.nodes.get_mut(from) {
                     if late {

@@ -3,14 +3,19 @@
 //! ([`crate::local`]) moves messages over channels between threads, the gRPC transport over
 //! the network, and both behave the same — a test of the coordinator runs on either.
 
+use std::sync::Arc;
+
+use adcnn_core::plan::Segment;
 use adcnn_kernels::wire::{QuantError, Quantised, WireTile};
 use ndarray::Array3;
 
 /// One tile for a node to compute: frame `frame`'s input region of segment `segment`'s
-/// tile `tile` (the geometry is the plan's, which both ends hold).
+/// tile `tile` in layout `layout` (the tile geometry both ends hold: layout 0 is the plan's,
+/// later ones came with [`Transport::retile`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TileJob {
     pub frame: u64,
+    pub layout: u32,
     pub segment: u32,
     pub tile: u32,
     pub input: TileInput,
@@ -86,6 +91,13 @@ pub enum Event {
     Rejoined {
         node: usize,
     },
+    /// A node has prepared layout `layout` (sent with [`Transport::retile`]): its kernels
+    /// took `Ok(compile ms)`, or it could not (why).
+    Retiled {
+        node: usize,
+        layout: u32,
+        result: Result<f64, String>,
+    },
     /// A round trip to a node measured (a ping and its answer), in µs.
     Rtt {
         node: usize,
@@ -107,6 +119,19 @@ pub enum TransportError {
 pub trait Transport {
     /// Sends `job` to `node`. An error means the job cannot reach it.
     fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError>;
+
+    /// Sends `node` layout `layout` — new tiles for every segment — to prepare (check
+    /// against its programs, compile kernels for the tiles it is given) while it goes on
+    /// computing; it answers with [`Event::Retiled`]. Nothing changes on the node until
+    /// jobs name the layout. Once it is ready the node keeps, besides it, the plan's layout
+    /// and those in `keep` (see [`crate::worker::Worker::retile`]).
+    fn retile(
+        &mut self,
+        node: usize,
+        layout: u32,
+        segments: Arc<Vec<Segment>>,
+        keep: &[u32],
+    ) -> Result<(), TransportError>;
 
     /// The next result or loss, waiting until there is one.
     fn recv(&mut self) -> Result<Event, TransportError>;

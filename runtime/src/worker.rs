@@ -6,7 +6,7 @@
 //! threads that call [`Worker::run`] on it (it is `Sync`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use adcnn_core::format::PlanHeader;
@@ -70,9 +70,14 @@ pub struct Worker {
     compression: Compression,
     /// How input pixels become the network's input, if the network takes images.
     image: Option<ImagePreprocess>,
-    /// By segment: the segment's geometry and program, for segments this node has tiles in.
-    segments: Vec<Option<(Segment, Arc<Program>)>>,
-    kernels: Option<Arc<CompiledKernels>>,
+    /// By segment: its program, for the segments this node holds (the plan gave it tiles
+    /// of them).
+    programs: Vec<Option<Arc<Program>>>,
+    /// How its kernels are compiled (`None`: the reference operators).
+    options: Option<CompileOptions>,
+    /// The tile layouts it can compute: the plan's (0, always) and those a re-plan sent
+    /// ([`Worker::retile`]) that the coordinator still wants.
+    layouts: RwLock<Vec<Arc<Layout>>>,
     /// Milliseconds its kernels took to compile (0 when they came from the cache).
     pub compile_ms: f64,
     /// Whether its kernels came from the process's cache.
@@ -80,9 +85,23 @@ pub struct Worker {
     epoch: Instant,
 }
 
+/// Tile geometry a worker can compute, and the kernels compiled for it.
+#[derive(Debug)]
+struct Layout {
+    id: u32,
+    /// By segment: its tiles, for the segments the node holds.
+    segments: Vec<Option<Segment>>,
+    kernels: Option<Arc<CompiledKernels>>,
+}
+
+/// Layouts besides the plan's a re-tile may ask a worker to keep: the one running (and the
+/// new one makes two). The coordinator starts no re-plan while frames of an older layout
+/// than the running one are out.
+pub const MAX_KEEP: usize = 1;
+
 /// Compiled kernels by (plan hash, node, options), shared while some worker holds them:
-/// loading the same plan again (a re-plan that chose the same plan, a second run in this
-/// process) reuses them instead of compiling. Weak, so they are freed with the last worker.
+/// loading the same plan again (a second run in this process) reuses them instead of
+/// compiling. Weak, so they are freed with the last worker.
 type KernelCache = HashMap<(u64, usize, CompileOptions), Weak<CompiledKernels>>;
 
 static KERNEL_CACHE: Mutex<Option<KernelCache>> = Mutex::new(None);
@@ -100,37 +119,119 @@ impl Worker {
         epoch: Instant,
     ) -> Result<Worker, WorkerError> {
         let plan = &header.plan;
+        let mut held = Vec::with_capacity(plan.segments.len());
         let mut segments = Vec::with_capacity(plan.segments.len());
         for (i, seg) in plan.segments.iter().enumerate() {
             if !seg.tiles.iter().any(|t| t.node == node) {
+                held.push(None);
                 segments.push(None);
                 continue;
             }
             let p = programs.get(&i).ok_or(WorkerError::MissingSegment(i))?;
-            segments.push(Some((seg.clone(), Arc::clone(p))));
+            held.push(Some(Arc::clone(p)));
+            segments.push(Some(seg.clone()));
         }
-        let (kernels, compile_ms, cached) = match kernels.compile_options() {
+        let options = kernels.compile_options().map(|o| CompileOptions {
+            wire: plan.compression,
+            ..o
+        });
+        let (kernels, compile_ms, cached) = match &options {
             None => (None, 0.0, false),
             Some(opts) => {
-                let opts = CompileOptions {
-                    wire: plan.compression,
-                    ..opts
-                };
-                let (k, fresh) = cached_kernels(hash, node, &segments, &opts)?;
+                let (k, fresh) = cached_kernels(hash, node, &held, &segments, opts)?;
                 let ms = if fresh { k.compile_ms } else { 0.0 };
                 (Some(k), ms, !fresh)
             }
+        };
+        let layout = Layout {
+            id: 0,
+            segments,
+            kernels,
         };
         Ok(Worker {
             node,
             compression: plan.compression,
             image: header.network.input.image.clone(),
-            segments,
-            kernels,
+            programs: held,
+            options,
+            layouts: RwLock::new(vec![Arc::new(layout)]),
             compile_ms,
             cached,
             epoch,
         })
+    }
+
+    /// Prepares layout `id`: `segments` are every segment of the plan with new tiles. Those
+    /// this node holds are checked against its programs and get kernels for the tiles it
+    /// is given; then jobs may name the layout. Returns the milliseconds compiling took.
+    /// Afterwards it holds the plan's layout, `id`, the layouts in `keep` (at most
+    /// [`MAX_KEEP`]) and any newer than `id` (a later re-tile that finished first).
+    pub fn retile(&self, id: u32, segments: &[Segment], keep: &[u32]) -> Result<f64, WorkerError> {
+        if id == 0 {
+            return Err(WorkerError::Layout("layout 0 is the plan's".into()));
+        }
+        if keep.len() > MAX_KEEP {
+            return Err(WorkerError::Layout(format!(
+                "{} layouts to keep, at most {MAX_KEEP}",
+                keep.len()
+            )));
+        }
+        if segments.len() != self.programs.len() {
+            return Err(WorkerError::Layout(format!(
+                "{} segments, the plan has {}",
+                segments.len(),
+                self.programs.len()
+            )));
+        }
+        let mut mine = Vec::with_capacity(segments.len());
+        for (i, (seg, p)) in segments.iter().zip(&self.programs).enumerate() {
+            let Some(p) = p else {
+                mine.push(None);
+                continue;
+            };
+            p.check_tiles(seg)
+                .map_err(|e| WorkerError::Layout(format!("segment {i}: {e}")))?;
+            mine.push(Some(seg.clone()));
+        }
+        let started = Instant::now();
+        let kernels = match &self.options {
+            None => None,
+            Some(opts) => {
+                let parts: Vec<(&Segment, &Program)> = mine
+                    .iter()
+                    .zip(&self.programs)
+                    .filter_map(|(s, p)| Some((s.as_ref()?, &**p.as_ref()?)))
+                    .collect();
+                let node = self.node;
+                Some(Arc::new(CompiledKernels::compile(
+                    &parts,
+                    |t| t.node == node,
+                    opts,
+                )?))
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let layout = Arc::new(Layout {
+            id,
+            segments: mine,
+            kernels,
+        });
+        let mut layouts = self.layouts.write().unwrap_or_else(|e| e.into_inner());
+        layouts.retain(|l| l.id == 0 || l.id > id || keep.contains(&l.id));
+        layouts.push(layout);
+        Ok(ms)
+    }
+
+    /// Forgets every layout but the plan's: a new coordinator session starts from it.
+    pub fn plan_layout_only(&self) {
+        let mut layouts = self.layouts.write().unwrap_or_else(|e| e.into_inner());
+        layouts.retain(|l| l.id == 0);
+    }
+
+    /// The ids of the layouts it can compute now, oldest first.
+    pub fn layouts(&self) -> Vec<u32> {
+        let layouts = self.layouts.read().unwrap_or_else(|e| e.into_inner());
+        layouts.iter().map(|l| l.id).collect()
     }
 
     pub fn node(&self) -> usize {
@@ -140,14 +241,24 @@ impl Worker {
     /// Bytes of weights its compiled kernels prepared (packed, Winograd-transformed; 0 for
     /// reference kernels).
     pub fn weight_bytes(&self) -> usize {
-        self.kernels.as_ref().map_or(0, |k| k.weight_bytes())
+        let layouts = self.layouts.read().unwrap_or_else(|e| e.into_inner());
+        layouts
+            .iter()
+            .filter_map(|l| l.kernels.as_ref())
+            .map(|k| k.weight_bytes())
+            .sum()
     }
 
     /// Computes one tile and encodes it for the wire (quantised by the kernels' epilogues
     /// with q8/q4).
     pub fn run(&self, job: &TileJob) -> TileDone {
+        let started = Instant::now();
         let start_us = self.epoch.elapsed().as_secs_f64() * 1e6;
         let output = self.compute(job);
+        if let Some(k) = self.slowdown(job) {
+            // A k times slower node takes k times as long: (k − 1) more.
+            std::thread::sleep(started.elapsed().mul_f64(k - 1.0));
+        }
         let end_us = self.epoch.elapsed().as_secs_f64() * 1e6;
         let (output, quant_error) = match output {
             Ok((t, e)) => (Ok(t), e),
@@ -186,11 +297,44 @@ impl Worker {
         false
     }
 
+    /// Whether a test slows this node down at `job`: the failpoint `adcnn-slow-node`,
+    /// configured as `return(NODE@FRAME*K)`, makes node NODE K times slower from frame FRAME
+    /// on; `return(NODE@FRAME*K/P)` only in every P-th frame from FRAME on (a node that
+    /// flaps). `None` in builds without the `failpoints` feature.
+    fn slowdown(&self, job: &TileJob) -> Option<f64> {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("adcnn-slow-node", |arg: Option<String>| {
+            let arg = arg?;
+            let (n, rest) = arg.split_once('@')?;
+            let (f, rest) = rest.split_once('*')?;
+            let (k, every) = rest.split_once('/').unwrap_or((rest, "1"));
+            let (n, f): (usize, u64) = (n.trim().parse().ok()?, f.trim().parse().ok()?);
+            let (k, every): (f64, u64) = (k.trim().parse().ok()?, every.trim().parse().ok()?);
+            let hit = n == self.node
+                && job.frame >= f
+                && (job.frame - f).is_multiple_of(every.max(1))
+                && k > 1.0;
+            hit.then_some(k)
+        });
+        let _ = job;
+        None
+    }
+
     fn compute(&self, job: &TileJob) -> Result<(WireTile, QuantError), String> {
-        let (seg, prog) = self
+        let layout = {
+            let layouts = self.layouts.read().unwrap_or_else(|e| e.into_inner());
+            layouts
+                .iter()
+                .find(|l| l.id == job.layout)
+                .cloned()
+                .ok_or_else(|| format!("this node has no tile layout {}", job.layout))?
+        };
+        let si = job.segment as usize;
+        let (seg, prog) = layout
             .segments
-            .get(job.segment as usize)
+            .get(si)
             .and_then(Option::as_ref)
+            .zip(self.programs.get(si).and_then(Option::as_ref))
             .ok_or_else(|| format!("this node holds no segment {}", job.segment))?;
         // Any tile of a segment the node holds: a lost node's tiles come to the others.
         let tile = seg
@@ -220,13 +364,28 @@ impl Worker {
             },
         };
         let how = self.compression;
-        let r = match &self.kernels {
+        let r = match &layout.kernels {
             Some(k) => k.run_tile_wire(prog, seg, tile, input, how),
             None => prog
                 .run_tile(seg, tile, input)
                 .map(|t| wire::encode(t, how)),
         };
         r.map_err(|e| e.to_string())
+    }
+}
+
+/// Runs a re-tile, a panic in it (a bug) turned into an error: the coordinator must get an
+/// answer either way.
+pub fn guarded(f: impl FnOnce() -> Result<f64, WorkerError>) -> Result<f64, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(p) => Err(format!(
+            "re-tiling failed: {}",
+            p.downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into())
+        )),
     }
 }
 
@@ -254,6 +413,8 @@ impl Fault {
 pub enum WorkerError {
     #[error("the plan's segment {0} was not loaded for this node")]
     MissingSegment(usize),
+    #[error("the new tile layout does not fit: {0}")]
+    Layout(String),
     #[error("cannot compile the kernels: {0}")]
     Compile(#[from] CompileError),
 }
@@ -262,7 +423,8 @@ pub enum WorkerError {
 fn cached_kernels(
     hash: u64,
     node: usize,
-    segments: &[Option<(Segment, Arc<Program>)>],
+    programs: &[Option<Arc<Program>>],
+    segments: &[Option<Segment>],
     opts: &CompileOptions,
 ) -> Result<(Arc<CompiledKernels>, bool), CompileError> {
     let key = (hash, node, *opts);
@@ -276,8 +438,11 @@ fn cached_kernels(
     if let Some(k) = hit {
         return Ok((k, false));
     }
-    let parts: Vec<(&Segment, &Program)> =
-        segments.iter().flatten().map(|(s, p)| (s, &**p)).collect();
+    let parts: Vec<(&Segment, &Program)> = segments
+        .iter()
+        .zip(programs)
+        .filter_map(|(s, p)| Some((s.as_ref()?, &**p.as_ref()?)))
+        .collect();
     let k = Arc::new(CompiledKernels::compile(&parts, |t| t.node == node, opts)?);
     let mut cache = KERNEL_CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);

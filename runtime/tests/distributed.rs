@@ -414,6 +414,19 @@ fn a_worker_process_killed_mid_stream_costs_no_frame_and_is_readmitted_when_rest
             .then_some(done);
     }
     assert!(back.is_some(), "w2 did not come back: {errors:?}");
+    // Re-planning is on (the default): w2 gets tiles again once the tiles are re-planned
+    // for it, which the coordinator says. Frames until then (at most 2000), then two more.
+    let replanned = |errors: &[String]| {
+        errors
+            .iter()
+            .any(|l| l.starts_with("note: re-planned (node w2 is back)"))
+    };
+    while !replanned(&errors) && done < 2000 {
+        one_frame(&mut stdin, done);
+        done += 1;
+        errors.extend(err_rx.try_iter());
+    }
+    assert!(replanned(&errors), "no re-plan for w2: {errors:?}");
     for _ in 0..2 {
         one_frame(&mut stdin, done);
         done += 1;

@@ -362,6 +362,7 @@ fn a_coordinator_that_leaves_mid_frame_leaves_the_worker_serving() {
         for (i, t) in seg.tiles.iter().enumerate() {
             let job = TileJob {
                 frame: 0,
+                layout: 0,
                 segment: 0,
                 tile: i as u32,
                 input: TileInput::Values(adcnn_core::tensor::crop(&x, &full, &t.input)),

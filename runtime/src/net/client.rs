@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use adcnn_core::format::{PlanFile, PlanHeader, SectionKind};
+use adcnn_core::plan::Segment;
 use adcnn_kernels::wire::QuantError;
 use crossbeam::channel::{Receiver, Sender, unbounded};
 use tokio::sync::mpsc;
@@ -829,6 +830,15 @@ impl Reader {
                     rtt_us: now_us - p.sent_us,
                 },
                 Some(from_worker::Message::Result(r)) => self.done(r, now_us),
+                Some(from_worker::Message::Retiled(r)) => Event::Retiled {
+                    node: self.node,
+                    layout: r.layout,
+                    result: if r.error.is_empty() {
+                        Ok(r.compile_ms)
+                    } else {
+                        Err(r.error)
+                    },
+                },
                 None => continue,
             };
             if self.events.send(event).is_err() {
@@ -878,12 +888,14 @@ impl Reader {
     }
 }
 
-impl Transport for GrpcTransport {
-    fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError> {
-        if !self.workers.get(node).copied().unwrap_or(false) {
-            return Err(TransportError::NotAWorker(node));
-        }
-        let name = self.names.get(node).cloned().unwrap_or_default();
+impl GrpcTransport {
+    /// Puts `m` on `node`'s tile stream (a node whose stream is gone is lost).
+    fn put(
+        &mut self,
+        node: usize,
+        name: String,
+        m: to_worker::Message,
+    ) -> Result<(), TransportError> {
         let tx = &self
             .streams
             .get(node)
@@ -893,6 +905,29 @@ impl Transport for GrpcTransport {
                 reason: "it was lost".into(),
             })?
             .tx;
+        let sent = tx.blocking_send(proto::ToWorker { message: Some(m) });
+        sent.map_err(|_| {
+            self.lose(node);
+            TransportError::Unreachable {
+                node: name,
+                reason: "its tile stream is closed".into(),
+            }
+        })
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&mut self, node: usize, job: TileJob) -> Result<(), TransportError> {
+        if !self.workers.get(node).copied().unwrap_or(false) {
+            return Err(TransportError::NotAWorker(node));
+        }
+        let name = self.names.get(node).cloned().unwrap_or_default();
+        if self.streams.get(node).and_then(Option::as_ref).is_none() {
+            return Err(TransportError::Unreachable {
+                node: name,
+                reason: "it was lost".into(),
+            });
+        }
         let input = codec::encode_input(&job.input, self.coder);
         let bytes = codec::wire_bytes(&input);
         let now = self.now_us();
@@ -905,15 +940,32 @@ impl Transport for GrpcTransport {
             segment: job.segment,
             tile: job.tile,
             input: Some(input),
+            layout: job.layout,
         });
-        let sent = tx.blocking_send(proto::ToWorker { message: Some(m) });
-        sent.map_err(|_| {
-            self.lose(node);
-            TransportError::Unreachable {
-                node: name,
-                reason: "its tile stream is closed".into(),
-            }
-        })
+        self.put(node, name, m)
+    }
+
+    fn retile(
+        &mut self,
+        node: usize,
+        layout: u32,
+        segments: Arc<Vec<Segment>>,
+        keep: &[u32],
+    ) -> Result<(), TransportError> {
+        if !self.workers.get(node).copied().unwrap_or(false) {
+            return Err(TransportError::NotAWorker(node));
+        }
+        let name = self.names.get(node).cloned().unwrap_or_default();
+        let json = serde_json::to_vec(&*segments).map_err(|e| TransportError::Unreachable {
+            node: name.clone(),
+            reason: format!("cannot encode the layout: {e}"),
+        })?;
+        let m = to_worker::Message::Retile(proto::Retile {
+            layout,
+            segments: json.into(),
+            keep: keep.to_vec(),
+        });
+        self.put(node, name, m)
     }
 
     fn recv(&mut self) -> Result<Event, TransportError> {

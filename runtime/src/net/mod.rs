@@ -20,4 +20,4 @@ pub mod proto {
 
 /// Bumped whenever the protocol's messages or their meaning change; both ends must agree.
 /// 2: tile inputs may be q8/q4 (quantised hand-offs) or 8-bit pixels; `Close`.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -6,10 +6,12 @@
 //! [`crate::worker::Worker`] on `--threads` threads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use adcnn_core::format::{self, SectionKind, decode_header, decode_program};
+use adcnn_core::plan::Segment;
 use adcnn_core::program::Program;
 use crossbeam::channel::{Receiver, unbounded};
 use tokio::sync::mpsc;
@@ -23,7 +25,7 @@ use super::auth::{self, Role, Token};
 use super::codec::{self, Coder};
 use super::proto::{self, from_worker, to_worker};
 use crate::transport::TileJob;
-use crate::worker::{Fault, Kernels, Worker};
+use crate::worker::{Fault, Kernels, Worker, guarded};
 
 /// Largest gRPC message either side decodes (a tile's input or output; sections travel in
 /// chunks of [`CHUNK_BYTES`]).
@@ -556,6 +558,10 @@ impl proto::worker_server::Worker for Daemon {
             }
         }
         drop(job_rx);
+        // A new session starts from the plan's tiles, whatever an earlier one re-planned.
+        worker.plan_layout_only();
+        let retiler = Arc::clone(&worker);
+        let retiling = Arc::new(AtomicBool::new(false));
         let this = self.clone();
         let stopping = stopped(self.inner.stopping.subscribe());
         tokio::spawn(async move {
@@ -586,6 +592,7 @@ impl proto::worker_server::Worker for Daemon {
                             Ok(input) => {
                                 let job = TileJob {
                                     frame: job.frame,
+                                    layout: job.layout,
                                     segment: job.segment,
                                     tile: job.tile,
                                     input,
@@ -612,6 +619,34 @@ impl proto::worker_server::Worker for Daemon {
                                 }
                             }
                         }
+                    }
+                    Some(to_worker::Message::Retile(r)) => {
+                        // Compiled beside the tile threads, one re-tile at a time; the answer
+                        // follows on the stream.
+                        let (worker, out) = (Arc::clone(&retiler), out_tx.clone());
+                        let busy = Arc::clone(&retiling);
+                        tokio::task::spawn_blocking(move || {
+                            let layout = r.layout;
+                            let result = if busy.swap(true, Ordering::AcqRel) {
+                                Err("another re-tile is being prepared".to_string())
+                            } else {
+                                let r = serde_json::from_slice::<Vec<Segment>>(&r.segments)
+                                    .map_err(|e| format!("the layout: {e}"))
+                                    .and_then(|s| guarded(|| worker.retile(layout, &s, &r.keep)));
+                                busy.store(false, Ordering::Release);
+                                r
+                            };
+                            let (compile_ms, error) = match result {
+                                Ok(ms) => (ms, String::new()),
+                                Err(e) => (0.0, e),
+                            };
+                            let m = from_worker::Message::Retiled(proto::Retiled {
+                                layout,
+                                compile_ms,
+                                error,
+                            });
+                            let _ = out.blocking_send(Ok(proto::FromWorker { message: Some(m) }));
+                        });
                     }
                     Some(to_worker::Message::Ping(p)) => {
                         let m = from_worker::Message::Pong(p);

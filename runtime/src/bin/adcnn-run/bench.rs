@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use adcnn_core::format::{DecodedPlan, decode};
+use adcnn_core::format::{DecodedPlan, ProgramLayers, decode};
 use adcnn_core::outln;
 use adcnn_core::program::run_segments;
 use adcnn_core::weights::SplitMix64;
@@ -13,6 +13,7 @@ use adcnn_runtime::coordinator::Coordinator;
 use adcnn_runtime::local::LocalCluster;
 use ndarray::Array3;
 
+use crate::adapt::{self, Adapt};
 use crate::remote::{Remote, open_plan, plan_error};
 use crate::run::kernels;
 use crate::status::Status;
@@ -49,6 +50,13 @@ pub struct BenchCli {
     /// of in this process.
     #[arg(long)]
     remote: bool,
+    /// Re-plan the tiles when a node's measured speed drifts (see `adcnn-run --help`); by
+    /// default a benchmark measures the plan as it was built. With more than one thread or
+    /// --remote.
+    #[arg(long)]
+    replan: bool,
+    #[command(flatten)]
+    adapt: Adapt,
     #[command(flatten)]
     net: Remote,
 }
@@ -111,9 +119,18 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     } else {
+        let replan = cli.replan.then(|| cli.adapt.config()).transpose()?;
         let mut cluster = LocalCluster::with_kernels(lp, which, 1);
         if let Some(e) = cluster.compile_error() {
             return Err(format!("error: {e}"));
+        }
+        if let Some(config) = replan {
+            let layers = cluster
+                .segments()
+                .iter()
+                .map(|p| ProgramLayers::of(p))
+                .collect();
+            adapt::enable(cluster.coordinator(), config, layers)?;
         }
         compile_ms = cluster.compile_ms().iter().copied().fold(0.0, f64::max);
         weight_bytes = cluster.weight_bytes().iter().copied().max().unwrap_or(0);
@@ -195,6 +212,10 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let which = kernels(&cli.kernels)?;
     // Checked before any worker is reached.
     let deadlines = cli.net.deadlines()?;
+    let replan = match cli.replan {
+        true => Some((cli.adapt.config()?, adapt::layers_of(&file, &header)?)),
+        false => None,
+    };
     let transport = cli.net.connect(&file, &header, which)?;
     let compile_ms = transport
         .links
@@ -213,6 +234,9 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
     let mut coordinator = Coordinator::new(Arc::new(header.clone()), tail, transport);
     coordinator.set_deadlines(deadlines);
+    if let Some((config, layers)) = replan {
+        adapt::enable(&mut coordinator, config, layers)?;
+    }
     let runs = cli.runs.max(1);
     let frames = |n: usize| std::iter::repeat_n(x.clone(), n).map(Ok);
     coordinator

@@ -1,6 +1,7 @@
 //! `adcnn-run`: runs plans built by `adcnnc build` — on the workers of the plan's cluster
 //! over gRPC, or every node in this process with `--local` — and runs the worker daemons.
 
+mod adapt;
 mod bench;
 mod certs;
 mod frames;

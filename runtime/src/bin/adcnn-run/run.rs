@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use adcnn_core::format::decode;
+use adcnn_core::format::{ProgramLayers, decode};
 use adcnn_core::plan::{Compression, Plan};
 use adcnn_core::program::Program;
 use adcnn_core::tensor::rel_l2;
@@ -22,6 +22,7 @@ use ndarray::Array3;
 /// Frames whose latencies the summary of a folder or stream is taken over (the latest).
 const LATENCY_WINDOW: usize = 1 << 16;
 
+use crate::adapt::{self, Adapt};
 use crate::frames::{self, Frame};
 use crate::remote::{Remote, open_plan, plan_error};
 use crate::status::Status;
@@ -76,6 +77,13 @@ pub struct Cli {
     /// workers.
     #[arg(long)]
     pub local: bool,
+    /// Keep the plan's tiles whatever the nodes measure (by default the tiles are
+    /// re-planned when a node's speed drifts, or a node is lost or back; see the options
+    /// below).
+    #[arg(long)]
+    pub no_replan: bool,
+    #[command(flatten)]
+    pub adapt: Adapt,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -177,11 +185,16 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         let bytes = std::fs::read(&cli.plan)
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
         let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
+        let replan = (!cli.no_replan).then(|| cli.adapt.config()).transpose()?;
         let mut cluster = LocalCluster::with_kernels(plan, which, 1);
         if let Some(e) = cluster.compile_error() {
             eprintln!("warning: {e}; that node runs the reference kernels");
         }
         let segments = cluster.segments().to_vec();
+        if let Some(config) = replan {
+            let layers = segments.iter().map(|p| ProgramLayers::of(p)).collect();
+            adapt::enable(cluster.coordinator(), config, layers)?;
+        }
         let tail = Arc::new(cluster.tail().clone());
         return frames_through(cli, cluster.coordinator(), "in-process", &segments, &tail);
     }
@@ -199,6 +212,10 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         };
     // Checked before any worker is reached.
     let deadlines = cli.remote.deadlines()?;
+    let replan = match cli.no_replan {
+        true => None,
+        false => Some((cli.adapt.config()?, adapt::layers_of(&file, &header)?)),
+    };
     let transport = cli.remote.connect(&file, &header, which)?;
     for l in &transport.links {
         let shipped = if l.shipped_sections == 0 {
@@ -232,6 +249,9 @@ pub fn main(cli: &Cli) -> Result<(), String> {
     }
     let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
     coordinator.set_deadlines(deadlines);
+    if let Some((config, layers)) = replan {
+        adapt::enable(&mut coordinator, config, layers)?;
+    }
     frames_through(cli, &mut coordinator, "gRPC", &segments, &tail)
 }
 
@@ -346,6 +366,31 @@ fn frames_through<T: Transport>(
                         name(*node)
                     );
                 }),
+                Telemetry::Replan {
+                    frame,
+                    reason,
+                    predicted_ms,
+                    current_ms,
+                    before,
+                    after,
+                    ..
+                } => status.suspend(|| {
+                    let share = |v: &[f64]| {
+                        v.iter()
+                            .enumerate()
+                            .filter(|(_, s)| **s > 0.0)
+                            .map(|(n, s)| format!("{} {:.0}%", name(n), 100.0 * s))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    eprintln!(
+                        "note: re-planned ({reason}): from frame {frame} on the tiles give {} \
+                         (were {}); head predicted {predicted_ms:.1} ms, {current_ms:.1} ms with \
+                         the old tiles",
+                        share(after),
+                        share(before)
+                    );
+                }),
                 _ => {}
             }
         }
@@ -365,6 +410,7 @@ fn frames_through<T: Transport>(
                 "wire_bytes": r.wire_bytes,
                 "compression_error": r.compression_error,
                 "redispatched": r.redispatched,
+                "replans": r.telemetry.iter().filter(|e| matches!(e, Telemetry::Replan { .. })).collect::<Vec<_>>(),
             }));
         }
         if cli.trace.is_some() {
