@@ -31,20 +31,10 @@ source bench/workers.sh
 start_workers
 "$BIN/adcnnc" build "dsl-examples/$NET.yaml" --cluster dsl-examples/loopback3.yaml \
   -o "$OUT/$NET.bin" >/dev/null
-# One input frame as .npy (float32, the shape the network file declares), repeated FRAMES
-# times.
-shape=$(grep -m1 -A1 '^  input:' "dsl-examples/$NET.yaml" | sed -n 's/.*shape: *\[\(.*\)\].*/\1/p')
-IFS=', ' read -r -a dims <<<"$shape"
-values=1
-for d in "${dims[@]}"; do values=$((values * d)); done
-header="{'descr': '<f4', 'fortran_order': False, 'shape': ($(IFS=,; echo "${dims[*]}")), }"
-while (((${#header} + 11) % 64 != 0)); do header+=" "; done
-{
-  printf '\x93NUMPY\x01\x00'
-  printf "\\x$(printf %02x $(((${#header} + 1) % 256)))\\x$(printf %02x $(((${#header} + 1) / 256)))"
-  printf '%s\n' "$header"
-  head -c $((values * 4)) /dev/zero | tr '\0' '\076' # every value 0.186 (bytes 3e3e3e3e)
-} >"$OUT/frame.npy"
+# One input frame as .npy, repeated FRAMES times.
+# shellcheck source=bench/npy.sh
+source bench/npy.sh
+npy_frame "$NET" "$OUT/frame.npy"
 
 mkdir -p "$OUT/frames-out"
 for _ in $(seq "$FRAMES"); do cat "$OUT/frame.npy"; done |

@@ -131,6 +131,34 @@ fn the_cpu_scale_is_an_option() {
     );
 }
 
+#[test]
+fn the_cpu_period_is_an_option() {
+    let out = testbed(
+        repo_root(),
+        &[
+            "--dry-run",
+            "--cpu-period-us",
+            "10000",
+            "dsl-examples/edge4.yaml",
+            "--",
+            "bench",
+            "plan.bin",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Half a core of a 10 ms period; a quarter; one thread each.
+    for (v, file) in [
+        (10000, "edge1/cpu.cfs_period_us"),
+        (5000, "edge1/cpu.cfs_quota_us"),
+        (2500, "edge3/cpu.cfs_quota_us"),
+    ] {
+        let line = format!("echo {v} > /sys/fs/cgroup/cpu/adcnn-testbed/edge4/{file}");
+        assert!(stdout.contains(&line), "no `{line}` in\n{stdout}");
+    }
+    assert!(!stdout.contains("100000"), "{stdout}");
+}
+
 /// Malformed cluster files, each refused with `FILE:LINE: message` (snapshotted together).
 const MALFORMED: &[(&str, &str)] = &[
     ("no-cluster.yaml", "network:\n  name: x\n"),
@@ -252,6 +280,10 @@ fn command_line_errors_exit_2() {
         (
             &["--gflops-per-core", "0", "x.yaml", "--", "bench"],
             "--gflops-per-core",
+        ),
+        (
+            &["--cpu-period-us", "500", "x.yaml", "--", "bench"],
+            "--cpu-period-us must be a whole number from 1000 to 1000000",
         ),
         (
             &["no/such.yaml", "--", "bench"],

@@ -69,6 +69,10 @@ Options:
   --adcnn-run PATH       the adcnn-run binary (default: \$ADCNN_RUN, else
                          target/release/adcnn-run in the repository)
   --gflops-per-core N    CPU scale: GFLOP/s that one full core stands for (default 88)
+  --cpu-period-us N      the CFS period the quotas are in (default 100000; 1000-1000000). A
+                         node may use its whole quota at full speed at the start of a period,
+                         then waits: over work shorter than a few periods a quota is a
+                         bursty slow CPU. A short period (10000) is closer to a slow one
   --insecure             no certificates: workers and coordinator get --insecure
   --keep                 keep the run directory (token, certificates, worker logs)
   --wait SECONDS         how long to wait for the workers to listen (default 30)
@@ -138,6 +142,12 @@ while [[ $# -gt 0 ]]; do
       shift
       ;;
     --gflops-per-core=*) GFLOPS_PER_CORE=${1#*=} ;;
+    --cpu-period-us)
+      need_value "$@"
+      CFS_PERIOD_US=$2
+      shift
+      ;;
+    --cpu-period-us=*) CFS_PERIOD_US=${1#*=} ;;
     --wait)
       need_value "$@"
       WAIT_S=$2
@@ -161,6 +171,8 @@ done
 
 positive "$GFLOPS_PER_CORE" || die 2 "--gflops-per-core must be a positive number, not '$GFLOPS_PER_CORE'"
 [[ $WAIT_S =~ ^[0-9]+$ && $WAIT_S -gt 0 ]] || die 2 "--wait must be a whole number of seconds > 0, not '$WAIT_S'"
+[[ $CFS_PERIOD_US =~ ^[0-9]+$ ]] && ((CFS_PERIOD_US >= 1000 && CFS_PERIOD_US <= 1000000)) ||
+  die 2 "--cpu-period-us must be a whole number from 1000 to 1000000, not '$CFS_PERIOD_US'"
 if [[ $CLEANUP -eq 0 ]]; then
   [[ -n $CLUSTER_ARG ]] || die 2 "no cluster file (usage: $PROG [options] CLUSTER.yaml -- ADCNN-RUN-ARGS...; see --help)"
   [[ $HAVE_DASHDASH -eq 1 && ${#COORD_ARGS[@]} -gt 0 ]] ||
