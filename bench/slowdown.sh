@@ -82,7 +82,9 @@ for mode in ("adaptive", "static"):
     for f in m["frames"]:
         for r in f.get("replans", []):
             share = ", ".join(f"{x:.2f}" for x in r["after"])
-            print(f"          re-plan at frame {r['frame']}: {r['reason']}; shares now [{share}]")
+            speeds = ", ".join(f"{x:.1f}" for x in r["speeds"])
+            print(f"          re-plan at frame {r['frame']}: {r['reason']}; planned with GFLOP/s "
+                  f"[{speeds}]; shares now [{share}]")
 a, s = statistics.median(res["adaptive"][start:]), statistics.median(res["static"][start:])
 print(f"static / adaptive: {s / a:.2f}x")
 final = a

@@ -1134,7 +1134,7 @@ impl<T: Transport> Coordinator<T> {
         let after = shares(&self.layouts[p.layout], self.lost.len());
         let old = self.current;
         self.current = p.layout;
-        r.drift.replanned(Some(p.speeds));
+        r.drift.replanned(Some(p.speeds.clone()));
         r.replans += 1;
         // Times measured of layouts no frame uses any more.
         self.took_us.retain(|k, _| k.0 == old || k.0 == p.layout);
@@ -1149,6 +1149,7 @@ impl<T: Transport> Coordinator<T> {
             frame: self.next_frame,
             layout: p.layout as u32,
             reason: p.reason,
+            speeds: p.speeds,
             predicted_ms: p.predicted_ms,
             current_ms: p.current_ms,
             before,

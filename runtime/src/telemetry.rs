@@ -33,12 +33,14 @@ pub enum Telemetry {
     /// A lost node is back and gets its tiles again.
     Rejoined { node: usize },
     /// The tiles were re-planned: frames from `frame` on take layout `layout`. `before` and
-    /// `after`: per node, its share of the head's tile FLOPs; the predicted head times at
-    /// the measured speeds with the old tiles (`current_ms`) and the new (`predicted_ms`).
+    /// `after`: per node, its share of the head's tile FLOPs; `speeds`: per node, the GFLOP/s
+    /// planned with (measured; 0 for a node left out); the predicted head times at those
+    /// speeds with the old tiles (`current_ms`) and the new (`predicted_ms`).
     Replan {
         frame: u64,
         layout: u32,
         reason: String,
+        speeds: Vec<f64>,
         predicted_ms: f64,
         current_ms: f64,
         before: Vec<f64>,
