@@ -22,6 +22,7 @@ use adcnn_compiler::build::build;
 use adcnn_compiler::plan::{Compression, Options, Strategy};
 use adcnn_core::format::ProgramLayers;
 use adcnn_core::format::decode;
+use adcnn_core::rebalance::shares;
 use adcnn_core::weights::SplitMix64;
 use adcnn_runtime::coordinator::{Deadlines, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
@@ -126,16 +127,6 @@ fn stream_adapting(
     });
     let shares = shares(c.layout(), c.lost_nodes().len());
     (r, reports, c.lost_nodes().to_vec(), shares)
-}
-
-/// Per node: its share of the head's tile FLOPs in `layout`.
-fn shares(layout: &[adcnn_core::plan::Segment], nodes: usize) -> Vec<f64> {
-    let mut f = vec![0.0; nodes];
-    for t in layout.iter().flat_map(|s| &s.tiles) {
-        f[t.node] += t.flops as f64;
-    }
-    let total: f64 = f.iter().sum();
-    f.iter().map(|x| x / total).collect()
 }
 
 /// The re-plans on record, in order: (first frame on the new tiles, shares before, after).

@@ -8,20 +8,10 @@ use adcnn_compiler::plan::{Compression, Options, Strategy};
 use adcnn_core::format::{DecodedPlan, ProgramLayers, decode};
 use adcnn_core::plan::Segment;
 use adcnn_core::program::run_plan;
-use adcnn_core::rebalance::{SegmentLayers, rebalance};
+use adcnn_core::rebalance::{SegmentLayers, rebalance, shares};
 use adcnn_core::weights::SplitMix64;
 use adcnn_tests::{example, relative_l2};
 use ndarray::Array3;
-
-/// Per node: its share of the head's tile FLOPs.
-fn shares(segments: &[Segment], nodes: usize) -> Vec<f64> {
-    let mut f = vec![0.0; nodes];
-    for t in segments.iter().flat_map(|s| &s.tiles) {
-        f[t.node] += t.flops as f64;
-    }
-    let total: f64 = f.iter().sum();
-    f.iter().map(|x| x / total).collect()
-}
 
 fn holders(plan: &DecodedPlan) -> Vec<Vec<usize>> {
     plan.header

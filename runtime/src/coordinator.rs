@@ -29,7 +29,7 @@ use adcnn_core::input::Frame;
 use adcnn_core::net::LayerId;
 use adcnn_core::plan::{Compression, Segment, Tile};
 use adcnn_core::program::Program;
-use adcnn_core::rebalance::{SegmentLayers, rebalance};
+use adcnn_core::rebalance::{SegmentLayers, rebalance, shares};
 use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
 use ndarray::Array3;
@@ -1387,21 +1387,6 @@ fn gflops(header: &PlanHeader, node: usize) -> f64 {
         .nodes
         .get(node)
         .map_or(1.0, |n| n.gflops.max(1e-3))
-}
-
-/// Per node: the share of the head's tile FLOPs a layout gives it.
-fn shares(layout: &[Segment], nodes: usize) -> Vec<f64> {
-    let mut f = vec![0.0; nodes];
-    for t in layout.iter().flat_map(|s| &s.tiles) {
-        if let Some(x) = f.get_mut(t.node) {
-            *x += t.flops as f64;
-        }
-    }
-    let total: f64 = f.iter().sum();
-    if total > 0.0 {
-        f.iter_mut().for_each(|x| *x /= total);
-    }
-    f
 }
 
 /// A tile of a frame: (frame, segment, tile).

@@ -277,3 +277,18 @@ fn halo_tile(
         predicted_ms: 0.0,
     })
 }
+
+/// Per node (of `nodes`): its share of the tile FLOPs of `segments`.
+pub fn shares(segments: &[Segment], nodes: usize) -> Vec<f64> {
+    let mut f = vec![0.0; nodes];
+    for t in segments.iter().flat_map(|s| &s.tiles) {
+        if let Some(x) = f.get_mut(t.node) {
+            *x += t.flops as f64;
+        }
+    }
+    let total: f64 = f.iter().sum();
+    if total > 0.0 {
+        f.iter_mut().for_each(|x| *x /= total);
+    }
+    f
+}
