@@ -34,8 +34,14 @@ use ndarray::Array3;
 const FRAMES: u64 = 6;
 
 fn plan(net: &str, strategy: Strategy) -> Vec<u8> {
+    plan_grid(net, strategy, None)
+}
+
+/// The same, with the tile grid forced.
+fn plan_grid(net: &str, strategy: Strategy, grid: Option<(usize, usize)>) -> Vec<u8> {
     let opts = Options {
         strategy,
+        grid,
         compression: Compression::None,
         ..Options::default()
     };
@@ -72,8 +78,20 @@ fn baseline(
     Vec<Array3<f32>>,
     Vec<RunReport>,
 ) {
+    baseline_of(plan(net, strategy), in_flight)
+}
+
+/// [`baseline`] for the plan `bytes`.
+fn baseline_of(
+    bytes: Vec<u8>,
+    in_flight: usize,
+) -> (
+    fail::FailScenario<'static>,
+    Vec<u8>,
+    Vec<Array3<f32>>,
+    Vec<RunReport>,
+) {
     let scenario = exclusive();
-    let bytes = plan(net, strategy);
     let xs = inputs(&bytes);
     let (ok, clean, _) = stream(&bytes, &xs, in_flight);
     ok.expect("the run without faults");
@@ -110,6 +128,19 @@ fn stream_adapting(
     deadlines: Option<Deadlines>,
     replan: Option<ReplanConfig>,
 ) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>, Vec<f64>) {
+    stream_balancing(bytes, xs, rounds, in_flight, deadlines, replan, None)
+}
+
+/// The same, with work stealing at `steal` tiles out per node.
+fn stream_balancing(
+    bytes: &[u8],
+    xs: &[Array3<f32>],
+    rounds: usize,
+    in_flight: usize,
+    deadlines: Option<Deadlines>,
+    replan: Option<ReplanConfig>,
+    steal: Option<usize>,
+) -> (Result<(), RunError>, Vec<RunReport>, Vec<bool>, Vec<f64>) {
     let mut cluster = LocalCluster::new(decode(bytes).expect("plan"));
     let layers = cluster
         .segments()
@@ -120,6 +151,7 @@ fn stream_adapting(
     let c = cluster.coordinator();
     c.set_deadlines(deadlines);
     c.set_replan(replan, layers).expect("re-planning");
+    c.set_stealing(steal);
     let frames = (0..rounds).flat_map(|_| xs.iter().cloned().map(Ok));
     let r = c.run_stream(frames, in_flight, |r| {
         reports.push(r);
@@ -377,11 +409,12 @@ fn a_late_tile_over_grpc_is_sent_again() {
     );
 }
 
-#[test]
-fn a_worker_that_slows_down_gets_less_work_after_a_replan() {
+/// AlexNet `auto` on loopback3, 24 frames with 2 in flight and re-planning on, with the
+/// failpoint `name` set to `value`: every frame exact, no node lost. The reports and each
+/// node's share of the work in the last layout.
+fn adapting_under(name: &str, value: &str) -> (Vec<RunReport>, Vec<f64>) {
     let (scenario, bytes, xs, clean) = baseline("alexnet", Strategy::Auto, 2);
-    // w2 eight times slower from frame 4 on; 24 frames, 2 in flight.
-    fail::cfg("adcnn-slow-node", "return(2@4*8)").expect("failpoint");
+    fail::cfg(name, value).expect("failpoint");
     let (ok, got, lost, last) =
         stream_adapting(&bytes, &xs, 4, 2, None, Some(ReplanConfig::default()));
     scenario.teardown();
@@ -389,6 +422,13 @@ fn a_worker_that_slows_down_gets_less_work_after_a_replan() {
     assert_eq!(got.len(), 4 * FRAMES as usize);
     assert_same_frames(&got, &clean);
     assert_eq!(lost, [false; 4]);
+    (got, last)
+}
+
+#[test]
+fn a_worker_that_slows_down_gets_less_work_after_a_replan() {
+    // w2 eight times slower from frame 4 on.
+    let (got, last) = adapting_under("adcnn-slow-node", "return(2@4*8)");
     let done = replans(&got);
     let (frame, before, after) = done.first().expect("a re-plan");
     // Not before the drift was seen for three frames of it (4, 5, 6).
@@ -479,4 +519,106 @@ fn a_slowed_worker_over_grpc_gets_new_tiles() {
     })
     .expect("the next session runs");
     assert_same_frames(&again, &clean);
+}
+
+/// Tiles each node computed (that counted) in `reports`.
+fn tiles_per_node(reports: &[RunReport]) -> [usize; 4] {
+    let mut tiles = [0; 4];
+    for e in reports.iter().flat_map(|r| &r.telemetry) {
+        if let Telemetry::Tile { node, .. } = e {
+            tiles[*node] += 1;
+        }
+    }
+    tiles
+}
+
+/// AlexNet `halo-even` with nine even tiles per segment (three on each worker in the
+/// plan), `rounds` times over the inputs with `in_flight` at once and work stealing (one
+/// tile out per worker), with the failpoint `name` set to `value`: every frame exact. The
+/// reports and which nodes were lost.
+fn stealing_under(
+    name: &str,
+    value: &str,
+    rounds: usize,
+    in_flight: usize,
+) -> (Vec<RunReport>, Vec<bool>) {
+    let bytes = plan_grid("alexnet", Strategy::HaloEven, Some((3, 3)));
+    let (scenario, bytes, xs, clean) = baseline_of(bytes, in_flight);
+    fail::cfg(name, value).expect("failpoint");
+    let (ok, got, lost, _) = stream_balancing(&bytes, &xs, rounds, in_flight, None, None, Some(1));
+    scenario.teardown();
+    ok.expect("the run survives the fault");
+    assert_eq!(got.len(), rounds * FRAMES as usize);
+    assert_same_frames(&got, &clean);
+    (got, lost)
+}
+
+#[test]
+fn with_stealing_a_slowed_worker_takes_fewer_tiles() {
+    // w2 eight times slower from frame 2 on; 12 frames, 2 in flight.
+    let (got, lost) = stealing_under("adcnn-slow-node", "return(2@2*8)", 2, 2);
+    assert_eq!(lost, [false; 4]);
+    // Before the slowdown each worker takes a share; after it w2 takes under half of what
+    // each other worker does (one tile in the time they do eight).
+    let early = tiles_per_node(&got[..2]);
+    assert!(early[1..].iter().all(|&t| t > 0), "{early:?}");
+    let late = tiles_per_node(&got[4..]);
+    assert!(
+        2 * late[2] < late[1] && 2 * late[2] < late[3],
+        "tiles per node after the slowdown: {late:?}"
+    );
+    // Nothing was sent twice, and nothing re-planned.
+    assert!(got.iter().all(|r| r.redispatched.is_empty()));
+    assert!(replans(&got).is_empty());
+}
+
+#[test]
+fn with_stealing_a_lost_workers_tiles_go_back_to_the_queue() {
+    // One frame at a time: each segment starts with every worker idle, so w2 takes a tile
+    // of frame 2 and is lost with it.
+    let (got, lost) = stealing_under("adcnn-lose-node", "return(2@2)", 1, 1);
+    assert_eq!(lost, [false, false, true, false]);
+    let again: Vec<_> = got.iter().flat_map(|r| &r.redispatched).collect();
+    assert!(!again.is_empty(), "nothing re-dispatched");
+    assert!(
+        again.iter().all(|r| r.from == 2 && r.to != 2 && !r.late),
+        "{again:?}"
+    );
+    for r in &got[3..] {
+        assert_eq!(r.node_busy_ms[2], 0.0, "frame {}", r.frame);
+    }
+}
+
+#[test]
+fn a_worker_behind_a_slow_link_gets_less_work_after_a_replan() {
+    // w2's results 30 ms late from frame 4 on (its link, not its compute).
+    let (got, last) = adapting_under("adcnn-slow-link", "return(2@4*30)");
+    let first = got
+        .iter()
+        .flat_map(|r| &r.telemetry)
+        .find_map(|e| match e {
+            Telemetry::Replan {
+                reason,
+                links,
+                speeds,
+                before,
+                after,
+                ..
+            } => Some((reason, links, speeds, before, after)),
+            _ => None,
+        })
+        .expect("a re-plan");
+    let (reason, links, speeds, before, after) = first;
+    assert!(reason.contains("node w2's link"), "{reason}");
+    // Planned with w2's link much slower than the others, its compute as it was.
+    assert!(
+        links[2] > 10.0 && links[1] == 1.0 && links[3] == 1.0,
+        "{links:?}"
+    );
+    assert!(speeds[2] > 0.0, "{speeds:?}");
+    assert!(
+        after[2] < before[2] / 2.0,
+        "w2's share {before:?} → {after:?}"
+    );
+    assert!(last[2] < before[2] / 2.0, "w2's share now {last:?}");
 }

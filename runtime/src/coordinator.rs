@@ -19,7 +19,7 @@
 //! one has prepared it, frames admitted from then on use it; frames already out finish on
 //! theirs. No frame is dropped or run twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
 use ndarray::Array3;
 
-use crate::replan::{Drift, ReplanConfig};
+use crate::replan::{Drift, Link, ReplanConfig};
 use crate::telemetry::Telemetry;
 use crate::trace::{Event as Span, Flow, Trace};
 use crate::transport::{Event, TileDone, TileInput, TileJob, Transport, TransportError};
@@ -135,6 +135,9 @@ struct InFlight {
     stitched: Vec<bool>,
     due: Vec<f64>,
     pending: usize,
+    /// Work stealing: tiles of the segment not sent yet, in the order they go out, each
+    /// with the node it was on when that node was lost (then it counts as re-dispatched).
+    queue: VecDeque<(usize, Option<usize>)>,
     start_us: f64,
     busy: Vec<f64>,
     wire: u64,
@@ -188,6 +191,9 @@ pub struct Coordinator<T: Transport> {
     unreachable: Vec<(usize, String)>,
     /// Re-dispatching late tiles (off unless set).
     deadlines: Option<Deadlines>,
+    /// Work stealing: at most this many tiles out per node, the rest queued until a holder
+    /// of their segment has room (off unless set: every tile goes out at once, to its node).
+    steal: Option<usize>,
     /// Per node: a tile of it was late (which, and when) and has not come back; it gets no
     /// new tiles (where others hold the segment) until that tile, or one sent after, does.
     suspect: Vec<Option<(TileKey, f64)>>,
@@ -235,6 +241,7 @@ struct PendingLayout {
     waiting: Vec<usize>,
     reason: String,
     speeds: Vec<f64>,
+    links: Vec<f64>,
     predicted_ms: f64,
     current_ms: f64,
 }
@@ -273,6 +280,7 @@ impl<T: Transport> Coordinator<T> {
             lost,
             unreachable: Vec::new(),
             deadlines: None,
+            steal: None,
             suspect: vec![None; n_nodes],
             took_us: HashMap::new(),
             layouts: vec![layout0],
@@ -331,14 +339,32 @@ impl<T: Transport> Coordinator<T> {
                 }
             })
             .collect();
+        let links = (0..plan.cluster.nodes.len())
+            .map(|n| {
+                let node = &plan.cluster.nodes[n];
+                let mbps = node.mbps.filter(|_| n != plan.cluster.coordinator)?;
+                Some(Link {
+                    mbps,
+                    latency_ms: node.latency_ms,
+                })
+            })
+            .collect();
         self.replan = Some(Replanner {
-            drift: Drift::new(config, assumed),
+            drift: Drift::new(config, assumed, links),
             layers: described,
             pending: None,
             wanted: None,
             replans: 0,
         });
         Ok(())
+    }
+
+    /// Work stealing (DeepThings-style): a segment's tiles are not sent to the nodes the
+    /// plan put them on but queued, and each node that holds the segment takes the next
+    /// one (largest first, oldest frame first) whenever it has fewer than `depth` out, so
+    /// faster nodes take more. `None` (the default) sends every tile to its node at once.
+    pub fn set_stealing(&mut self, depth: Option<usize>) {
+        self.steal = depth.map(|d| d.max(1));
     }
 
     /// The tiles new frames run on now: the plan's, or the last re-plan's.
@@ -472,6 +498,8 @@ impl<T: Transport> Coordinator<T> {
                     self.stitch(&mut frame, d)?;
                     if frame.pending > 0 {
                         frames.insert(frame.id, frame);
+                        // A node has room again.
+                        self.feed(&mut frames)?;
                         continue;
                     }
                     frame.current = std::mem::replace(&mut frame.out, Array3::zeros((0, 0, 0)));
@@ -491,7 +519,10 @@ impl<T: Transport> Coordinator<T> {
                     self.unreachable.push((node, reason));
                     self.settle(&mut frames)?;
                 }
-                Event::Rejoined { node } => self.rejoined(node)?,
+                Event::Rejoined { node } => {
+                    self.rejoined(node)?;
+                    self.settle(&mut frames)?;
+                }
                 Event::Retiled {
                     node,
                     layout,
@@ -539,6 +570,7 @@ impl<T: Transport> Coordinator<T> {
             stitched: Vec::new(),
             due: Vec::new(),
             pending: 0,
+            queue: VecDeque::new(),
             start_us: self.transport.now_us(),
             busy: vec![0.0; cluster.nodes.len()],
             wire: 0,
@@ -562,6 +594,16 @@ impl<T: Transport> Coordinator<T> {
             frame.copies = vec![Vec::new(); seg.tiles.len()];
             frame.stitched = vec![false; seg.tiles.len()];
             frame.due = vec![f64::INFINITY; seg.tiles.len()];
+            let s = self.header.network.layers[seg.output().index()].shape;
+            frame.out = Array3::zeros((s.c, s.h, s.w));
+            frame.pending = seg.tiles.len();
+            if self.steal.is_some() {
+                // Queued, largest first; [`Self::feed`] sends them as nodes have room.
+                let mut order: Vec<usize> = (0..seg.tiles.len()).collect();
+                order.sort_by_key(|&t| (std::cmp::Reverse(seg.tiles[t].flops), t));
+                frame.queue = order.into_iter().map(|t| (t, None)).collect();
+                return Ok(Step::Waiting(frame));
+            }
             for (ti, tile) in seg.tiles.iter().enumerate() {
                 let (input, e) = job_input(&frame, si, tile, plan.compression);
                 frame.quant.add(e);
@@ -586,9 +628,6 @@ impl<T: Transport> Coordinator<T> {
                 dur_us: t1 - t0,
             });
             frame.busy[coord] += (t1 - t0) / 1e3;
-            let s = self.header.network.layers[seg.output().index()].shape;
-            frame.out = Array3::zeros((s.c, s.h, s.w));
-            frame.pending = seg.tiles.len();
             return Ok(Step::Waiting(frame));
         }
         // The tail, on the coordinator.
@@ -679,6 +718,14 @@ impl<T: Transport> Coordinator<T> {
                         orphans.push(ti);
                     }
                 }
+                if self.steal.is_some() {
+                    // Back to the front of the queue: the next node with room takes them.
+                    for &ti in orphans.iter().rev() {
+                        frame.due[ti] = f64::INFINITY;
+                        frame.queue.push_front((ti, Some(node)));
+                    }
+                    continue;
+                }
                 let si = frame.segment;
                 let layout = Arc::clone(&self.layouts[frame.layout]);
                 for ti in orphans {
@@ -704,6 +751,80 @@ impl<T: Transport> Coordinator<T> {
                     });
                     self.send(to, job)?;
                 }
+            }
+        }
+        self.feed(frames)
+    }
+
+    /// Work stealing: sends queued tiles, oldest frame first, each to the live, trusted
+    /// holder of its segment with the fewest tiles out (below the depth; the fastest of
+    /// those by the speeds assumed, then the first), until no such node is left. Nothing
+    /// without stealing.
+    fn feed(&mut self, frames: &mut HashMap<u64, InFlight>) -> Result<(), RunError> {
+        let Some(depth) = self.steal else {
+            return Ok(());
+        };
+        if self.unreachable.is_empty() && frames.values().all(|f| f.queue.is_empty()) {
+            return Ok(());
+        }
+        let mut out = tiles_out(frames, self.lost.len());
+        let compression = self.header.plan.compression;
+        let coord = self.header.plan.cluster.coordinator;
+        let mut ids: Vec<u64> = frames.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(frame) = frames.get_mut(&id) else {
+                continue;
+            };
+            let si = frame.segment;
+            let layout = Arc::clone(&self.layouts[frame.layout]);
+            while let Some(&(ti, from)) = frame.queue.front() {
+                let to = self.holders[si]
+                    .iter()
+                    .copied()
+                    .filter(|&n| out[n] < depth && self.available(n, frame.layout))
+                    .min_by(|&a, &b| {
+                        out[a]
+                            .cmp(&out[b])
+                            .then(self.speed(b).total_cmp(&self.speed(a)))
+                            .then(a.cmp(&b))
+                    });
+                let Some(to) = to else {
+                    break;
+                };
+                frame.queue.pop_front();
+                out[to] += 1;
+                let t0 = self.transport.now_us();
+                let (input, e) = job_input(frame, si, &layout[si].tiles[ti], compression);
+                match from {
+                    // Quantised as before: its error counted once.
+                    Some(from) => frame.redispatch(Redispatch {
+                        segment: si as u32,
+                        tile: ti as u32,
+                        from,
+                        to,
+                        late: false,
+                    }),
+                    None => frame.quant.add(e),
+                }
+                let job = TileJob {
+                    frame: id,
+                    layout: frame.layout as u32,
+                    segment: si as u32,
+                    tile: ti as u32,
+                    input,
+                };
+                self.send(to, job)?;
+                let now = self.transport.now_us();
+                frame.copies[ti] = vec![(to, now)];
+                frame.due[ti] = now + self.allowance_us(frame.layout, si, ti, to);
+                frame.busy[coord] += (now - t0) / 1e3;
+                frame.trace.push(Span {
+                    node: coord,
+                    name: format!("send segment {si} tile {ti}"),
+                    start_us: t0,
+                    dur_us: now - t0,
+                });
             }
         }
         Ok(())
@@ -786,12 +907,7 @@ impl<T: Transport> Coordinator<T> {
             return Ok(());
         }
         let now = self.transport.now_us();
-        let mut out: Vec<usize> = vec![0; self.lost.len()];
-        for f in frames.values() {
-            for (n, _) in f.copies.iter().flatten() {
-                out[*n] += 1;
-            }
-        }
+        let mut out = tiles_out(frames, self.lost.len());
         let compression = self.header.plan.compression;
         let mut newly_suspect = Vec::new();
         let mut ids: Vec<u64> = frames.keys().copied().collect();
@@ -816,13 +932,7 @@ impl<T: Transport> Coordinator<T> {
                 let to = self.holders[si]
                     .iter()
                     .copied()
-                    .filter(|&n| {
-                        n != node
-                            && !self.lost[n]
-                            && self.suspect[n].is_none()
-                            && self.holds(n, frame.layout)
-                            && !self.unreachable.iter().any(|u| u.0 == n)
-                    })
+                    .filter(|&n| n != node && self.available(n, frame.layout))
                     .min_by_key(|&n| (out[n], n));
                 let Some(to) = to else {
                     // No one else can take it now: look again after another allowance.
@@ -982,6 +1092,15 @@ impl<T: Transport> Coordinator<T> {
             .unwrap_or(own)
     }
 
+    /// Whether `node` can take a tile of `layout` now: live, trusted (no late tile out),
+    /// reachable, and it holds the layout.
+    fn available(&self, node: usize, layout: usize) -> bool {
+        !self.lost[node]
+            && self.suspect[node].is_none()
+            && self.holds(node, layout)
+            && !self.unreachable.iter().any(|u| u.0 == node)
+    }
+
     /// Whether `node` holds `layout` (it said it is ready).
     fn holds(&self, node: usize, layout: usize) -> bool {
         self.has.get(node).is_some_and(|h| h.contains(&layout))
@@ -1134,7 +1253,7 @@ impl<T: Transport> Coordinator<T> {
         let after = shares(&self.layouts[p.layout], self.lost.len());
         let old = self.current;
         self.current = p.layout;
-        r.drift.replanned(Some(p.speeds.clone()));
+        r.drift.replanned(Some((p.speeds.clone(), p.links.clone())));
         r.replans += 1;
         // Times measured of layouts no frame uses any more.
         self.took_us.retain(|k, _| k.0 == old || k.0 == p.layout);
@@ -1150,6 +1269,7 @@ impl<T: Transport> Coordinator<T> {
             layout: p.layout as u32,
             reason: p.reason,
             speeds: p.speeds,
+            links: p.links,
             predicted_ms: p.predicted_ms,
             current_ms: p.current_ms,
             before,
@@ -1187,9 +1307,9 @@ impl<T: Transport> Coordinator<T> {
         if frames.values().any(|f| f.layout != self.current) {
             return Ok(());
         }
-        let (reason, mut speeds, forced) = match (trigger, r.wanted.take()) {
-            (_, Some(why)) => (why, r.drift.current_speeds(), true),
-            (Some(t), None) => (t.reason, t.speeds, false),
+        let (reason, mut speeds, links, forced) = match (trigger, r.wanted.take()) {
+            (_, Some(why)) => (why, r.drift.current_speeds(), r.drift.current_links(), true),
+            (Some(t), None) => (t.reason, t.speeds, t.links, false),
             (None, None) => return Ok(()),
         };
         for (n, s) in speeds.iter_mut().enumerate() {
@@ -1207,9 +1327,14 @@ impl<T: Transport> Coordinator<T> {
             })
             .collect();
         let plan = &header.plan;
+        // The links as measured: each one's rate divided by how much slower it is.
+        let mut cluster = plan.cluster.clone();
+        for (node, slow) in cluster.nodes.iter_mut().zip(&links) {
+            node.mbps = node.mbps.map(|m| m / slow.max(1.0));
+        }
         let current = Arc::clone(&self.layouts[self.current]);
         let result = rebalance(
-            &plan.cluster,
+            &cluster,
             plan.compression,
             &current,
             &self.holders,
@@ -1260,6 +1385,7 @@ impl<T: Transport> Coordinator<T> {
                 waiting,
                 reason,
                 speeds,
+                links,
                 predicted_ms: r.predicted_ms,
                 current_ms: r.current_ms,
             });
@@ -1334,7 +1460,9 @@ impl<T: Transport> Coordinator<T> {
             segment: d.segment,
             tile: d.tile,
             compute_us: d.end_us - d.start_us,
+            sent_us: d.sent_us,
             round_trip_us: d.received_us - d.sent_us,
+            wire_us: d.wire_us,
             bytes_in: d.bytes_in,
             bytes_out: d.bytes_out,
             flops: tile.flops,
@@ -1345,6 +1473,15 @@ impl<T: Transport> Coordinator<T> {
         frame.pending -= 1;
         Ok(())
     }
+}
+
+/// Per node, the tile copies it has out over `frames`.
+fn tiles_out(frames: &HashMap<u64, InFlight>, nodes: usize) -> Vec<usize> {
+    let mut out = vec![0; nodes];
+    for (n, _) in frames.values().flat_map(|f| f.copies.iter().flatten()) {
+        out[*n] += 1;
+    }
+    out
 }
 
 /// The job input of `tile` of segment `si` for `frame`. The first segment reads the input

@@ -28,6 +28,11 @@ pub struct ReplanConfig {
     /// A new layout is taken only if it is predicted this many times faster than the
     /// current one at the measured speeds (≥ 1).
     pub min_gain: f64,
+    /// A node's link drifts when its tiles' time on the wire, against what the cluster
+    /// file's rate and latency predict and relative to the other links, is this many times
+    /// off what the layout assumed (> 1). Lower than `threshold`: a link's time is part
+    /// latency and overhead, so a halved rate shows as less than twice the time.
+    pub link_threshold: f64,
 }
 
 impl Default for ReplanConfig {
@@ -37,7 +42,22 @@ impl Default for ReplanConfig {
             window: 3,
             cooldown: 10,
             min_gain: 1.1,
+            link_threshold: 1.5,
         }
+    }
+}
+
+/// A node's link as the cluster file gives it: what a link's drift is measured against.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Link {
+    pub mbps: f64,
+    pub latency_ms: f64,
+}
+
+impl Link {
+    /// Milliseconds a message of `bytes` takes on the link, latency included.
+    fn ms(&self, bytes: u64) -> f64 {
+        bytes as f64 * 8.0 / (self.mbps * 1e3) + self.latency_ms
     }
 }
 
@@ -55,18 +75,71 @@ pub struct Drift {
     streak: Vec<i64>,
     /// Frames to wait before looking again.
     quiet: usize,
+    /// Per node: its link as the cluster file gives it (`None`: not measured, e.g. the
+    /// coordinator's own).
+    links: Vec<Option<Link>>,
+    /// Per node: how many times slower than the cluster file says the running layout
+    /// assumed its link (1: as it says).
+    link_assumed: Vec<f64>,
+    /// Per node: its link's slowness in each of the last `window` frames it carried tiles
+    /// in, relative to the other links.
+    link_history: Vec<VecDeque<f64>>,
+    /// Per node: frames in a row its link drifted, signed (+ slower, − faster).
+    link_streak: Vec<i64>,
 }
 
-/// A re-plan worth trying: why, and the speeds to plan with (GFLOP/s per node; 0 for nodes
-/// never measured and not assumed).
+/// A re-plan worth trying: why, the speeds to plan with (GFLOP/s per node; 0 for nodes
+/// never measured and not assumed) and the links (per node, how many times slower than the
+/// cluster file says; at least 1).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Trigger {
     pub reason: String,
     pub speeds: Vec<f64>,
+    pub links: Vec<f64>,
+}
+
+/// Frames in a row `rel` has been off by more than `threshold`, the same way: `streak`
+/// updated.
+fn step(streak: &mut i64, rel: f64, threshold: f64) {
+    let dir = if rel > threshold {
+        1
+    } else if rel < 1.0 / threshold {
+        -1
+    } else {
+        0
+    };
+    *streak = match dir {
+        0 => 0,
+        d if streak.signum() == d => *streak + d,
+        d => d,
+    };
+}
+
+/// Keeps the last `window` values.
+fn remember(h: &mut VecDeque<f64>, x: f64, window: usize) {
+    h.push_back(x);
+    while h.len() > window.max(1) {
+        h.pop_front();
+    }
+}
+
+/// Total length of the union of intervals.
+fn covered(mut spans: Vec<(f64, f64)>) -> f64 {
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut total, mut end) = (0.0, f64::NEG_INFINITY);
+    for (a, b) in spans {
+        if b > end {
+            total += b - a.max(end);
+            end = b;
+        }
+    }
+    total
 }
 
 impl Drift {
-    pub fn new(config: ReplanConfig, assumed: Vec<f64>) -> Drift {
+    /// `assumed`: GFLOP/s per node (0 for none); `links`: per node, its link to the
+    /// coordinator.
+    pub fn new(config: ReplanConfig, assumed: Vec<f64>, links: Vec<Option<Link>>) -> Drift {
         let n = assumed.len();
         Drift {
             config,
@@ -75,7 +148,67 @@ impl Drift {
             history: vec![VecDeque::new(); n],
             streak: vec![0; n],
             quiet: 0,
+            links: (0..n).map(|i| links.get(i).copied().flatten()).collect(),
+            link_assumed: vec![1.0; n],
+            link_history: vec![VecDeque::new(); n],
+            link_streak: vec![0; n],
         }
+    }
+
+    /// Per node, its link's time on the wire in a frame against the time its cluster-file
+    /// rate and latency predict for the same bytes (at least 1: a link is never planned
+    /// faster than the file says), relative to the median of the other measured links.
+    /// `None` for nodes that carried no tile in the frame, or have no link in the file.
+    fn link_slowness(&self, telemetry: &[Telemetry]) -> Vec<Option<f64>> {
+        let n = self.assumed.len();
+        let mut spans: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
+        let mut model_ms = vec![0.0; n];
+        for e in telemetry {
+            if let Telemetry::Tile {
+                node,
+                sent_us,
+                round_trip_us,
+                wire_us,
+                bytes_in,
+                bytes_out,
+                ..
+            } = *e
+                && let Some(Some(link)) = self.links.get(node)
+            {
+                // Half the time on the wire each way: the job, then its result.
+                let half = wire_us / 2.0;
+                spans[node].push((sent_us, sent_us + half));
+                spans[node].push((sent_us + round_trip_us - half, sent_us + round_trip_us));
+                model_ms[node] += link.ms(bytes_in) + link.ms(bytes_out);
+            }
+        }
+        // Overlapping transfers (jobs sent back to back) share the link: their union counts.
+        let own: Vec<Option<f64>> = (0..n)
+            .map(|i| {
+                let measured_ms = covered(std::mem::take(&mut spans[i])) / 1e3;
+                // In process no time is on a wire: as fast as the file says.
+                (model_ms[i] > 0.0).then(|| (measured_ms / model_ms[i]).max(1.0))
+            })
+            .collect();
+        (0..n)
+            .map(|i| {
+                let mine = own[i]?;
+                let others: Vec<f64> = (0..n).filter(|&j| j != i).filter_map(|j| own[j]).collect();
+                Some((mine / median(&others)?).max(1.0))
+            })
+            .collect()
+    }
+
+    /// The links to plan with now: each one's median relative slowness lately, as assumed
+    /// where not measured.
+    pub fn current_links(&self) -> Vec<f64> {
+        (0..self.assumed.len())
+            .map(|i| {
+                median(&self.link_history[i].iter().copied().collect::<Vec<_>>())
+                    .unwrap_or(self.link_assumed[i])
+                    .max(1.0)
+            })
+            .collect()
     }
 
     pub fn config(&self) -> ReplanConfig {
@@ -113,13 +246,26 @@ impl Drift {
         let speed: Vec<Option<f64>> = (0..n)
             .map(|i| (us[i] > 0.0 && self.assumed[i] > 0.0).then(|| flops[i] / us[i] / 1e3))
             .collect();
+        let window = self.config.window.max(1);
         for (i, s) in speed.iter().enumerate() {
             if let Some(s) = s {
-                let h = &mut self.history[i];
-                h.push_back(*s);
-                while h.len() > self.config.window.max(1) {
-                    h.pop_front();
-                }
+                remember(&mut self.history[i], *s, window);
+            }
+        }
+        // Links: the worst one drifting for a window, as (node, relative slowness).
+        let mut worst_link: Option<(usize, f64)> = None;
+        for (i, slow) in self.link_slowness(telemetry).into_iter().enumerate() {
+            let Some(slow) = slow else {
+                self.link_streak[i] = 0;
+                continue;
+            };
+            remember(&mut self.link_history[i], slow, window);
+            let rel = slow / self.link_assumed[i];
+            step(&mut self.link_streak[i], rel, self.config.link_threshold);
+            if self.link_streak[i].unsigned_abs() as usize >= window
+                && worst_link.is_none_or(|(_, r)| rel.ln().abs() > r.ln().abs())
+            {
+                worst_link = Some((i, rel));
             }
         }
         let ratios: Vec<f64> = (0..n)
@@ -142,19 +288,8 @@ impl Drift {
                 continue;
             };
             let rel = s / self.assumed[i] / theirs;
-            let dir = if rel > self.config.threshold {
-                1
-            } else if rel < 1.0 / self.config.threshold {
-                -1
-            } else {
-                0
-            };
-            self.streak[i] = match dir {
-                0 => 0,
-                d if self.streak[i].signum() == d => self.streak[i] + d,
-                d => d,
-            };
-            if self.streak[i].unsigned_abs() as usize >= self.config.window.max(1)
+            step(&mut self.streak[i], rel, self.config.threshold);
+            if self.streak[i].unsigned_abs() as usize >= window
                 && worst.is_none_or(|(_, r)| rel.ln().abs() > r.ln().abs())
             {
                 worst = Some((i, rel));
@@ -164,7 +299,19 @@ impl Drift {
             self.quiet -= 1;
             return None;
         }
-        let (node, rel) = worst?;
+        let reason = match (worst, worst_link) {
+            (Some((node, rel)), _) => format!(
+                "node {} runs at {:.2}× the speed the layout assumed (relative to the others) for {window} frames",
+                name(node),
+                rel,
+            ),
+            (None, Some((node, rel))) => format!(
+                "node {}'s link takes {:.2}× the time the layout assumed (relative to the others) for {window} frames",
+                name(node),
+                rel,
+            ),
+            (None, None) => return None,
+        };
         let speeds = (0..n)
             .map(|i| {
                 // Not measured lately: as assumed, at the cluster's measured scale.
@@ -181,13 +328,9 @@ impl Drift {
             })
             .collect();
         Some(Trigger {
-            reason: format!(
-                "node {} runs at {:.2}× the speed the layout assumed (relative to the others) for {} frames",
-                name(node),
-                rel,
-                self.config.window.max(1)
-            ),
+            reason,
             speeds,
+            links: self.current_links(),
         })
     }
 
@@ -220,17 +363,19 @@ impl Drift {
         }
     }
 
-    /// A re-plan was decided (taken or not): the new layout assumes `speeds` (the
+    /// A re-plan was decided (taken or not): the new layout assumes `(speeds, links)` (the
     /// measurements start over) when `Some`; in either case `cooldown` frames pass before
     /// drift is looked at again.
-    pub fn replanned(&mut self, speeds: Option<Vec<f64>>) {
-        if let Some(s) = speeds {
-            self.assumed = s;
-            for h in &mut self.history {
+    pub fn replanned(&mut self, planned: Option<(Vec<f64>, Vec<f64>)>) {
+        if let Some((speeds, links)) = planned {
+            self.assumed = speeds;
+            self.link_assumed = links;
+            for h in self.history.iter_mut().chain(&mut self.link_history) {
                 h.clear();
             }
         }
         self.streak.iter_mut().for_each(|s| *s = 0);
+        self.link_streak.iter_mut().for_each(|s| *s = 0);
         self.quiet = self.config.cooldown;
     }
 }
@@ -264,7 +409,9 @@ mod tests {
                 segment: 0,
                 tile: node as u32,
                 compute_us: 1e6 / s,
+                sent_us: 0.0,
                 round_trip_us: 1e6 / s,
+                wire_us: 0.0,
                 bytes_in: 0,
                 bytes_out: 0,
                 flops: 1_000_000_000,
@@ -278,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_node_slowed_for_a_window_triggers_one_replan_with_its_measured_speed() {
-        let mut d = Drift::new(ReplanConfig::default(), vec![40.0, 40.0, 20.0]);
+        let mut d = Drift::new(ReplanConfig::default(), vec![40.0, 40.0, 20.0], Vec::new());
         // The whole cluster at half the assumed speed: no drift.
         for _ in 0..5 {
             assert_eq!(d.frame(&frame(&[20.0, 20.0, 10.0]), name), None);
@@ -292,7 +439,7 @@ mod tests {
         assert!(t.reason.contains("node n1"), "{}", t.reason);
         assert!((t.speeds[1] - 5.0).abs() < 1e-9, "{:?}", t.speeds);
         assert!((t.speeds[0] - 20.0).abs() < 1e-9, "{:?}", t.speeds);
-        d.replanned(Some(t.speeds));
+        d.replanned(Some((t.speeds, t.links)));
         // At the new assumed speeds nothing drifts, cooldown or not.
         for _ in 0..20 {
             assert_eq!(d.frame(&frame(&[20.0, 5.0, 10.0]), name), None);
@@ -301,10 +448,10 @@ mod tests {
 
     #[test]
     fn a_node_back_after_a_layout_without_it_is_planned_with_the_plans_speed() {
-        let mut d = Drift::new(ReplanConfig::default(), vec![0.0, 40.0, 40.0]);
+        let mut d = Drift::new(ReplanConfig::default(), vec![0.0, 40.0, 40.0], Vec::new());
         let _ = d.frame(&frame(&[1.0, 20.0, 20.0])[1..], name);
         // Lost: the layout was made without node 2.
-        d.replanned(Some(vec![0.0, 20.0, 0.0]));
+        d.replanned(Some((vec![0.0, 20.0, 0.0], vec![1.0; 3])));
         let _ = d.frame(&frame(&[1.0, 20.0, 1.0])[1..2], name);
         // Back: planned at the plan's 40, at the measured scale (the same here).
         let s = d.current_speeds();
@@ -314,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_node_faster_than_assumed_is_planned_half_way_there() {
-        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3]);
+        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3], Vec::new());
         let mut t = None;
         for _ in 0..3 {
             t = d.frame(&frame(&[10.0, 40.0, 10.0]), name);
@@ -328,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_flapping_node_never_triggers() {
-        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3]);
+        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3], Vec::new());
         for f in 0..100 {
             let slow = if f % 2 == 0 { 1.25 } else { 10.0 };
             assert_eq!(
@@ -345,7 +492,7 @@ mod tests {
             cooldown: 4,
             ..ReplanConfig::default()
         };
-        let mut d = Drift::new(config, vec![10.0; 2]);
+        let mut d = Drift::new(config, vec![10.0; 2], Vec::new());
         let mut triggers = Vec::new();
         for f in 0..12 {
             if d.frame(&frame(&[10.0, 2.0]), name).is_some() {
@@ -356,5 +503,91 @@ mod tests {
         // Two nodes, each relative to the other: 5× apart, both drift. First after
         // the window (frame 2), then every cooldown + 1 frames at most.
         assert_eq!(triggers, vec![2, 7]);
+    }
+
+    /// A frame where node `i`'s one tile moved 1 MB each way and spent `wire_ms[i]` on the
+    /// wire (computing 1 GFLOP at 10 GFLOP/s).
+    fn wired(wire_ms: &[f64]) -> Vec<Telemetry> {
+        wire_ms
+            .iter()
+            .enumerate()
+            .map(|(node, &w)| Telemetry::Tile {
+                frame: 0,
+                node,
+                segment: 0,
+                tile: node as u32,
+                compute_us: 1e5,
+                sent_us: 0.0,
+                round_trip_us: 1e5 + w * 1e3,
+                wire_us: w * 1e3,
+                bytes_in: 1_000_000,
+                bytes_out: 1_000_000,
+                flops: 1_000_000_000,
+            })
+            .collect()
+    }
+
+    /// Three nodes on 100 Mbit/s links with 2 ms latency: 1 MB takes 82 ms each way.
+    fn links() -> Vec<Option<Link>> {
+        vec![
+            Some(Link {
+                mbps: 100.0,
+                latency_ms: 2.0,
+            });
+            3
+        ]
+    }
+
+    #[test]
+    fn a_slow_link_triggers_a_replan_with_its_measured_slowness() {
+        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3], links());
+        // Every link 1.3× slower than the file says (overheads): no drift.
+        for _ in 0..5 {
+            assert_eq!(d.frame(&wired(&[213.2, 213.2, 213.2]), name), None);
+        }
+        // Node 2's takes 1.8× the others' for three frames.
+        assert_eq!(d.frame(&wired(&[213.2, 213.2, 383.76]), name), None);
+        assert_eq!(d.frame(&wired(&[213.2, 213.2, 383.76]), name), None);
+        let t = d
+            .frame(&wired(&[213.2, 213.2, 383.76]), name)
+            .expect("a re-plan");
+        assert!(t.reason.contains("node n2's link"), "{}", t.reason);
+        assert!((t.links[2] - 1.8).abs() < 1e-6, "{:?}", t.links);
+        assert_eq!(&t.links[..2], &[1.0, 1.0]);
+        // Compute did not drift: the speeds stay.
+        assert_eq!(t.speeds, vec![10.0; 3]);
+        d.replanned(Some((t.speeds, t.links)));
+        for _ in 0..20 {
+            assert_eq!(d.frame(&wired(&[213.2, 213.2, 383.76]), name), None);
+        }
+        // Back to its old rate: it drifts the other way, and is planned as the file says.
+        let mut back = None;
+        for _ in 0..20 {
+            back = back.or(d.frame(&wired(&[213.2, 213.2, 213.2]), name));
+        }
+        let back = back.expect("a re-plan back");
+        assert_eq!(back.links, vec![1.0; 3]);
+    }
+
+    #[test]
+    fn links_faster_than_the_file_says_or_in_process_never_drift() {
+        let mut d = Drift::new(ReplanConfig::default(), vec![10.0; 3], links());
+        // No time on the wire (in process), or less than the file predicts: as it says.
+        for f in 0..20 {
+            let w = if f % 2 == 0 {
+                [0.0, 0.0, 0.0]
+            } else {
+                [10.0, 80.0, 0.0]
+            };
+            assert_eq!(d.frame(&wired(&w), name), None, "frame {f}");
+        }
+        assert_eq!(d.current_links(), vec![1.0; 3]);
+    }
+
+    #[test]
+    fn transfers_that_overlap_count_once() {
+        assert_eq!(covered(vec![(0.0, 10.0), (5.0, 20.0), (30.0, 31.0)]), 21.0);
+        assert_eq!(covered(vec![(5.0, 6.0), (0.0, 10.0)]), 10.0);
+        assert_eq!(covered(Vec::new()), 0.0);
     }
 }

@@ -17,9 +17,14 @@ pub enum Telemetry {
         tile: u32,
         /// The node's compute time for it.
         compute_us: f64,
+        /// When the job was sent (µs, the coordinator's clock).
+        sent_us: f64,
         /// From sending the job to receiving the result (compute, queueing and both
         /// transfers).
         round_trip_us: f64,
+        /// Of the round trip, the time on the wire: both transfers, without the node's
+        /// queueing and compute (0 in process).
+        wire_us: f64,
         /// Bytes of its input and output on the wire.
         bytes_in: u64,
         bytes_out: u64,
@@ -34,13 +39,16 @@ pub enum Telemetry {
     Rejoined { node: usize },
     /// The tiles were re-planned: frames from `frame` on take layout `layout`. `before` and
     /// `after`: per node, its share of the head's tile FLOPs; `speeds`: per node, the GFLOP/s
-    /// planned with (measured; 0 for a node left out); the predicted head times at those
-    /// speeds with the old tiles (`current_ms`) and the new (`predicted_ms`).
+    /// planned with (measured; 0 for a node left out); `links`: per node, how many times
+    /// slower than the cluster file says its link was planned (1: as it says); the
+    /// predicted head times at those speeds with the old tiles (`current_ms`) and the new
+    /// (`predicted_ms`).
     Replan {
         frame: u64,
         layout: u32,
         reason: String,
         speeds: Vec<f64>,
+        links: Vec<f64>,
         predicted_ms: f64,
         current_ms: f64,
         before: Vec<f64>,
@@ -122,7 +130,7 @@ impl Figures {
             Telemetry::Tile {
                 node,
                 compute_us,
-                round_trip_us,
+                wire_us,
                 bytes_in,
                 bytes_out,
                 flops,
@@ -139,9 +147,8 @@ impl Figures {
                 if compute_us > 0.0 {
                     n.gflops = ewma(n.gflops, flops as f64 / compute_us / 1e3, a);
                 }
-                let on_wire = round_trip_us - compute_us;
-                if on_wire > 0.0 && bytes_in + bytes_out > 0 {
-                    let rate = (bytes_in + bytes_out) as f64 / (on_wire / 1e6);
+                if wire_us > 0.0 && bytes_in + bytes_out > 0 {
+                    let rate = (bytes_in + bytes_out) as f64 / (wire_us / 1e6);
                     n.link_bytes_per_s = ewma(n.link_bytes_per_s, rate, a);
                 }
             }
@@ -182,13 +189,15 @@ mod tests {
     #[test]
     fn figures_smooth_per_node() {
         let mut f = Figures::new(&["a".into(), "b".into()], 0.5);
-        let tile = |node, compute_us, round_trip_us| Telemetry::Tile {
+        let tile = |node, compute_us, round_trip_us: f64| Telemetry::Tile {
             frame: 0,
             node,
             segment: 0,
             tile: 0,
             compute_us,
+            sent_us: 0.0,
             round_trip_us,
+            wire_us: round_trip_us - compute_us,
             bytes_in: 1000,
             bytes_out: 1000,
             flops: 2_000_000,

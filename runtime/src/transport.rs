@@ -72,6 +72,9 @@ pub struct TileDone {
     /// When the job left the coordinator and its result came back (the same clock).
     pub sent_us: f64,
     pub received_us: f64,
+    /// Of that round trip, the time on the wire (both transfers, without the node's
+    /// queueing and compute; 0 in process).
+    pub wire_us: f64,
     /// Bytes of the job's input and of the result as they crossed the wire.
     pub bytes_in: u64,
     pub bytes_out: u64,

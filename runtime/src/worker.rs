@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use adcnn_core::format::PlanHeader;
 use adcnn_core::input;
@@ -260,6 +260,14 @@ impl Worker {
             std::thread::sleep(started.elapsed().mul_f64(k - 1.0));
         }
         let end_us = self.epoch.elapsed().as_secs_f64() * 1e6;
+        // A slow link: the result takes that much longer to come back.
+        let wire_us = match self.slow_link(job) {
+            Some(ms) => {
+                std::thread::sleep(Duration::from_secs_f64(ms / 1e3));
+                ms * 1e3
+            }
+            None => 0.0,
+        };
         let (output, quant_error) = match output {
             Ok((t, e)) => (Ok(t), e),
             Err(e) => (Err(e), QuantError::default()),
@@ -275,7 +283,8 @@ impl Worker {
             start_us,
             end_us,
             sent_us: start_us,
-            received_us: end_us,
+            received_us: end_us + wire_us,
+            wire_us,
             bytes_in: job.input.bytes() as u64,
             bytes_out,
         }
@@ -295,6 +304,24 @@ impl Worker {
         });
         let _ = (fault, job);
         false
+    }
+
+    /// Whether a test slows this node's link down at `job`: the failpoint `adcnn-slow-link`,
+    /// configured as `return(NODE@FRAME*MS)`, holds every result of node NODE from frame
+    /// FRAME on back for MS milliseconds (after its compute, as a slow link would). `None`
+    /// in builds without the `failpoints` feature.
+    fn slow_link(&self, job: &TileJob) -> Option<f64> {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("adcnn-slow-link", |arg: Option<String>| {
+            let arg = arg?;
+            let (n, rest) = arg.split_once('@')?;
+            let (f, ms) = rest.split_once('*')?;
+            let (n, f): (usize, u64) = (n.trim().parse().ok()?, f.trim().parse().ok()?);
+            let ms: f64 = ms.trim().parse().ok()?;
+            (n == self.node && job.frame >= f && ms > 0.0 && ms < 1e5).then_some(ms)
+        });
+        let _ = job;
+        None
     }
 
     /// Whether a test slows this node down at `job`: the failpoint `adcnn-slow-node`,

@@ -882,6 +882,7 @@ impl Reader {
             end_us: start_us + r.compute_us,
             sent_us,
             received_us,
+            wire_us: on_wire,
             bytes_in: bytes_in as u64,
             bytes_out: bytes_out as u64,
         })

@@ -13,6 +13,11 @@ pub struct Adapt {
     /// times off what the running tiles assumed.
     #[arg(long, default_value_t = ReplanConfig::default().threshold, value_name = "FACTOR")]
     pub drift: f64,
+    /// A node's link drifts when its tiles' time on the wire, against what the cluster file's
+    /// rate and latency predict and relative to the other links, is this many times off
+    /// what the running tiles assumed.
+    #[arg(long, default_value_t = ReplanConfig::default().link_threshold, value_name = "FACTOR")]
+    pub link_drift: f64,
     /// Frames in a row a node must drift the same way before the tiles are re-planned.
     #[arg(long, default_value_t = ReplanConfig::default().window, value_name = "N")]
     pub drift_frames: usize,
@@ -23,6 +28,12 @@ pub struct Adapt {
     /// speeds.
     #[arg(long, default_value_t = ReplanConfig::default().min_gain, value_name = "FACTOR")]
     pub replan_min_gain: f64,
+    /// Work stealing (DeepThings-style) instead of the plan's assignment: a segment's tiles
+    /// wait at the coordinator, and every worker that holds the segment takes the next one
+    /// (largest first) whenever it has fewer than DEPTH tiles out (default 1), so faster
+    /// workers take more. Re-planning is off with it.
+    #[arg(long, value_name = "DEPTH", num_args = 0..=1, default_missing_value = "1")]
+    pub steal: Option<usize>,
 }
 
 impl Adapt {
@@ -33,6 +44,12 @@ impl Adapt {
             return Err(format!(
                 "error: --drift takes a factor from 1.01 to 1000, not {}",
                 self.drift
+            ));
+        }
+        if !ok(self.link_drift, 1.01, 1e3) {
+            return Err(format!(
+                "error: --link-drift takes a factor from 1.01 to 1000, not {}",
+                self.link_drift
             ));
         }
         if !(1..=10_000).contains(&self.drift_frames) {
@@ -58,7 +75,20 @@ impl Adapt {
             window: self.drift_frames,
             cooldown: self.replan_cooldown,
             min_gain: self.replan_min_gain,
+            link_threshold: self.link_drift,
         })
+    }
+}
+
+impl Adapt {
+    /// Tiles out per node with work stealing (`None`: the plan's assignment), checked.
+    pub fn stealing(&self) -> Result<Option<usize>, String> {
+        match self.steal {
+            Some(d) if !(1..=64).contains(&d) => Err(format!(
+                "error: --steal takes 1 to 64 tiles out per worker, not {d}"
+            )),
+            d => Ok(d),
+        }
     }
 }
 

@@ -52,13 +52,22 @@ pub struct BenchCli {
     remote: bool,
     /// Re-plan the tiles when a node's measured speed drifts (see `adcnn-run --help`); by
     /// default a benchmark measures the plan as it was built. With more than one thread or
-    /// --remote.
+    /// --remote; not with --steal.
     #[arg(long)]
     replan: bool,
     #[command(flatten)]
     adapt: Adapt,
     #[command(flatten)]
     net: Remote,
+}
+
+/// `--steal`'s depth, checked; not with `--replan`.
+fn stealing(cli: &BenchCli) -> Result<Option<usize>, String> {
+    let steal = cli.adapt.stealing()?;
+    if steal.is_some() && cli.replan {
+        return Err("error: --steal and --replan are two ways to balance; choose one".into());
+    }
+    Ok(steal)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -76,6 +85,7 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
     let mut rng = SplitMix64::new(1);
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
     let runs = cli.runs.max(1);
+    let steal = stealing(cli)?;
     let mut times = Vec::with_capacity(runs);
     let mut profile = Profile::new();
     let compile_ms;
@@ -124,6 +134,7 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
         if let Some(e) = cluster.compile_error() {
             return Err(format!("error: {e}"));
         }
+        cluster.coordinator().set_stealing(steal);
         if let Some(config) = replan {
             let layers = cluster
                 .segments()
@@ -212,6 +223,7 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let which = kernels(&cli.kernels)?;
     // Checked before any worker is reached.
     let deadlines = cli.net.deadlines()?;
+    let steal = stealing(cli)?;
     let replan = match cli.replan {
         true => Some((cli.adapt.config()?, adapt::layers_of(&file, &header)?)),
         false => None,
@@ -234,6 +246,7 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
     let mut coordinator = Coordinator::new(Arc::new(header.clone()), tail, transport);
     coordinator.set_deadlines(deadlines);
+    coordinator.set_stealing(steal);
     if let Some((config, layers)) = replan {
         adapt::enable(&mut coordinator, config, layers)?;
     }

@@ -78,8 +78,8 @@ pub struct Cli {
     #[arg(long)]
     pub local: bool,
     /// Keep the plan's tiles whatever the nodes measure (by default the tiles are
-    /// re-planned when a node's speed drifts, or a node is lost or back; see the options
-    /// below).
+    /// re-planned when a node's speed drifts, or a node is lost or back, unless --steal;
+    /// see the options below).
     #[arg(long)]
     pub no_replan: bool,
     #[command(flatten)]
@@ -185,7 +185,10 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         let bytes = std::fs::read(&cli.plan)
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
         let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
-        let replan = (!cli.no_replan).then(|| cli.adapt.config()).transpose()?;
+        let steal = cli.adapt.stealing()?;
+        let replan = (!cli.no_replan && steal.is_none())
+            .then(|| cli.adapt.config())
+            .transpose()?;
         let mut cluster = LocalCluster::with_kernels(plan, which, 1);
         if let Some(e) = cluster.compile_error() {
             eprintln!("warning: {e}; that node runs the reference kernels");
@@ -195,6 +198,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
             let layers = segments.iter().map(|p| ProgramLayers::of(p)).collect();
             adapt::enable(cluster.coordinator(), config, layers)?;
         }
+        cluster.coordinator().set_stealing(steal);
         let tail = Arc::new(cluster.tail().clone());
         return frames_through(cli, cluster.coordinator(), "in-process", &segments, &tail);
     }
@@ -212,7 +216,8 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         };
     // Checked before any worker is reached.
     let deadlines = cli.remote.deadlines()?;
-    let replan = match cli.no_replan {
+    let steal = cli.adapt.stealing()?;
+    let replan = match cli.no_replan || steal.is_some() {
         true => None,
         false => Some((cli.adapt.config()?, adapt::layers_of(&file, &header)?)),
     };
@@ -249,6 +254,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
     }
     let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
     coordinator.set_deadlines(deadlines);
+    coordinator.set_stealing(steal);
     if let Some((config, layers)) = replan {
         adapt::enable(&mut coordinator, config, layers)?;
     }
