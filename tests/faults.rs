@@ -442,6 +442,18 @@ fn a_worker_that_slows_down_gets_less_work_after_a_replan() {
     assert!(last[2] < before[2] / 2.0, "w2's share now {:.3}", last[2]);
     // Every worker keeps some work: w2's is measured on.
     assert!(last[1..].iter().all(|&s| s > 0.0), "{last:?}");
+    // The re-plan is in the trace, on the coordinator's track, with its reason.
+    let marks: Vec<_> = got
+        .iter()
+        .flat_map(|r| &r.trace.events)
+        .filter(|e| e.name.starts_with("re-plan: node w2 runs at"))
+        .collect();
+    assert_eq!(marks.len(), done.len(), "{marks:?}");
+    assert!(
+        marks
+            .iter()
+            .all(|e| e.node == 0 && e.name.contains("predicted gain"))
+    );
 }
 
 #[test]

@@ -181,6 +181,8 @@ pub struct Coordinator<T: Transport> {
     next_frame: u64,
     /// Measurements that belong to no frame (pings, losses), for the next frame's report.
     pending: Vec<Telemetry>,
+    /// Spans that belong to no frame (a re-plan), for the next frame's trace.
+    pending_spans: Vec<Span>,
     /// Per segment, per tile: the node its jobs go to (the plan's, until a node is lost).
     routes: Vec<Vec<usize>>,
     /// Per segment: the nodes that hold it (the plan gave them tiles of it), in order.
@@ -275,6 +277,7 @@ impl<T: Transport> Coordinator<T> {
             transport,
             next_frame: 0,
             pending: Vec::new(),
+            pending_spans: Vec::new(),
             routes,
             holders,
             lost,
@@ -365,6 +368,11 @@ impl<T: Transport> Coordinator<T> {
     /// faster nodes take more. `None` (the default) sends every tile to its node at once.
     pub fn set_stealing(&mut self, depth: Option<usize>) {
         self.steal = depth.map(|d| d.max(1));
+    }
+
+    /// Tiles out per node with work stealing (`None`: every tile goes to its node).
+    pub fn stealing(&self) -> Option<usize> {
+        self.steal
     }
 
     /// The tiles new frames run on now: the plan's, or the last re-plan's.
@@ -645,6 +653,7 @@ impl<T: Transport> Coordinator<T> {
         }
         let measured_ms = (self.transport.now_us() - frame.start_us) / 1e3;
         let q = frame.quant;
+        frame.trace.events.append(&mut self.pending_spans);
         let mut telemetry = std::mem::take(&mut self.pending);
         telemetry.extend(frame.telemetry);
         Ok(Step::Done(RunReport {
@@ -1264,6 +1273,23 @@ impl<T: Transport> Coordinator<T> {
             predicted_gain = gain,
             "re-planned: frames from now on take the new tiles"
         );
+        let share = |v: &[f64]| {
+            v.iter()
+                .map(|s| format!("{:.0}%", 100.0 * s))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        self.pending_spans.push(Span {
+            node: self.header.plan.cluster.coordinator,
+            name: format!(
+                "re-plan: {}; shares {} (were {}); predicted gain {gain:.2}x",
+                p.reason,
+                share(&after),
+                share(&before)
+            ),
+            start_us: self.transport.now_us(),
+            dur_us: 0.0,
+        });
         self.pending.push(Telemetry::Replan {
             frame: self.next_frame,
             layout: p.layout as u32,

@@ -148,15 +148,7 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
         for _ in 0..2 {
             cluster.run(&x).map_err(|e| format!("error: {e}"))?;
         }
-        let names: Vec<String> = cluster
-            .header()
-            .plan
-            .cluster
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
-        let mut status = Status::new(&names, !cli.quiet);
+        let mut status = Status::of(cluster.coordinator(), !cli.quiet);
         for _ in 0..runs {
             let r = cluster.run(&x).map_err(|e| format!("error: {e}"))?;
             status.frame(&r);
@@ -256,14 +248,7 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
         .run_stream(frames(2), 1, |_| Ok(()))
         .map_err(|e| format!("error: {e}"))?;
     let mut times = Vec::with_capacity(runs);
-    let names: Vec<String> = header
-        .plan
-        .cluster
-        .nodes
-        .iter()
-        .map(|n| n.name.clone())
-        .collect();
-    let mut status = Status::new(&names, !cli.quiet);
+    let mut status = Status::of(&coordinator, !cli.quiet);
     coordinator
         .run_stream(frames(runs), 1, |r| {
             status.frame(&r);

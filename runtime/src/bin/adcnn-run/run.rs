@@ -310,7 +310,7 @@ fn frames_through<T: Transport>(
     } else {
         input
     };
-    let mut status = Status::new(&names, many);
+    let mut status = Status::of(coordinator, many);
     let started = std::time::Instant::now();
     // Frames on their way, in order: their names, and their inputs when the deviation from
     // the exact network is wanted. Each finished frame is reported and written at once, so

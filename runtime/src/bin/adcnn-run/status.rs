@@ -1,9 +1,12 @@
 //! The live status line of long runs (`adcnn-run` on a folder or stream, `bench`): frames
-//! done, their rate, and each working node's achieved GFLOP/s and link rate, from the run's
-//! telemetry. Drawn on stderr only when it is a terminal.
+//! done, their rate, the re-plans so far, and each working node's share of the running tiles,
+//! achieved GFLOP/s and link rate, from the run's telemetry. Drawn on stderr only when it is
+//! a terminal.
 
-use adcnn_runtime::coordinator::RunReport;
-use adcnn_runtime::telemetry::Figures;
+use adcnn_core::rebalance::shares;
+use adcnn_runtime::coordinator::{Coordinator, RunReport};
+use adcnn_runtime::telemetry::{Figures, Telemetry};
+use adcnn_runtime::transport::Transport;
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Status {
@@ -11,11 +14,27 @@ pub struct Status {
     pub figures: Figures,
     /// Frames seen.
     pub frames: u64,
+    /// Per node, its share of the running tiles' FLOPs (empty: not shown, e.g. with work
+    /// stealing, where shares are not planned).
+    shares: Vec<f64>,
+    replans: usize,
 }
 
 impl Status {
-    /// A status line over the nodes `names` (hidden when `show` is false).
-    pub fn new(names: &[String], show: bool) -> Status {
+    /// A status line over `coordinator`'s nodes (hidden when `show` is false).
+    pub fn of<T: Transport>(coordinator: &Coordinator<T>, show: bool) -> Status {
+        let nodes = &coordinator.header().plan.cluster.nodes;
+        let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let shares = match coordinator.stealing() {
+            Some(_) => Vec::new(),
+            None => shares(coordinator.layout(), nodes.len()),
+        };
+        Status::new(&names, shares, show)
+    }
+
+    /// A status line over the nodes `names` (hidden when `show` is false), whose shares of
+    /// the work are `shares` to begin with.
+    fn new(names: &[String], shares: Vec<f64>, show: bool) -> Status {
         let bar = if show {
             let b = ProgressBar::new_spinner();
             b.set_style(
@@ -30,6 +49,8 @@ impl Status {
             bar,
             figures: Figures::new(names, 0.2),
             frames: 0,
+            shares,
+            replans: 0,
         }
     }
 
@@ -37,6 +58,12 @@ impl Status {
     pub fn frame(&mut self, r: &RunReport) {
         for e in &r.telemetry {
             self.figures.add(e);
+            if let Telemetry::Replan { after, .. } = e {
+                self.replans += 1;
+                if !self.shares.is_empty() {
+                    self.shares.clone_from(after);
+                }
+            }
         }
         self.bar.inc(1);
         self.frames += 1;
@@ -44,21 +71,34 @@ impl Status {
             .figures
             .nodes
             .iter()
-            .filter(|n| n.tiles > 0 || n.lost)
-            .map(|n| {
+            .enumerate()
+            .filter(|(_, n)| n.tiles > 0 || n.lost)
+            .map(|(i, n)| {
                 if n.lost {
                     return format!("{} lost", n.name);
                 }
+                let share = match self.shares.get(i) {
+                    Some(s) => format!(" {:.0}%", 100.0 * s),
+                    None => String::new(),
+                };
                 let link = if n.link_bytes_per_s > 0.0 {
                     format!(" {:.0} Mbit/s", n.link_bytes_per_s * 8.0 / 1e6)
                 } else {
                     String::new()
                 };
-                format!("{} {:.1} GFLOP/s{link}", n.name, n.gflops)
+                format!("{}{share} {:.1} GFLOP/s{link}", n.name, n.gflops)
             })
             .collect();
-        self.bar
-            .set_message(format!("{:.1} ms | {}", r.measured_ms, nodes.join(", ")));
+        let replans = match self.replans {
+            0 => String::new(),
+            1 => "re-planned once | ".to_string(),
+            n => format!("re-planned {n}x | "),
+        };
+        self.bar.set_message(format!(
+            "{:.1} ms | {replans}{}",
+            r.measured_ms,
+            nodes.join(", ")
+        ));
     }
 
     /// Runs `f` (which prints) with the line cleared, then draws it again.
