@@ -6,8 +6,9 @@
 # per mode in MODES, side by side:
 #   adaptive  the `auto` plan, re-planning on (adcnn-run's default)
 #   static    the `auto` plan, --no-replan (held as built)
-#   steal     a `halo-even` plan of GRID tiles per segment, --steal (DeepThings-style)
-#   even      that `halo-even` plan, --no-replan
+#   steal     a STEAL_STRATEGY plan (default halo-even) of GRID tiles per segment, --steal
+#             (DeepThings-style)
+#   even      that plan, --no-replan
 # Prints, per mode, the p50 latency before the cut and of frames FROM..FRAMES-1, the ratio of
 # each to the adaptive one, the re-plans, the latencies around the cut and how many frames
 # after the cut the adaptive run took to be back (a frame, and the median of ten from it,
@@ -15,7 +16,8 @@
 #
 #   sudo bench/slowdown.sh [NET] [FRAMES]     # defaults: vgg16, 200
 #   env: CLUSTER=edge4 NODE=edge1 AT=50 FROM=100 CUT=cpu FACTOR=4 (2 with CUT=link)
-#        PERIOD=10000 MODES="adaptive static" GRID=3x3 OUT=bench/out/slowdown
+#        PERIOD=10000 MODES="adaptive static" GRID=3x3 STEAL_STRATEGY=halo-even
+#        OUT=bench/out/slowdown
 #
 # The CPU quotas are in CFS periods of PERIOD µs (the testbed's --cpu-period-us): with the
 # testbed's default 100 ms, a node whose quota is an eighth of a core runs at full speed for
@@ -42,6 +44,7 @@ esac
 PERIOD=${PERIOD:-10000}
 read -r -a MODES <<<"${MODES:-adaptive static}"
 GRID=${GRID:-3x3}
+STEAL_STRATEGY=${STEAL_STRATEGY:-halo-even}
 OUT=${OUT:-bench/out/slowdown}
 QUOTA=/sys/fs/cgroup/cpu/adcnn-testbed/$CLUSTER/$NODE/cpu.cfs_quota_us
 NODE_NS=adcnn-$CLUSTER-$NODE AP_NS=adcnn-$CLUSTER--ap
@@ -51,13 +54,13 @@ BIN=target/release
 {
   echo "== $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
   what=$([[ $CUT == cpu ]] && echo "CPU quota" || echo "link rate")
-  echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $NET on the $CLUSTER testbed, $FRAMES frames; $NODE's $what cut ${FACTOR}x after frame $AT, CFS period $PERIOD us; modes ${MODES[*]}"
+  echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD) $NET on the $CLUSTER testbed, $FRAMES frames; $NODE's $what cut ${FACTOR}x after frame $AT, CFS period $PERIOD us; modes ${MODES[*]} (steal, even: $STEAL_STRATEGY $GRID)"
 } | tee "$OUT/header.txt"
 "$BIN/adcnnc" build "dsl-examples/$NET.yaml" --cluster "dsl-examples/$CLUSTER.yaml" \
   -o "$OUT/$NET.bin" >/dev/null
 if [[ " ${MODES[*]} " == *" steal "* || " ${MODES[*]} " == *" even "* ]]; then
   "$BIN/adcnnc" build "dsl-examples/$NET.yaml" --cluster "dsl-examples/$CLUSTER.yaml" \
-    --strategy halo-even --grid "$GRID" -o "$OUT/$NET-even.bin" >/dev/null
+    --strategy "$STEAL_STRATEGY" --grid "$GRID" -o "$OUT/$NET-even.bin" >/dev/null
 fi
 
 # Cuts NODE's CPU quota, or its link's rate both ways (its veth in its namespace, the

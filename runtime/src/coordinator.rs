@@ -370,6 +370,11 @@ impl<T: Transport> Coordinator<T> {
         self.steal = depth.map(|d| d.max(1));
     }
 
+    /// Whether the tiles are re-planned (see [`Self::set_replan`]).
+    pub fn replanning(&self) -> bool {
+        self.replan.is_some()
+    }
+
     /// Tiles out per node with work stealing (`None`: every tile goes to its node).
     pub fn stealing(&self) -> Option<usize> {
         self.steal

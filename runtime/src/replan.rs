@@ -10,6 +10,12 @@
 //! geometric mean); after a re-plan, `cooldown` frames pass before the next. A node that is
 //! slow every other frame (flapping) never drifts `window` frames in a row, so it causes no
 //! re-plans.
+//!
+//! Links the same way: a node's *slowness* in a frame is its tiles' time on the wire (the
+//! union of their transfers) over what the cluster file's rate and latency predict for the
+//! same bytes, at least 1; it drifts when, over what the layout assumed and relative to the
+//! other links, it is more than `link_threshold` times off. A re-plan plans every link at
+//! the file's rate divided by its measured slowness.
 
 use std::collections::VecDeque;
 
@@ -155,10 +161,10 @@ impl Drift {
         }
     }
 
-    /// Per node, its link's time on the wire in a frame against the time its cluster-file
-    /// rate and latency predict for the same bytes (at least 1: a link is never planned
-    /// faster than the file says), relative to the median of the other measured links.
-    /// `None` for nodes that carried no tile in the frame, or have no link in the file.
+    /// Per node, its link's *slowness* in a frame: its time on the wire against the time its
+    /// cluster-file rate and latency predict for the same bytes (at least 1: a link is never
+    /// planned faster than the file says). `None` for nodes that carried no tile in the
+    /// frame, or have no link in the file.
     fn link_slowness(&self, telemetry: &[Telemetry]) -> Vec<Option<f64>> {
         let n = self.assumed.len();
         let mut spans: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n];
@@ -183,24 +189,17 @@ impl Drift {
             }
         }
         // Overlapping transfers (jobs sent back to back) share the link: their union counts.
-        let own: Vec<Option<f64>> = (0..n)
+        (0..n)
             .map(|i| {
                 let measured_ms = covered(std::mem::take(&mut spans[i])) / 1e3;
                 // In process no time is on a wire: as fast as the file says.
                 (model_ms[i] > 0.0).then(|| (measured_ms / model_ms[i]).max(1.0))
             })
-            .collect();
-        (0..n)
-            .map(|i| {
-                let mine = own[i]?;
-                let others: Vec<f64> = (0..n).filter(|&j| j != i).filter_map(|j| own[j]).collect();
-                Some((mine / median(&others)?).max(1.0))
-            })
             .collect()
     }
 
-    /// The links to plan with now: each one's median relative slowness lately, as assumed
-    /// where not measured.
+    /// The links to plan with now: each one's median slowness lately, as assumed where not
+    /// measured.
     pub fn current_links(&self) -> Vec<f64> {
         (0..self.assumed.len())
             .map(|i| {
@@ -252,15 +251,27 @@ impl Drift {
                 remember(&mut self.history[i], *s, window);
             }
         }
-        // Links: the worst one drifting for a window, as (node, relative slowness).
+        // Links: the worst one drifting for a window, as (node, its slowness against what
+        // the layout assumed, relative to the other links').
+        let slowness = self.link_slowness(telemetry);
+        let link_ratio: Vec<Option<f64>> = (0..n)
+            .map(|i| slowness[i].map(|s| s / self.link_assumed[i]))
+            .collect();
         let mut worst_link: Option<(usize, f64)> = None;
-        for (i, slow) in self.link_slowness(telemetry).into_iter().enumerate() {
-            let Some(slow) = slow else {
+        for i in 0..n {
+            let (Some(slow), Some(ratio)) = (slowness[i], link_ratio[i]) else {
                 self.link_streak[i] = 0;
                 continue;
             };
             remember(&mut self.link_history[i], slow, window);
-            let rel = slow / self.link_assumed[i];
+            let others: Vec<f64> = (0..n)
+                .filter(|&j| j != i)
+                .filter_map(|j| link_ratio[j])
+                .collect();
+            let Some(theirs) = median(&others) else {
+                continue;
+            };
+            let rel = ratio / theirs;
             step(&mut self.link_streak[i], rel, self.config.link_threshold);
             if self.link_streak[i].unsigned_abs() as usize >= window
                 && worst_link.is_none_or(|(_, r)| rel.ln().abs() > r.ln().abs())
@@ -268,10 +279,10 @@ impl Drift {
                 worst_link = Some((i, rel));
             }
         }
-        let ratios: Vec<f64> = (0..n)
-            .filter_map(|i| speed[i].map(|s| s / self.assumed[i]))
-            .collect();
-        let scale = median(&ratios)?;
+        // Nothing measured in this frame: nothing to compare.
+        if speed.iter().all(Option::is_none) {
+            return None;
+        }
         let mut worst: Option<(usize, f64)> = None;
         for i in 0..n {
             let Some(s) = speed[i] else {
@@ -315,7 +326,7 @@ impl Drift {
         let speeds = (0..n)
             .map(|i| {
                 // Not measured lately: as assumed, at the cluster's measured scale.
-                let expected = self.unmeasured(i) * scale;
+                let expected = self.expected(i, &speed);
                 match median(&self.history[i].iter().copied().collect::<Vec<_>>()) {
                     // Faster than expected: half way there (geometric mean). A node given
                     // too much work holds up every frame, one given too little costs a
@@ -337,29 +348,34 @@ impl Drift {
     /// The speeds to plan with now, for a re-plan triggered by something else (a node lost
     /// or back): measured where known, as assumed elsewhere.
     pub fn current_speeds(&self) -> Vec<f64> {
-        let n = self.assumed.len();
-        let ratios: Vec<f64> = (0..n)
-            .filter_map(|i| {
-                let m = median(&self.history[i].iter().copied().collect::<Vec<_>>())?;
-                (self.assumed[i] > 0.0).then(|| m / self.assumed[i])
-            })
+        let measured: Vec<Option<f64>> = self
+            .history
+            .iter()
+            .map(|h| median(&h.iter().copied().collect::<Vec<_>>()))
             .collect();
-        let scale = median(&ratios).unwrap_or(1.0);
-        (0..n)
-            .map(|i| {
-                median(&self.history[i].iter().copied().collect::<Vec<_>>())
-                    .unwrap_or(self.unmeasured(i) * scale)
-            })
+        (0..self.assumed.len())
+            .map(|i| measured[i].unwrap_or_else(|| self.expected(i, &measured)))
             .collect()
     }
 
-    /// What to assume of a node not measured lately: what the layout assumed, or the plan
-    /// if the layout was made without it (it was lost then).
-    fn unmeasured(&self, i: usize) -> f64 {
+    /// What to expect of node `i`, not measured lately, when the nodes measured `measured`:
+    /// what the layout assumed of it, scaled as the measured nodes ran against what it
+    /// assumed of them; for a node the layout was made without (it was lost then), the
+    /// plan's speed, scaled as the measured nodes ran against the plan's speeds. (A layout
+    /// made after a measurement assumes measured speeds; the plan, the cluster file's.)
+    fn expected(&self, i: usize, measured: &[Option<f64>]) -> f64 {
+        let against = |base: &[f64]| {
+            let ratios: Vec<f64> = measured
+                .iter()
+                .zip(base)
+                .filter_map(|(m, &b)| Some((*m)? / b).filter(|_| b > 0.0))
+                .collect();
+            median(&ratios).unwrap_or(1.0)
+        };
         if self.assumed[i] > 0.0 {
-            self.assumed[i]
+            self.assumed[i] * against(&self.assumed)
         } else {
-            self.nominal[i]
+            self.nominal[i] * against(&self.nominal)
         }
     }
 
@@ -453,9 +469,10 @@ mod tests {
         // Lost: the layout was made without node 2.
         d.replanned(Some((vec![0.0, 20.0, 0.0], vec![1.0; 3])));
         let _ = d.frame(&frame(&[1.0, 20.0, 1.0])[1..2], name);
-        // Back: planned at the plan's 40, at the measured scale (the same here).
+        // Back: planned at the plan's 40 at the scale the others ran at against the plan's
+        // speeds (node 1: 20 of 40), not against the layout's (20 of 20, measured units).
         let s = d.current_speeds();
-        assert!((s[2] - 40.0).abs() < 1e-9, "{s:?}");
+        assert!((s[2] - 20.0).abs() < 1e-9, "{s:?}");
         assert!((s[1] - 20.0).abs() < 1e-9, "{s:?}");
     }
 
@@ -527,7 +544,8 @@ mod tests {
             .collect()
     }
 
-    /// Three nodes on 100 Mbit/s links with 2 ms latency: 1 MB takes 82 ms each way.
+    /// Three nodes on 100 Mbit/s links with 2 ms latency: 1 MB takes 82 ms each way, 164 ms
+    /// both.
     fn links() -> Vec<Option<Link>> {
         vec![
             Some(Link {
@@ -551,9 +569,19 @@ mod tests {
         let t = d
             .frame(&wired(&[213.2, 213.2, 383.76]), name)
             .expect("a re-plan");
-        assert!(t.reason.contains("node n2's link"), "{}", t.reason);
-        assert!((t.links[2] - 1.8).abs() < 1e-6, "{:?}", t.links);
-        assert_eq!(&t.links[..2], &[1.0, 1.0]);
+        assert!(
+            t.reason.contains("node n2's link takes 1.80×"),
+            "{}",
+            t.reason
+        );
+        // Planned as measured: every link 1.3× slower than the file says, node 2's 2.34×.
+        let slow = 213.2 / 164.0;
+        assert!((t.links[2] - 1.8 * slow).abs() < 1e-6, "{:?}", t.links);
+        assert!(
+            t.links[..2].iter().all(|l| (l - slow).abs() < 1e-9),
+            "{:?}",
+            t.links
+        );
         // Compute did not drift: the speeds stay.
         assert_eq!(t.speeds, vec![10.0; 3]);
         d.replanned(Some((t.speeds, t.links)));
@@ -566,7 +594,11 @@ mod tests {
             back = back.or(d.frame(&wired(&[213.2, 213.2, 213.2]), name));
         }
         let back = back.expect("a re-plan back");
-        assert_eq!(back.links, vec![1.0; 3]);
+        assert!(
+            back.links.iter().all(|l| (l - slow).abs() < 1e-9),
+            "{:?}",
+            back.links
+        );
     }
 
     #[test]

@@ -380,3 +380,78 @@ fn malformed_plans_and_inputs_are_errors_and_write_nothing() {
     }
     let _ = std::fs::remove_file(&plan);
 }
+
+#[test]
+fn calibrate_writes_a_cluster_file_that_plans_with_the_measured_speeds() {
+    let plan = plan_file("alexnet", adcnn_compiler::plan::Strategy::Auto, "calibrate");
+    let out = plan.with_extension("cluster.yaml");
+    let (code, stdout, stderr) = adcnn_run(&[
+        "calibrate",
+        plan.to_str().expect("utf-8"),
+        "--local",
+        "--frames",
+        "2",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("2 frames of alexnet (auto plan) on edge4 in process"),
+        "{stdout}"
+    );
+    // In process no time is on a wire: the links stay as the file says, and it says so.
+    assert!(
+        stdout.contains("link as the file says: no time on a wire"),
+        "{stdout}"
+    );
+    // The file is a cluster file: a plan built with it carries its speeds.
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let built = adcnn_compiler::build::build(
+        &root.join("dsl-examples/alexnet.yaml"),
+        Some(&out),
+        &adcnn_compiler::plan::Options::default(),
+        2,
+    )
+    .expect("builds with the calibrated cluster");
+    let cluster = adcnn_core::format::decode(&built.bytes)
+        .expect("decodes")
+        .header
+        .plan
+        .cluster;
+    let text = std::fs::read_to_string(&out).expect("written");
+    let names = ["gateway", "edge1", "edge2", "edge3", "edge4"];
+    for (node, name) in cluster.nodes.iter().zip(names) {
+        assert_eq!(node.name, name);
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("- {{ name: \"{name}\"")))
+            .expect("a line per node");
+        assert!(
+            line.contains(&format!("gflops: {:.3}", node.gflops)),
+            "{name}: {line} vs {}",
+            node.gflops
+        );
+        assert!(node.gflops > 0.0);
+    }
+    // Measured, not copied: the workers' speeds are not all the file's 44 and 22.
+    assert!(
+        cluster.nodes[1..]
+            .iter()
+            .any(|n| n.gflops != 44.0 && n.gflops != 22.0)
+    );
+    assert_eq!(cluster.nodes[1].mbps, Some(100.0));
+    // Bad arguments are clear errors.
+    let (code, _, stderr) = adcnn_run(&[
+        "calibrate",
+        plan.to_str().expect("utf-8"),
+        "--local",
+        "--frames",
+        "0",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--frames takes 1 to 100000"), "{stderr}");
+    let _ = std::fs::remove_file(&plan);
+    let _ = std::fs::remove_file(&out);
+}

@@ -3,6 +3,7 @@
 
 mod adapt;
 mod bench;
+mod calibrate;
 mod certs;
 mod frames;
 mod remote;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&bench::BenchCli::parse_from(args())),
         Some("worker") => worker::main(&worker::WorkerCli::parse_from(args())),
         Some("certs") => certs::main(&certs::CertsCli::parse_from(args())),
+        Some("calibrate") => calibrate::main(&calibrate::CalibrateCli::parse_from(args())),
         _ => run::main(&run::Cli::parse()),
     };
     match result {

@@ -39,8 +39,8 @@ use crate::status::Status;
 /// name order), or `-` for a stream of .npy arrays on stdin. (A network file runs on the
 /// reference interpreter with `adcnnc run`.)
 ///
-/// Other commands: `adcnn-run worker`, `adcnn-run certs`, `adcnn-run bench` (each with
-/// --help).
+/// Other commands: `adcnn-run worker`, `adcnn-run certs`, `adcnn-run bench`, `adcnn-run
+/// calibrate` (each with --help).
 #[derive(Debug, clap::Parser)]
 #[command(name = "adcnn-run", version, about, long_about)]
 pub struct Cli {
@@ -329,6 +329,7 @@ fn frames_through<T: Transport>(
     });
     let in_flight = cli.in_flight.max(1);
     let mut i = 0usize;
+    let replanning = coordinator.replanning();
     let result = coordinator.run_stream(&mut stream, in_flight, |r| {
         let (stem, x) = on_the_way.borrow_mut().pop_front().unwrap_or_default();
         status.frame(&r);
@@ -367,10 +368,18 @@ fn frames_through<T: Transport>(
                     );
                 }),
                 Telemetry::Rejoined { node } => status.suspend(|| {
-                    eprintln!(
-                        "note: node {} is back; it gets its tiles again from frame {stem} on",
-                        name(*node)
-                    );
+                    if replanning {
+                        eprintln!(
+                            "note: node {} is back at frame {stem}; it gets tiles again once \
+                             they are re-planned for it",
+                            name(*node)
+                        );
+                    } else {
+                        eprintln!(
+                            "note: node {} is back; it gets its tiles again from frame {stem} on",
+                            name(*node)
+                        );
+                    }
                 }),
                 Telemetry::Replan {
                     frame,
