@@ -19,6 +19,9 @@ fn testbed(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("ADCNN_RUN")
+        // Copied into the workers' .start scripts when set.
+        .env_remove("ADCNN_LOG")
+        .env_remove("RUST_BACKTRACE")
         .env("LC_ALL", "C")
         .output()
         .expect("bash runs")
@@ -79,6 +82,34 @@ fn dry_run_of_edge4_lists_every_command() {
     );
     assert!(
         out.contains("echo 25000 > /sys/fs/cgroup/cpu/adcnn-testbed/edge4/edge3/cpu.cfs_quota_us")
+    );
+    // Each worker's .start script starts it exactly as the testbed did, appending to its log.
+    let started: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with(".log 2>&1 < /dev/null &") && l.contains(" > <rundir>/"))
+        .collect();
+    assert_eq!(started.len(), 4, "one start per worker");
+    for line in started {
+        let again = line.replace(" > <rundir>/", " >> <rundir>/");
+        let node = line
+            .split("ADCNN_TESTBED_NODE=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let script = out
+            .split(&format!("cat > <rundir>/{node}.start <<'EOF'\n"))
+            .nth(1)
+            .and_then(|s| s.split("\nEOF\n").next())
+            .unwrap_or_else(|| panic!("no <rundir>/{node}.start"));
+        assert!(script.lines().any(|l| l == again), "{node}.start: {script}");
+        assert!(script.contains(&format!("echo $! > <rundir>/{node}.pid")));
+        assert!(out.contains(&format!("{line}\necho $! > <rundir>/{node}.pid\n")));
+    }
+    assert!(
+        out.contains("'dir <rundir>'"),
+        "the state file names the run directory"
     );
     // The same listing is stable from run to run.
     assert_eq!(out, text(&testbed(repo_root(), &args).stdout));

@@ -52,6 +52,16 @@ coordinator command \`adcnn-run ADCNN-RUN-ARGS...\` on it:
                                  --threads <n>
             logging to <rundir>/<node>.log; the script waits until each one accepts TCP
             connections from the coordinator's namespace, else stops and shows its log.
+  restarts  <rundir>/<node>.pid holds each worker's pid, and <rundir>/<node>.start (a shell
+            script) starts that worker again from outside, exactly as above (namespace,
+            cgroup, environment, arguments; ADCNN_LOG and RUST_BACKTRACE as the script had
+            them), in the background, appending to its log after a line
+            \`# <node>.start: restarted at <time>\`; it prints the new pid and records it
+            in <node>.pid, and refuses (exit 1) while the recorded pid still runs. A crash
+            and a restart, from another shell while the run lasts:
+              d=\$(awk '\$1 == "dir" { print \$2 }' $STATE_DIR/<cluster>.state)
+              kill -9 "\$(cat "\$d/edge1.pid")"; sleep 10; "\$d/edge1.start"
+            (bench/crash.sh does this). Teardown stops a restarted worker like the others.
   coordinator  in the coordinator's namespace and cgroup, stdin/stdout/stderr passed through:
               \$ADCNN_RUN ADCNN-RUN-ARGS... --cluster CLUSTER.yaml --token-file <rundir>/token
                                  [--tls-dir <rundir>/certs | --insecure]
@@ -62,8 +72,9 @@ The token (32 random bytes, hex, mode 600) and the certificates
 directory, mktemp -d -t adcnn-testbed-<cluster>.XXXXXX. Everything (processes, namespaces,
 veths, bridge, cgroups, the run directory unless --keep) is removed when the script ends:
 success, failure, Ctrl-C or SIGTERM. A run that could not clean up (SIGKILL, power loss)
-is recorded in $STATE_DIR/<cluster>.state; the next run of that cluster, or
---cleanup, removes what it left.
+is recorded in $STATE_DIR/<cluster>.state (lines \`pid <pid>\`, \`dir <rundir>\`,
+\`rundir <rundir>\` for a run directory to remove, i.e. without --keep, and \`netns <name>\`);
+the next run of that cluster, or --cleanup, removes what it left.
 
 Options:
   --adcnn-run PATH       the adcnn-run binary (default: \$ADCNN_RUN, else
@@ -76,9 +87,10 @@ Options:
   --insecure             no certificates: workers and coordinator get --insecure
   --keep                 keep the run directory (token, certificates, worker logs)
   --wait SECONDS         how long to wait for the workers to listen (default 30)
-  --dry-run              print every command, one per line, in order, and do nothing
-                         (needs neither root nor adcnn-run); random or run-time values
-                         are placeholders: <rundir>, <pid>
+  --dry-run              print every command, one per line (a worker's .start script as a
+                         here-document), in order, and do nothing (needs neither root nor
+                         adcnn-run); random or run-time values are placeholders: <rundir>,
+                         <pid>
   --cleanup [CLUSTER]    remove what earlier runs left behind: with a cluster file, that
                          cluster's namespaces, cgroups and run directory; without, every
                          run recorded in $STATE_DIR and every cgroup under
@@ -836,8 +848,10 @@ fi
 TOKEN=$RUNDIR/token
 CERTS=$RUNDIR/certs
 
-# The state file, written before anything is created, lets --cleanup find it all.
-state_lines=("pid <pid>")
+# The state file, written before anything is created, lets --cleanup find it all: `rundir`
+# is the run directory to remove (not with --keep), `dir` the run directory whatever happens
+# to it (for scripts that restart a worker: <dir>/<node>.start).
+state_lines=("pid <pid>" "dir $RUNDIR")
 [[ $KEEP -eq 1 ]] || state_lines+=("rundir $RUNDIR")
 for ns in "${NAMESPACES[@]}"; do state_lines+=("netns $ns"); done
 if [[ $DRY_RUN -eq 1 ]]; then
@@ -920,7 +934,34 @@ node_env() {
   fi
 }
 
-comment "workers:"
+# The script <rundir>/<node>.start that starts worker i again, from outside, exactly as below:
+# same namespace, cgroup, environment, arguments; appending to its log. It refuses while the
+# pid in <rundir>/<node>.pid still runs, records the new pid there and prints it.
+start_script() {
+  local i=$1 v
+  local name=${N_NAME[i]}
+  local log=$RUNDIR/$name.log pidfile=$RUNDIR/$name.pid
+  echo '#!/bin/sh'
+  echo "# Starts worker $name of the $CLUSTER testbed again, as tests/testbed/run.sh started it"
+  echo "# (namespace $(ns_of "$name"), its cgroup, environment and arguments), in the background,"
+  echo "# appending to its log; prints its pid. Made by run.sh; it works while that run lasts."
+  echo 'set -eu'
+  for v in ADCNN_LOG RUST_BACKTRACE; do
+    [[ -z ${!v:-} ]] || echo "export $v=$(q "${!v}")"
+  done
+  echo "pid=\$(cat $(q "$pidfile") 2>/dev/null || true)"
+  # shellcheck disable=SC2016 # the script's own expansions
+  echo 'if [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ "$(cut -d" " -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]; then'
+  echo "  echo \"$name.start: worker $name still runs (pid \$pid)\" >&2"
+  echo '  exit 1'
+  echo 'fi'
+  echo "echo \"# $name.start: restarted at \$(date -u +%FT%T.%NZ)\" >> $(q "$log")"
+  printf '%s >> %s 2>&1 < /dev/null &\n' "$(show "${CG_CMD[@]}")" "$(q "$log")"
+  echo "echo \$! > $(q "$pidfile")"
+  echo 'echo $!'
+}
+
+comment "workers (each with <rundir>/<node>.start, which starts it again from outside; pid in <rundir>/<node>.pid):"
 WORKER_PIDS=()
 for ((i = 0; i < N; i++)); do
   [[ ${N_WORKER[i]} -eq 1 ]] || continue
@@ -932,16 +973,25 @@ for ((i = 0; i < N; i++)); do
   [[ ${SECURITY[0]} == --tls-dir ]] && WORKER_SECURITY+=(--name "${N_NAME[i]}")
   in_cgroup "$(cg_of "${N_NAME[i]}")" ip netns exec "$ns" "${NODE_ENV[@]}" \
     "$BIN" worker --listen "${N_IP[i]}:${N_PORT[i]}" --token-file "$TOKEN" "${WORKER_SECURITY[@]}" --threads "${N_THREADS[i]}"
+  start=$RUNDIR/${N_NAME[i]}.start
   if [[ $DRY_RUN -eq 1 ]]; then
+    echo "cat > $start <<'EOF'"
+    start_script "$i"
+    echo "EOF"
+    echo "chmod 700 $start"
     printf '%s > %s 2>&1 < /dev/null &\n' "$(show "${CG_CMD[@]}")" "$log"
+    echo "echo \$! > $RUNDIR/${N_NAME[i]}.pid"
   else
+    verbose "write $start"
+    { start_script "$i" >"$start" && chmod 700 "$start"; } || die 1 "cannot write $start"
     verbose "$(show "${CG_CMD[@]}") > $log 2>&1 &"
     "${CG_CMD[@]}" >"$log" 2>&1 </dev/null &
     WORKER_PIDS[i]=$!
     CHILD_PIDS+=($!)
+    echo "$!" >"$RUNDIR/${N_NAME[i]}.pid" || die 1 "cannot write $RUNDIR/${N_NAME[i]}.pid"
     cores=$(awk -v q="${N_QUOTA[i]}" -v p=$CFS_PERIOD_US 'BEGIN { printf "%.2f", q / p }')
     link=$([[ ${N_MBPS[i]} != - && $i -ne $COORD_I ]] && echo "${N_MBPS[i]} Mbit/s" || echo "unshaped link")
-    say "worker ${N_NAME[i]} (${N_IP[i]}:${N_PORT[i]}, $cores core, $link, pid $!): log $log"
+    say "worker ${N_NAME[i]} (${N_IP[i]}:${N_PORT[i]}, $cores core, $link, pid $!): log $log, restart: $start"
   fi
 done
 
