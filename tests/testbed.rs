@@ -94,10 +94,8 @@ fn dry_run_of_edge4_lists_every_command() {
         let node = line
             .split("ADCNN_TESTBED_NODE=")
             .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap();
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("no node in {line}"));
         let script = out
             .split(&format!("cat > <rundir>/{node}.start <<'EOF'\n"))
             .nth(1)
