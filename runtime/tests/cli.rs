@@ -61,8 +61,51 @@ fn runs_a_plan_with_top_k_node_times_and_a_trace() {
         events.iter().any(|e| e["ph"] == "X" && e["tid"] == 1),
         "no tile on edge1"
     );
+    // The trace drawn as a Gantt chart: a row per node, a bar per tile.
+    let gantt = plan.with_extension("gantt.svg");
+    let (code, stdout, stderr) = adcnn_run(&[
+        "report",
+        trace.to_str().expect("utf-8"),
+        "-o",
+        gantt.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("5 nodes"), "{stdout}");
+    let svg = std::fs::read_to_string(&gantt).expect("svg written");
+    assert!(svg.starts_with("<svg"));
+    for node in ["gateway", "edge1", "edge2", "edge3", "edge4"] {
+        assert!(
+            svg.contains(&format!(">{node}</text>")),
+            "{node} has no row"
+        );
+    }
+    let tiles = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] != "transfer")
+        .filter(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("segment "))
+        })
+        .count();
+    let bars = svg.matches("<title>segment ").count();
+    assert!(tiles > 0 && bars == tiles, "{tiles} tiles, {bars} bars");
+    // Not a trace: a clear error, nothing written.
+    let (code, _, stderr) = adcnn_run(&[
+        "report",
+        plan.to_str().expect("utf-8"),
+        "-o",
+        gantt.with_extension("bad.svg").to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("not JSON") || stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    assert!(!gantt.with_extension("bad.svg").exists());
     let _ = std::fs::remove_file(&plan);
     let _ = std::fs::remove_file(&trace);
+    let _ = std::fs::remove_file(&gantt);
 }
 
 #[test]

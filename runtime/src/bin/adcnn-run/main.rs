@@ -7,6 +7,7 @@ mod calibrate;
 mod certs;
 mod frames;
 mod remote;
+mod report;
 mod run;
 mod status;
 mod worker;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&bench::BenchCli::parse_from(args())),
         Some("worker") => worker::main(&worker::WorkerCli::parse_from(args())),
         Some("certs") => certs::main(&certs::CertsCli::parse_from(args())),
+        Some("report") => report::main(&report::ReportCli::parse_from(args())),
         Some("calibrate") => calibrate::main(&calibrate::CalibrateCli::parse_from(args())),
         _ => run::main(&run::Cli::parse()),
     };

@@ -40,7 +40,7 @@ use crate::status::Status;
 /// reference interpreter with `adcnnc run`.)
 ///
 /// Other commands: `adcnn-run worker`, `adcnn-run certs`, `adcnn-run bench`, `adcnn-run
-/// calibrate` (each with --help).
+/// calibrate`, `adcnn-run report` (each with --help).
 #[derive(Debug, clap::Parser)]
 #[command(name = "adcnn-run", version, about, long_about)]
 pub struct Cli {
