@@ -69,6 +69,10 @@ cut() {
   local mode=$1 n=$2
   if [[ $CUT == cpu ]]; then
     q=$(cat "$QUOTA")
+    if ((q / FACTOR < 1000)); then
+      echo "slowdown.sh: $NODE's quota $q us / $FACTOR is under the kernel's 1000 us minimum: raise PERIOD" >&2
+      exit 2
+    fi
     echo $((q / FACTOR)) >"$QUOTA"
     echo "  $mode: frame $n out, $NODE's quota $q -> $((q / FACTOR)) us per $PERIOD us"
     return
