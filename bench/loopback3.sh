@@ -36,7 +36,7 @@ echo
 echo "latency and throughput (compression none; p50/p99 ms of $RUNS frames, frames/s)"
 printf '%-34s %9s %9s %10s\n' transport p50 p99 frames/s
 for round in 1 2; do
-  read -r _ p50 p99 _ _ _ fps _ < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --threads 4 --runs "$RUNS" --quiet)
+  read -r _ p50 p99 _ _ _ fps _ < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --runs "$RUNS" --quiet)
   printf '%-34s %9.1f %9.1f %10.2f\n' "in process (round $round)" "$p50" "$p99" "$fps"
   for inflight in 1 4; do
     read -r _ p50 p99 _ _ _ fps _ < <("$BIN/adcnn-run" bench "$OUT/$NET-none.bin" --remote "${REMOTE[@]}" \

@@ -57,7 +57,7 @@ fn plan_whole(lp: &Loaded, x: &Array3<f32>) -> Array3<f32> {
 const KERNELS: [Kernels; 2] = [Kernels::Jit, Kernels::Reference];
 
 fn executor(lp: &Loaded, kernels: Kernels) -> LocalCluster {
-    let exec = LocalCluster::with_kernels(lp.plan.clone(), kernels, 1);
+    let exec = LocalCluster::with_kernels(lp.plan.clone(), kernels, None);
     assert_eq!(exec.compile_error(), None);
     exec
 }
@@ -321,4 +321,46 @@ fn compression_reports_its_error_and_saves_bytes() {
     assert!(e_q8 > 0.0 && e_q8 < 0.01, "q8 error {e_q8}");
     assert!(e_q4 > e_q8 && e_q4 < 0.2, "q4 error {e_q4}");
     assert!(b_q8 * 3 < b_none && b_q4 < b_q8, "{b_none} {b_q8} {b_q4}");
+}
+
+/// A node's kernel threads (`--threads`) split each layer by output channels, so they must
+/// give the very bits one thread gives: every example network, its whole plan (`single`:
+/// every layer whole, the largest splits; `auto`: real tiles) and the tail's GEMV, on the
+/// compiled kernels alone and inside a pool of three threads.
+#[test]
+fn kernel_threads_give_the_same_bits_as_one_thread() {
+    use adcnn_core::program::run_segments;
+    use adcnn_kernels::par::Pool;
+    use adcnn_kernels::{CompileOptions, CompiledKernels};
+    let pool = Pool::new(3).expect("threads start").expect("a pool");
+    for (net, _) in EXAMPLE_NETS {
+        for strategy in [Strategy::Single, Strategy::Auto] {
+            let lp = load(net, strategy, Compression::None);
+            let x = random_input(&lp);
+            let header = &lp.plan.header;
+            let parts: Vec<_> = header.plan.segments.iter().zip(&lp.plan.segments).collect();
+            let kernels = CompiledKernels::compile(&parts, |_| true, &CompileOptions::default())
+                .expect("kernels compile");
+            let once = || {
+                let head = run_segments(&header.plan, &lp.plan.segments, &x, |p, s, tile, t| {
+                    kernels.run_tile(p, s, tile, t)
+                })
+                .expect("segments run");
+                CompiledKernels::run_tail(&lp.plan.tail, &head, None).expect("tail runs")
+            };
+            let one = once();
+            let three = pool.run(once);
+            assert_eq!(one.dim(), three.dim());
+            let differ = one
+                .iter()
+                .zip(&three)
+                .filter(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(
+                differ.count(),
+                0,
+                "{net} {}: threads changed the result",
+                strategy.name()
+            );
+        }
+    }
 }

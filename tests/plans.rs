@@ -142,3 +142,66 @@ fn vgg16_halo_figures_match_the_pytorch_measurements() {
         assert_eq!(t.input.r1 - t.output.r1 * stride, halo, "halo up to {last}");
     }
 }
+
+/// A node's `threads` count in the plan: of two workers with the same `gflops` per thread,
+/// the one with two threads is planned at 1.8× the other's speed (`THREAD_EFFICIENCY`), so
+/// an `auto` plan gives it about 1.8× the FLOPs; the explain text names its threads, and
+/// the in-process cluster gives its worker two kernel threads.
+#[test]
+fn a_node_with_two_threads_gets_the_share_of_its_speed() {
+    let dir = std::env::temp_dir().join(format!("adcnn-threads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cluster = dir.join("two.yaml");
+    std::fs::write(
+        &cluster,
+        "cluster:
+  name: two
+  coordinator: gw
+  nodes:
+    - { name: gw, address: \"10.0.0.1:7070\", gflops: 40, worker: false }
+    - { name: one, address: \"10.0.0.2:7070\", gflops: 40, mbps: 1000, latency_ms: 1 }
+    - { name: two, address: \"10.0.0.3:7070\", gflops: 40, mbps: 1000, latency_ms: 1, threads: 2 }
+",
+    )
+    .expect("cluster file");
+    let opts = Options {
+        strategy: Strategy::Auto,
+        ..Options::default()
+    };
+    let built = build(&example("vgg16"), Some(&cluster), &opts, 2).expect("builds");
+    let _ = std::fs::remove_dir_all(&dir);
+    let plan = &built.plan;
+    assert_eq!(plan.cluster.nodes[2].threads, 2);
+    assert!((plan.cluster.nodes[2].speed() - 72.0).abs() < 1e-9);
+    let flops = |node: usize| -> f64 {
+        plan.segments
+            .iter()
+            .flat_map(|s| &s.tiles)
+            .filter(|t| t.node == node)
+            .map(|t| t.flops as f64)
+            .sum()
+    };
+    let ratio = flops(2) / flops(1);
+    assert!(
+        (1.55..=2.05).contains(&ratio),
+        "the two-thread node got {ratio:.2}× the other's FLOPs"
+    );
+    let lp = PlanFile::parse(&built.bytes)
+        .and_then(|f| f.header())
+        .expect("decodes");
+    assert_eq!(lp.plan, built.plan, "threads survive plan.bin");
+    assert!(explain::text(&lp).contains("(2 threads)"));
+    // In process, each node's worker gets the threads the plan gives it.
+    let decoded = adcnn_core::format::decode(&built.bytes).expect("decodes");
+    let local = adcnn_runtime::local::LocalCluster::with_kernels(
+        decoded,
+        adcnn_runtime::worker::Kernels::Reference,
+        None,
+    );
+    let threads: Vec<usize> = local
+        .workers()
+        .iter()
+        .map(|w| w.as_ref().map_or(0, |w| w.threads()))
+        .collect();
+    assert_eq!(threads, [0, 1, 2]);
+}

@@ -78,7 +78,7 @@ fn rebalanced_tiles_are_exact_and_move_work_off_a_slow_node() {
                 .cluster
                 .nodes
                 .iter()
-                .map(|n| if n.worker { n.gflops } else { 0.0 })
+                .map(|n| if n.worker { n.speed() } else { 0.0 })
                 .collect();
             speeds[slow] /= 4.0;
             let r = rebalance(

@@ -336,7 +336,7 @@ impl<T: Transport> Coordinator<T> {
             .map(|n| {
                 let node = &plan.cluster.nodes[n];
                 if node.worker {
-                    node.gflops.max(1e-3)
+                    node.speed().max(1e-3)
                 } else {
                     0.0
                 }
@@ -1554,7 +1554,7 @@ fn gflops(header: &PlanHeader, node: usize) -> f64 {
         .cluster
         .nodes
         .get(node)
-        .map_or(1.0, |n| n.gflops.max(1e-3))
+        .map_or(1.0, |n| n.speed().max(1e-3))
 }
 
 /// A tile of a frame: (frame, segment, tile).

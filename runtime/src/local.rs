@@ -204,12 +204,15 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Loads `plan` with compiled kernels, one thread per node.
     pub fn new(plan: DecodedPlan) -> Self {
-        LocalCluster::with_kernels(plan, Kernels::Jit, 1)
+        LocalCluster::with_kernels(plan, Kernels::Jit, None)
     }
 
-    /// Loads `plan` with `kernels`, `threads` threads per node. A node whose kernels fail
-    /// to compile runs the reference kernels ([`Self::compile_error`] says why).
-    pub fn with_kernels(plan: DecodedPlan, kernels: Kernels, threads: usize) -> Self {
+    /// Loads `plan` with `kernels`: a thread per node that takes its tiles, each tile's
+    /// layers split over `threads` kernel threads of the node's own (`None`: as many as the
+    /// plan's cluster gives the node). A node whose kernels fail to compile runs the
+    /// reference kernels ([`Self::compile_error`] says why), one whose threads do not start
+    /// runs on its tile thread alone.
+    pub fn with_kernels(plan: DecodedPlan, kernels: Kernels, threads: Option<usize>) -> Self {
         let hash = plan.hash;
         let header = Arc::new(plan.header);
         let tail = Arc::new(plan.tail);
@@ -231,10 +234,18 @@ impl LocalCluster {
                     compile_error = Some(format!("node {}: {e}", node.name));
                     Worker::new(i, &header, hash, &programs, Kernels::Reference, epoch)
                 });
-                w.ok().map(Arc::new)
+                let w = w.ok()?;
+                let w = match w.with_threads(threads.unwrap_or(node.threads)) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        compile_error = Some(format!("node {}: {e}", node.name));
+                        Worker::new(i, &header, hash, &programs, kernels, epoch).ok()?
+                    }
+                };
+                Some(Arc::new(w))
             })
             .collect();
-        let transport = LocalTransport::start(&workers, threads, epoch);
+        let transport = LocalTransport::start(&workers, 1, epoch);
         let coordinator = Coordinator::new(Arc::clone(&header), Arc::clone(&tail), transport);
         LocalCluster {
             header,

@@ -16,6 +16,7 @@ use adcnn_core::ops::Shape;
 use adcnn_core::plan::Region;
 use adcnn_core::plan::{Compression, Segment};
 use adcnn_core::program::Program;
+use adcnn_kernels::par::Pool;
 use adcnn_kernels::wire::{self, QuantError, WireTile};
 use adcnn_kernels::{CompileError, CompileOptions, CompiledKernels};
 use ndarray::Array3;
@@ -82,6 +83,8 @@ pub struct Worker {
     pub compile_ms: f64,
     /// Whether its kernels came from the process's cache.
     pub cached: bool,
+    /// The threads its kernels split each layer over (`None`: the calling thread's alone).
+    pool: Option<Pool>,
     epoch: Instant,
 }
 
@@ -157,8 +160,21 @@ impl Worker {
             layouts: RwLock::new(vec![Arc::new(layout)]),
             compile_ms,
             cached,
+            pool: None,
             epoch,
         })
+    }
+
+    /// The same worker with `threads` threads for its kernels: each tile's layers are split
+    /// over them ([`adcnn_kernels::par`]). 1 (the default) computes on the calling thread.
+    pub fn with_threads(mut self, threads: usize) -> Result<Worker, WorkerError> {
+        self.pool = Pool::new(threads).map_err(WorkerError::Threads)?;
+        Ok(self)
+    }
+
+    /// The threads its kernels use per tile.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, Pool::threads)
     }
 
     /// Prepares layout `id`: `segments` are every segment of the plan with new tiles. Those
@@ -254,7 +270,10 @@ impl Worker {
     pub fn run(&self, job: &TileJob) -> TileDone {
         let started = Instant::now();
         let start_us = self.epoch.elapsed().as_secs_f64() * 1e6;
-        let output = self.compute(job);
+        let output = match &self.pool {
+            Some(pool) => pool.run(|| self.compute(job)),
+            None => self.compute(job),
+        };
         if let Some(k) = self.slowdown(job) {
             // A k times slower node takes k times as long: (k − 1) more.
             std::thread::sleep(started.elapsed().mul_f64(k - 1.0));
@@ -444,6 +463,8 @@ pub enum WorkerError {
     Layout(String),
     #[error("cannot compile the kernels: {0}")]
     Compile(#[from] CompileError),
+    #[error("{0}")]
+    Threads(String),
 }
 
 /// `node`'s kernels for plan `hash`: from the cache, or compiled (then `true`).

@@ -41,10 +41,11 @@ coordinator command \`adcnn-run ADCNN-RUN-ARGS...\` on it:
             \`.\` as \`_\`), for the runtime to add a per-message delay. Every process also
             gets ADCNN_TESTBED_NODE=<its node>.
   CPU       a cgroup v1 \`cpu\` child per node, $CGROUP_BASE/<cluster>/<node>,
-            with cpu.cfs_period_us $CFS_PERIOD_US and cpu.cfs_quota_us = gflops /
-            GFLOPS-PER-CORE of it (at least $MIN_QUOTA_US): with the default 88 GFLOP/s per
-            core, 44 GFLOP/s is half a core (50000), 22 a quarter (25000). Workers get
-            --threads ceil(quota / period). The cluster's cgroup gets cpu.shares 1024 x
+            with cpu.cfs_period_us $CFS_PERIOD_US and cpu.cfs_quota_us = gflops x threads /
+            GFLOPS-PER-CORE of it (at least $MIN_QUOTA_US; threads: the node's \`threads\`, else
+            1): with the default 88 GFLOP/s per core, 44 GFLOP/s is half a core (50000), 22 a
+            quarter (25000). Workers get --threads: the node's \`threads\`, else
+            ceil(quota / period). The cluster's cgroup gets cpu.shares 1024 x
             nodes, to compete with other work on the machine like that many processes.
   workers   in each worker node's namespace and cgroup:
               \$ADCNN_RUN worker --listen <address> --token-file <rundir>/token
@@ -231,8 +232,8 @@ parse_cluster() {
       i = index(kv, ":")
       if (i == 0) { err(line, "expected `key: value` in a node, found `" trim(kv) "`"); return }
       k = trim(substr(kv, 1, i - 1)); v = unquote(trim(substr(kv, i + 1)))
-      if (k !~ /^(name|address|gflops|mbps|latency_ms|worker)$/) {
-        err(line, "unknown node key `" k "` (expected name, address, gflops, mbps, latency_ms, worker)"); return
+      if (k !~ /^(name|address|gflops|mbps|latency_ms|worker|threads)$/) {
+        err(line, "unknown node key `" k "` (expected name, address, gflops, mbps, latency_ms, worker, threads)"); return
       }
       if (k in field) { err(line, "`" k "` given twice in one node"); return }
       if (v == "") { err(line, "`" k "` has no value"); return }
@@ -251,7 +252,7 @@ parse_cluster() {
       if (q != "") err(line, "unclosed quote")
       if (trim(part) != "") node_kv(part, line)
     }
-    function finish_node(   name, addr, gf, mb, lat, wk) {
+    function finish_node(   name, addr, gf, mb, lat, wk, th) {
       if (!in_node) return
       in_node = 0
       if (broken) { delete field; return }
@@ -270,7 +271,9 @@ parse_cluster() {
       if (!isnum(lat)) err(node_line, "node `" name "`: `latency_ms` must be a number >= 0, not `" lat "`")
       wk = ("worker" in field) ? field["worker"] : "true"
       if (wk != "true" && wk != "false") err(node_line, "node `" name "`: `worker` must be true or false, not `" wk "`")
-      printf "node\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", node_line, name, addr, gf, mb, lat, wk
+      th = ("threads" in field) ? field["threads"] : "-"
+      if (th != "-" && (th !~ /^[0-9]+$/ || th + 0 < 1 || th + 0 > 1024)) err(node_line, "node `" name "`: `threads` must be an integer from 1 to 1024, not `" th "`")
+      printf "node\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", node_line, name, addr, gf, mb, lat, wk, th
       delete field
     }
     {
@@ -342,7 +345,7 @@ parse_cluster() {
 
 # Node tables, in file order (index 0..N-1).
 N_NAME=() N_IP=() N_PORT=() N_ADDR=() N_GFLOPS=() N_MBPS=() N_LAT=() N_WORKER=()
-N_QUOTA=() N_THREADS=() N_ENV=()
+N_QUOTA=() N_THREADS=() N_ENV=() N_CORES=()
 CLUSTER="" COORD="" COORD_I=-1 PREFIX=24
 
 ip_int() {
@@ -353,11 +356,11 @@ ip_int() {
 }
 
 load_cluster() {
-  local file=$1 display=$2 errors=() kind a b c d e f g
+  local file=$1 display=$2 errors=() kind a b c d e f g h
   local cname="-" coord="-" out cname_line=0 coord_line=0 nodes_line=0
   [[ -f $file && -r $file ]] || die 2 "$display: no such file, or not readable"
   out=$(parse_cluster "$file") || die 2 "$display: could not read it (awk failed)"
-  while IFS=$'\t' read -r kind a b c d e f g; do
+  while IFS=$'\t' read -r kind a b c d e f g h; do
     case $kind in
       error) errors+=("$a"$'\t'"$b") ;;
       cluster) cname=$a cname_line=$b ;;
@@ -365,7 +368,7 @@ load_cluster() {
       nodes) nodes_line=$a ;;
       node)
         N_NAME+=("$b") N_ADDR+=("$c") N_GFLOPS+=("$d") N_MBPS+=("$e") N_LAT+=("$f")
-        N_WORKER+=("$([[ $g == true ]] && echo 1 || echo 0)")
+        N_WORKER+=("$([[ $g == true ]] && echo 1 || echo 0)") N_CORES+=("$h")
         NODE_LINE+=("$a")
         ;;
     esac
@@ -464,11 +467,16 @@ load_cluster() {
   fi
   CLUSTER=$cname
   COORD=$coord
-  # CPU quota per node: gflops / GFLOPS_PER_CORE of a core.
+  # CPU quota per node: gflops / GFLOPS_PER_CORE of a core per thread (`threads`, else 1).
   for ((i = 0; i < n; i++)); do
-    N_QUOTA[i]=$(awk -v g="${N_GFLOPS[i]}" -v s="$GFLOPS_PER_CORE" -v p=$CFS_PERIOD_US -v m=$MIN_QUOTA_US \
-      'BEGIN { q = int(g / s * p + 0.5); if (q < m) q = m; print q }')
-    N_THREADS[i]=$(((N_QUOTA[i] + CFS_PERIOD_US - 1) / CFS_PERIOD_US))
+    local t=${N_CORES[i]:--}
+    N_QUOTA[i]=$(awk -v g="${N_GFLOPS[i]}" -v t="${t/-/1}" -v s="$GFLOPS_PER_CORE" -v p=$CFS_PERIOD_US \
+      -v m=$MIN_QUOTA_US 'BEGIN { q = int(g * t / s * p + 0.5); if (q < m) q = m; print q }')
+    if [[ $t == - ]]; then
+      N_THREADS[i]=$(((N_QUOTA[i] + CFS_PERIOD_US - 1) / CFS_PERIOD_US))
+    else
+      N_THREADS[i]=$t
+    fi
   done
 }
 
@@ -885,7 +893,9 @@ write $((1024 * N)) "$CGROUP_BASE/cpu.shares"
 write $((1024 * N)) "$CGROUP_BASE/$CLUSTER/cpu.shares"
 for ((i = 0; i < N; i++)); do
   cg=$(cg_of "${N_NAME[i]}")
-  comment "${N_NAME[i]}: ${N_GFLOPS[i]} GFLOP/s = $(awk -v q="${N_QUOTA[i]}" -v p=$CFS_PERIOD_US 'BEGIN { printf "%.3f", q / p }') core"
+  per_thread=""
+  [[ ${N_CORES[i]:--} == - ]] || per_thread=" x ${N_CORES[i]} threads"
+  comment "${N_NAME[i]}: ${N_GFLOPS[i]} GFLOP/s$per_thread = $(awk -v q="${N_QUOTA[i]}" -v p=$CFS_PERIOD_US 'BEGIN { printf "%.3f", q / p }') core"
   run mkdir -p "$cg"
   write $CFS_PERIOD_US "$cg/cpu.cfs_period_us"
   write "${N_QUOTA[i]}" "$cg/cpu.cfs_quota_us"

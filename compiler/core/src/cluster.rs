@@ -14,7 +14,8 @@ pub struct Node {
     pub name: String,
     /// `host:port` of the node's worker, for distributed runs.
     pub address: Option<String>,
-    /// Sustained compute speed in GFLOP/s (FLOP = 2 × multiply-accumulate).
+    /// Sustained compute speed of one of its threads in GFLOP/s (FLOP = 2 ×
+    /// multiply-accumulate); the node's is [`Node::speed`].
     pub gflops: f64,
     /// Link bandwidth to the coordinator in Mbit/s (`None` for the coordinator itself).
     pub mbps: Option<f64>,
@@ -22,6 +23,41 @@ pub struct Node {
     pub latency_ms: f64,
     /// Whether the node processes tiles (a coordinator may only coordinate).
     pub worker: bool,
+    /// Threads its worker splits each tile's layers over (its cores; 1 when the cluster
+    /// file says nothing, and then absent from `plan.bin`'s JSON).
+    #[serde(default = "one_thread", skip_serializing_if = "is_one_thread")]
+    pub threads: usize,
+}
+
+/// What each of a node's threads past the first adds to its speed, as a fraction of one
+/// thread's: two threads measured 1.6–1.8× one on VGG16 and YOLOv2-tiny (the book's
+/// "Performance" chapter, "Every core of a node"), where memory-bound layers and the parts
+/// each thread repeats take the rest.
+pub const THREAD_EFFICIENCY: f64 = 0.8;
+
+fn one_thread() -> usize {
+    1
+}
+
+fn is_one_thread(t: &usize) -> bool {
+    *t == 1
+}
+
+impl Node {
+    /// The node's speed in GFLOP/s: `gflops` per thread, each thread past the first adding
+    /// [`THREAD_EFFICIENCY`] of one.
+    pub fn speed(&self) -> f64 {
+        self.gflops * Self::thread_factor(self.threads)
+    }
+
+    /// Sets `gflops` so that [`Node::speed`] is `speed` (a measured node speed).
+    pub fn set_speed(&mut self, speed: f64) {
+        self.gflops = speed / Self::thread_factor(self.threads);
+    }
+
+    fn thread_factor(threads: usize) -> f64 {
+        1.0 + THREAD_EFFICIENCY * threads.saturating_sub(1) as f64
+    }
 }
 
 impl Cluster {
@@ -31,7 +67,7 @@ impl Cluster {
 
     /// Sum of the workers' speeds in GFLOP/s.
     pub fn total_gflops(&self) -> f64 {
-        self.workers().map(|n| n.gflops).sum()
+        self.workers().map(Node::speed).sum()
     }
 
     /// One line: `edge4: 5 nodes (4 workers, 132.0 GFLOP/s), coordinator gw`.
@@ -75,6 +111,7 @@ impl Cluster {
                 mbps: (i > 0).then_some(100_000.0),
                 latency_ms: if i > 0 { 0.01 } else { 0.0 },
                 worker: true,
+                threads: 1,
             })
             .collect();
         Cluster {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic        8 bytes  "ADCNNPLN"
-//! format       u32      FORMAT_VERSION (2)
+//! format       u32      FORMAT_VERSION (3)
 //! compiler     u16 len + UTF-8   version of the adcnn that wrote it
 //! sections     u32      count
 //! index        count × { kind u8, id u32, offset u64, length u64, hash u64 }
@@ -46,7 +46,7 @@ use crate::weights::{Seeded, Weights};
 
 pub const MAGIC: &[u8; 8] = b"ADCNNPLN";
 /// Bumped whenever the layout or the meaning of any field changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 pub const COMPILER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Bounds checked before allocating.

@@ -91,6 +91,7 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
     let mbps = f.get("mbps");
     let latency = f.get("latency_ms");
     let worker = f.get("worker");
+    let threads = f.get("threads");
     f.finish(diags);
     let before = diags.len();
     let name = read::string(name?, "a node name", diags).map(str::to_string);
@@ -149,6 +150,10 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
         Some(w) => read::boolean(w, "`worker`", diags),
         None => Some(true),
     };
+    let threads = match threads {
+        Some(t) => read::integer(t, "`threads`", 1, 1024, diags).map(|t| t as usize),
+        None => Some(1),
+    };
     if diags.len() != before {
         return None;
     }
@@ -159,6 +164,7 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
         mbps: mbps?,
         latency_ms: latency_ms?,
         worker: worker?,
+        threads: threads?,
     })
 }
 

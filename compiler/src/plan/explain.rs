@@ -68,10 +68,17 @@ pub fn text(header: &PlanHeader) -> String {
             Some(m) if i != c.coordinator => format!("{m:>7.1} Mbit/s {:>5.1} ms", n.latency_ms),
             _ => "local".to_string(),
         };
+        let threads = if n.threads > 1 {
+            format!(" ({} threads)", n.threads)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "  {:<10} {:<18} {:>7.1} GFLOP/s  {link}",
-            n.name, role, n.gflops
+            "  {:<10} {:<18} {:>7.1} GFLOP/s  {link}{threads}",
+            n.name,
+            role,
+            n.speed()
         );
     }
     for (i, s) in plan.segments.iter().enumerate() {

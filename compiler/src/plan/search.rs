@@ -216,7 +216,7 @@ impl<'a> Ctx<'a> {
         let speeds: Vec<f64> = self
             .workers
             .iter()
-            .map(|&n| self.cluster.nodes[n].gflops)
+            .map(|&n| self.cluster.nodes[n].speed())
             .collect();
         if speeds.len() > 1 && speeds.iter().any(|s| *s != speeds[0]) {
             if let Some(rows) = split(h, &speeds) {
@@ -562,7 +562,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn tile_ms(&self, node: usize, t: &Tile) -> f64 {
-        t.ms_on(self.cluster, node, self.cluster.nodes[node].gflops)
+        t.ms_on(self.cluster, node, self.cluster.nodes[node].speed())
     }
 
     /// Assigns tiles to workers; returns each node's busy time.

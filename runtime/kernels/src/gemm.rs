@@ -59,6 +59,23 @@ pub fn isa() -> Isa {
     })
 }
 
+/// Whether full pairs of B panels run on the AVX-512 6×32 kernel (twelve 512-bit
+/// accumulators): where [`isa()`] is AVX2 + FMA and the CPU also has AVX-512F. On cores
+/// with full-width AVX-512 units (Zen 5, Xeon) that doubles the FMAs per instruction; every
+/// element is still one FMA chain over k, so the bits are the AVX2 kernel's.
+pub fn wide() -> bool {
+    static WIDE: OnceLock<bool> = OnceLock::new();
+    *WIDE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if isa() == Isa::Avx2Fma && std::is_x86_feature_detected!("avx512f") {
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// A (`m × k`, row-major) packed into MR-row strips per KC block: for each k block, for each
 /// strip, `kc` groups of MR values (rows past `m` are zero).
 #[derive(Clone, Debug)]
@@ -428,11 +445,7 @@ pub fn gemm_packed(
     ldc: usize,
     accumulate: bool,
 ) {
-    // Empty shapes and C's bounds are handled by `gemm_packed_with`; only B is checked here.
-    if a.m > 0 && a.k > 0 && n > 0 {
-        assert!(ldb >= n && b.len() >= (a.k - 1) * ldb + n, "B too short");
-    }
-    gemm_packed_with(a, &Dense { b, ldb }, n, c, ldc, accumulate);
+    gemm_packed_strips(a, 0..a.m.div_ceil(MR), b, ldb, n, c, ldc, accumulate);
 }
 
 /// `C (+)= A · B` with A pre-packed and B packed block by block by `b`.
@@ -444,23 +457,79 @@ pub fn gemm_packed_with(
     ldc: usize,
     accumulate: bool,
 ) {
-    gemm_packed_on(isa(), a, b, n, c, ldc, accumulate);
+    gemm_packed_on(
+        isa(),
+        wide(),
+        a,
+        0..a.m.div_ceil(MR),
+        b,
+        n,
+        c,
+        ldc,
+        accumulate,
+    );
 }
 
-/// [`gemm_packed_with`] on the micro-kernel `isa`, which must be [`isa()`] or
-/// [`Isa::Portable`] (the tests run both).
+/// [`gemm_packed_with`] with C's rows split over the threads of the rayon pool the caller
+/// runs in ([`crate::par`]): each thread computes whole MR-row strips of C (packing its own
+/// blocks of B), so every element is computed as on one thread.
+pub fn gemm_packed_par(
+    a: &PackedA,
+    b: &(impl PackB + Sync),
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let flops = 2.0 * a.m as f64 * a.k as f64 * n as f64;
+    let strips = crate::par::ranges(a.m.div_ceil(MR), 1, flops);
+    let (isa, wide) = (isa(), wide());
+    crate::par::for_each(c, MR * ldc, &strips, |s, c| {
+        gemm_packed_on(isa, wide, a, s, b, n, c, ldc, accumulate);
+    });
+}
+
+/// [`gemm_packed`] of the MR-row strips `strips` of A only: `c` starts at the first row of
+/// strip `strips.start` (a range of output channels, as [`crate::winograd`] splits them).
+#[allow(clippy::too_many_arguments, reason = "BLAS-shaped signature")]
+pub fn gemm_packed_strips(
+    a: &PackedA,
+    strips: std::ops::Range<usize>,
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let b = &Dense { b, ldb };
+    gemm_packed_on(isa(), wide(), a, strips, b, n, c, ldc, accumulate);
+}
+
+/// [`gemm_packed_with`] of A's MR-row strips `strips` (C starting at the first of their
+/// rows) on the micro-kernel `isa`, which must be [`isa()`] or [`Isa::Portable`] (the tests
+/// run both), with the AVX-512 kernel for pairs of panels if `wide` (only where [`wide()`]).
+#[allow(clippy::too_many_arguments, reason = "BLAS-shaped signature")]
 fn gemm_packed_on(
     isa: Isa,
+    wide: bool,
     a: &PackedA,
+    strips: std::ops::Range<usize>,
     b: &impl PackB,
     n: usize,
     c: &mut [f32],
     ldc: usize,
     accumulate: bool,
 ) {
-    let (m, k) = (a.m, a.k);
+    let strips = strips.start..strips.end.min(a.m.div_ceil(MR));
+    let m = (strips.end * MR).min(a.m).saturating_sub(strips.start * MR);
+    let k = a.k;
     if m == 0 || n == 0 {
         return;
+    }
+    if let Some((bm, ldb)) = b.rows().filter(|_| k > 0) {
+        // The micro-kernel reads a B in place through raw pointers.
+        assert!(ldb >= n && bm.len() >= (k - 1) * ldb + n, "B too short");
     }
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "C too short");
     if k == 0 {
@@ -476,7 +545,10 @@ fn gemm_packed_on(
     thread_local! {
         static PACKED_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    PACKED_B.with_borrow_mut(|bp| gemm_blocks(isa, a, b, n, c, ldc, accumulate, bp));
+    let wide = wide && isa == Isa::Avx2Fma;
+    PACKED_B.with_borrow_mut(|bp| {
+        gemm_blocks(isa, wide, a, strips, b, n, c, ldc, accumulate, bp);
+    });
 }
 
 #[allow(
@@ -485,7 +557,9 @@ fn gemm_packed_on(
 )]
 fn gemm_blocks(
     isa: Isa,
+    wide: bool,
     a: &PackedA,
+    strips: std::ops::Range<usize>,
     b: &impl PackB,
     n: usize,
     c: &mut [f32],
@@ -494,6 +568,7 @@ fn gemm_blocks(
     bp: &mut Vec<f32>,
 ) {
     let (m, k) = (a.m, a.k);
+    let first = strips.start;
     // Narrow matrices (7×7 maps: rows 196 bytes apart, each 16-float read straddling cache
     // lines) measured faster packed.
     let direct = b.rows().filter(|_| n >= 4 * NR);
@@ -521,20 +596,36 @@ fn gemm_blocks(
                 b.pack(k0, kc, p0, pc, bp);
             }
             let acc = accumulate || k0 > 0;
-            for s in 0..m.div_ceil(MR) {
+            for s in strips.clone() {
                 let ap = a.strip(k0, kc, s);
-                let r0 = s * MR;
-                let mr = MR.min(m - r0);
-                for t in 0..nc.div_ceil(NR) {
+                let mr = MR.min(m - s * MR);
+                // C's rows are counted from the first strip's.
+                let r0 = (s - first) * MR;
+                let panels = nc.div_ceil(NR);
+                let mut t = 0;
+                while t < panels {
                     let c0 = n0 + t * NR;
                     let nr = NR.min(n0 + nc - c0);
-                    let (bpanel, ldb) = match direct {
-                        Some((bm, ldb)) if nr == NR => (&bm[k0 * ldb + c0..], ldb),
-                        Some(_) => (&bp[..], NR),
+                    let panel = |t: usize| match direct {
+                        Some((bm, ldb)) => (&bm[k0 * ldb + n0 + t * NR..], ldb),
                         None => (&bp[t * NR * kc..(t + 1) * NR * kc], NR),
+                    };
+                    // Two full panels at once: 32 columns.
+                    if wide && mr == MR && n0 + nc >= c0 + 2 * NR {
+                        let ((b0, ldb), (b1, _)) = (panel(t), panel(t + 1));
+                        let cblk = &mut c[r0 * ldc + c0..];
+                        micro_wide(kc, ap, b0, b1, ldb, cblk, ldc, acc);
+                        t += 2;
+                        continue;
+                    }
+                    let (bpanel, ldb) = match direct {
+                        Some(_) if nr == NR => panel(t),
+                        Some(_) => (&bp[..], NR),
+                        None => panel(t),
                     };
                     let cblk = &mut c[r0 * ldc + c0..];
                     micro(isa, kc, ap, bpanel, ldb, cblk, ldc, mr, nr, acc);
+                    t += 1;
                 }
             }
         }
@@ -564,6 +655,18 @@ pub fn sgemm(
 /// bound by memory bandwidth once its sums run 8 wide with FMA.
 pub fn gemv(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
     gemv_on(isa(), a, lda, x, y);
+}
+
+/// [`gemv`] with `y`'s rows split over the threads of the rayon pool the caller runs in
+/// ([`crate::par`]); each row's sum is computed as on one thread.
+pub fn gemv_par(a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
+    let flops = 2.0 * y.len() as f64 * x.len() as f64;
+    // Rows in multiples of 8 (the AVX2 kernel's row block).
+    let rows = crate::par::ranges(y.len(), 8, flops);
+    let isa = isa();
+    crate::par::for_each(y, 1, &rows, |r, y| {
+        gemv_on(isa, &a[r.start * lda..], lda, x, y);
+    });
 }
 
 /// [`gemv`] on `isa`, which must be [`isa()`] or [`Isa::Portable`].
@@ -607,6 +710,43 @@ fn gemv_on(isa: Isa, a: &[f32], lda: usize, x: &[f32], y: &mut [f32]) {
             .sum();
         *out = acc.iter().sum::<f32>() + tail;
     }
+}
+
+/// One full MR × 2·NR block of C from a packed A panel of depth `kc` and two B panels of
+/// `kc` rows of NR values each, `ldb` apart, on the AVX-512 kernel ([`wide()`] must hold).
+#[allow(clippy::too_many_arguments, reason = "micro-kernel signature")]
+#[inline]
+fn micro_wide(
+    kc: usize,
+    a: &[f32],
+    b0: &[f32],
+    b1: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    acc: bool,
+) {
+    assert!(a.len() >= kc * MR && ldb >= NR);
+    assert!(b0.len() >= (kc - 1) * ldb + NR && b1.len() >= (kc - 1) * ldb + NR);
+    assert!(c.len() >= (MR - 1) * ldc + 2 * NR && ldc >= 2 * NR);
+    assert!(wide(), "the AVX-512 kernel on a CPU without AVX-512F");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `wide()` holds only after detecting AVX-512F; `a` holds kc·MR floats, `b0`
+    // and `b1` kc rows of NR floats ldb apart, and C MR rows of 2·NR floats ldc apart
+    // (asserted above).
+    unsafe {
+        avx512::kernel_6x32(
+            kc,
+            a.as_ptr(),
+            [b0.as_ptr(), b1.as_ptr()],
+            ldb,
+            c.as_mut_ptr(),
+            ldc,
+            acc,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (kc, a, b0, b1, ldb, c, ldc, acc);
 }
 
 /// One `mr × nr` (≤ MR × NR) block of C from a packed A panel of depth `kc` and a B panel
@@ -708,6 +848,60 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], ldb: usize, out: &mut [[f32;
             let av = ak[r];
             for (o, bv) in out[r].iter_mut().zip(bk) {
                 *o += av * bv;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::MR;
+
+    /// 6×32 block: for each k two 16-float loads of B (one per panel), six broadcasts of
+    /// A, twelve 512-bit FMAs into registers; then stored (added to C with `acc`). Each
+    /// element is the same FMA chain as in `avx2::kernel_6x16`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` points at `kc·MR` readable floats, `b[0]` and `b[1]`
+    /// at `kc` rows of 16 readable floats `ldb` apart; `c` at MR rows of 32 writable (and
+    /// with `acc` readable) floats, `ldc` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_6x32(
+        kc: usize,
+        a: *const f32,
+        b: [*const f32; 2],
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        acc: bool,
+    ) {
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let mut r = [[_mm512_setzero_ps(); 2]; MR];
+            let (mut ap, [mut p0, mut p1]) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(p0);
+                let b1 = _mm512_loadu_ps(p1);
+                for (i, ri) in r.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    ri[0] = _mm512_fmadd_ps(av, b0, ri[0]);
+                    ri[1] = _mm512_fmadd_ps(av, b1, ri[1]);
+                }
+                ap = ap.add(MR);
+                p0 = p0.add(ldb);
+                p1 = p1.add(ldb);
+            }
+            for (i, ri) in r.iter().enumerate() {
+                let row = c.add(i * ldc);
+                let (mut v0, mut v1) = (ri[0], ri[1]);
+                if acc {
+                    v0 = _mm512_add_ps(v0, _mm512_loadu_ps(row));
+                    v1 = _mm512_add_ps(v1, _mm512_loadu_ps(row.add(16)));
+                }
+                _mm512_storeu_ps(row, v0);
+                _mm512_storeu_ps(row.add(16), v1);
             }
         }
     }
@@ -1204,8 +1398,52 @@ mod tests {
         c: &mut [f32],
         acc: bool,
     ) {
+        sgemm_wide(isa, false, (m, n, k), a, b, c, acc);
+    }
+
+    /// [`sgemm_on`], with the AVX-512 kernel for pairs of panels if `wide`.
+    fn sgemm_wide(
+        isa: Isa,
+        wide: bool,
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        acc: bool,
+    ) {
         let pa = PackedA::new(a, m, k, k);
-        gemm_packed_on(isa, &pa, &Dense { b, ldb: n }, n, c, n, acc);
+        let b = &Dense { b, ldb: n };
+        gemm_packed_on(isa, wide, &pa, 0..m.div_ceil(MR), b, n, c, n, acc);
+    }
+
+    /// The AVX-512 kernel (where the CPU has it) gives the AVX2 kernel's bits: packed and
+    /// in place, accumulating or not, with partial strips and row blocks beside full ones.
+    #[test]
+    fn the_wide_kernel_has_the_avx2_kernels_bits() {
+        if !wide() {
+            return;
+        }
+        for &(m, n, k) in &[
+            (6, 32, 5),
+            (13, 49, 70),
+            (64, 530, 27),
+            (7, 200, 300),
+            (160, 196, 576),
+            (25, 63, 260),
+        ] {
+            let (a, b) = (data(m * k, 7), data(k * n, 8));
+            for acc in [false, true] {
+                let mut narrow = data(m * n, 9);
+                let mut wide_c = narrow.clone();
+                sgemm_wide(Isa::Avx2Fma, false, (m, n, k), &a, &b, &mut narrow, acc);
+                sgemm_wide(Isa::Avx2Fma, true, (m, n, k), &a, &b, &mut wide_c, acc);
+                let same = narrow
+                    .iter()
+                    .zip(&wide_c)
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{m}x{n}x{k} acc {acc}");
+            }
+        }
     }
 
     #[test]
@@ -1285,7 +1523,9 @@ mod tests {
                 let mut want = vec![0.0f32; cout * pixels];
                 gemm_packed_on(
                     isa,
+                    false,
                     &pa,
+                    0..cout.div_ceil(MR),
                     &Dense { b: &x, ldb: pixels },
                     pixels,
                     &mut want,

@@ -7,7 +7,8 @@
 //!   [`direct`] (few-channel stems), [`block`] (inverted-residual blocks over row bands);
 //! - [`jit`] — Cranelift code generation: epilogues, max pools, depthwise convolutions;
 //! - [`act`] — the activations fused into epilogues;
-//! - [`wire`] — tile outputs as they cross the wire (exact, or q8/q4 per channel).
+//! - [`wire`] — tile outputs as they cross the wire (exact, or q8/q4 per channel);
+//! - [`par`] — a layer's work split over the threads of the rayon pool the caller runs in.
 //!
 //! Everything is checked against `adcnn_core::program::Program::run_tile`, the plain tile
 //! runner. See ARCHITECTURE.md for the split between generated and host code and the
@@ -20,6 +21,7 @@ pub mod direct;
 pub mod gemm;
 pub mod jit;
 pub mod kernel;
+pub mod par;
 pub mod winograd;
 pub mod wire;
 

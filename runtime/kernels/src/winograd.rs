@@ -20,7 +20,7 @@
     reason = "calling the AVX2-compiled transforms after detecting AVX2 at run time"
 )]
 
-use super::gemm::{PackedA, gemm_packed};
+use super::gemm::{MR, PackedA, gemm_packed_strips};
 use crate::act::Act;
 
 /// Output tile side.
@@ -137,6 +137,68 @@ impl Winograd {
         if tiles == 0 {
             return;
         }
+        // Split over the threads of the caller's pool: by rows of tiles when the transformed
+        // input outweighs U (large maps: each thread transforms, multiplies and writes its
+        // own tiles, into its own rows of every output plane), else by output channels,
+        // whole MR-row strips of U (small maps, many channels: each thread streams its part
+        // of U once and transforms the whole, small, input).
+        let flops = 2.0 * (T * T * self.cin * self.cout * tiles) as f64;
+        let strips = self.cout.div_ceil(MR);
+        let parts: Vec<_> = if tiles >= self.cout {
+            let rows = crate::par::ranges(th, 1, flops);
+            rows.into_iter().map(|r| (r, 0..strips)).collect()
+        } else {
+            let channels = crate::par::ranges(strips, 1, flops);
+            channels.into_iter().map(|c| (0..th, c)).collect()
+        };
+        let y = &mut y[..self.cout * out_len];
+        let out = Out {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            plane: out_len,
+            width: if pool { s.ow / 2 } else { s.ow },
+            height: out_len
+                .checked_div(if pool { s.ow / 2 } else { s.ow })
+                .unwrap_or(0),
+        };
+        crate::par::run(&parts, |(rows, strips)| {
+            self.conv_part(s, x, &out, pool, epilogue, rows.clone(), strips.clone());
+        });
+    }
+
+    /// [`Self::conv`]'s tiles in the tile rows `rows`, output channels of U's MR-row strips
+    /// `strips`, written to their rows of their planes of `out`.
+    #[allow(clippy::too_many_arguments, reason = "conv's operands and the part")]
+    fn conv_part(
+        &self,
+        s: &Shape,
+        x: &[f32],
+        out: &Out,
+        pool: bool,
+        epilogue: Option<Epilogue>,
+        rows: std::ops::Range<usize>,
+        strips: std::ops::Range<usize>,
+    ) {
+        let k0 = strips.start * MR;
+        let cout = (strips.end * MR).min(self.cout) - k0;
+        let epilogue = epilogue.map(|e| Epilogue {
+            bias: &e.bias[k0..],
+            act: e.act,
+        });
+        let tw = s.ow.div_ceil(M);
+        let (t0, t1) = (rows.start * tw, rows.end * tw);
+        let tiles = t1 - t0;
+        // The output rows these tiles write (pooled: half as many), and the shape that
+        // places them from row 0 of the part.
+        let (r0, r1) = if pool {
+            (rows.start * M / 2, (rows.end * M / 2).min(out.height))
+        } else {
+            (rows.start * M, (rows.end * M).min(out.height))
+        };
+        let part = Shape {
+            oh: if pool { 2 * (r1 - r0) } else { r1 - r0 },
+            ..*s
+        };
         // Tiles per block, a multiple of LANES, spread evenly over the blocks.
         let per_tile = T * T * (self.cin + self.cout) * 4;
         let most = (BLOCK_BYTES / per_tile).max(16);
@@ -150,25 +212,69 @@ impl Winograd {
             // Grown, never shrunk: every element a block reads was written by it first.
             for (buf, len) in [
                 (&mut *v, T * T * self.cin * nb),
-                (&mut *m, T * T * self.cout * nb),
+                (&mut *m, T * T * cout * nb),
             ] {
                 if buf.len() < len {
                     buf.resize(len, 0.0);
                 }
             }
-            for b0 in (0..tiles).step_by(nb) {
-                let n = nb.min(tiles - b0);
-                let blk = Block { s, tw, nb, b0, n };
+            for b0 in (t0..t1).step_by(nb) {
+                let n = nb.min(t1 - b0);
+                let blk = Block {
+                    s,
+                    part: &part,
+                    rows: r0..r1,
+                    t0,
+                    tw,
+                    nb,
+                    b0,
+                    n,
+                };
                 dispatch!(input_block(&blk, self.cin, x, v));
                 for (xi, u) in self.u.iter().enumerate() {
                     let vb = &v[xi * self.cin * nb..(xi + 1) * self.cin * nb];
-                    let mb = &mut m[xi * self.cout * nb..(xi + 1) * self.cout * nb];
+                    let mb = &mut m[xi * cout * nb..(xi + 1) * cout * nb];
                     // Wide blocks: the GEMM reads V's rows in place, without packing.
-                    gemm_packed(u, vb, nb, n, mb, nb, false);
+                    gemm_packed_strips(u, strips.clone(), vb, nb, n, mb, nb, false);
                 }
-                dispatch!(output_block(&blk, self.cout, m, y, pool, epilogue));
+                dispatch!(output_block(&blk, k0, cout, m, out, pool, epilogue));
             }
         });
+    }
+}
+
+/// The output planes of one [`Winograd::conv`] call, written by several threads at once,
+/// each to its own part: rows of every plane, or every row of some planes.
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+    /// Floats per plane (output channel).
+    plane: usize,
+    /// Floats per row, and rows per plane.
+    width: usize,
+    height: usize,
+}
+
+// SAFETY: `Out` is shared only by the threads of one `conv` call, which borrows the output
+// mutably for the whole call; each thread writes through `rows` alone, to (plane, row)
+// pairs no other thread writes (the parts' tile rows or channel strips are disjoint).
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Rows `r0..r1` of plane `k`. Panics if they lie outside the output. Callers on
+    /// different threads must ask for disjoint parts (each `conv_part` has its own).
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "disjoint rows per thread: see the SAFETY note on `Out`"
+    )]
+    fn rows(&self, k: usize, r0: usize, r1: usize) -> &mut [f32] {
+        assert!(r0 <= r1 && r1 <= self.height, "rows outside the plane");
+        let start = k * self.plane + r0 * self.width;
+        let len = (r1 - r0) * self.width;
+        assert!(start + len <= self.len, "plane outside the output");
+        // SAFETY: in bounds (asserted); the output outlives the call (`conv` holds its
+        // borrow), and no other thread touches these rows (see `Out`).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }
 
@@ -193,9 +299,15 @@ impl Epilogue<'_> {
     }
 }
 
-/// One block of tiles: `n` tiles from `b0`, `nb` columns apart in `V` and `M`.
+/// One block of tiles: `n` tiles from `b0`, `nb` columns apart in `V` and `M`. Its outputs
+/// go to a part of the output whose first tile is `t0` and whose shape is `part` (`s` with
+/// the part's output rows).
 struct Block<'a> {
     s: &'a Shape,
+    part: &'a Shape,
+    /// The part's output rows.
+    rows: std::ops::Range<usize>,
+    t0: usize,
     tw: usize,
     nb: usize,
     b0: usize,
@@ -241,24 +353,21 @@ fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
     }
 }
 
-/// The block's output tiles from `M[ξ][k][·]`, every output channel, into `y`.
+/// The block's output tiles from `M[ξ][k][·]`, every output channel, into the part's rows
+/// of each plane of `out`.
 #[inline(always)]
 fn output_block(
     b: &Block,
+    k0: usize,
     cout: usize,
     m: &[f32],
-    y: &mut [f32],
+    out: &Out,
     pool: bool,
     epilogue: Option<Epilogue>,
 ) {
-    let (s, nb) = (b.s, b.nb);
-    let plane = if pool {
-        (s.oh / 2) * (s.ow / 2)
-    } else {
-        s.oh * s.ow
-    };
+    let (s, nb) = (b.part, b.nb);
     for k in 0..cout {
-        let out = &mut y[k * plane..(k + 1) * plane];
+        let out = out.rows(k0 + k, b.rows.start, b.rows.end);
         for g0 in (0..b.n).step_by(LANES) {
             let mut mt = [[[0.0f32; LANES]; T]; T];
             for (xi, lanes) in mt.iter_mut().flatten().enumerate() {
@@ -268,7 +377,8 @@ fn output_block(
             if let Some(e) = &epilogue {
                 e.apply(&mut o, k);
             }
-            let (p0, p1) = (b.b0 + g0, (b.b0 + b.n).min(b.b0 + g0 + LANES));
+            // Tiles counted from the part's first.
+            let (p0, p1) = (b.b0 + g0 - b.t0, (b.b0 + b.n).min(b.b0 + g0 + LANES) - b.t0);
             if pool {
                 scatter_pooled(&o, out, s, b.tw, p0, p1);
             } else {
@@ -280,7 +390,7 @@ fn output_block(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Block, Epilogue};
+    use super::{Block, Epilogue, Out};
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn input_block(b: &Block, cin: usize, x: &[f32], v: &mut [f32]) {
@@ -290,13 +400,14 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn output_block(
         b: &Block,
+        k0: usize,
         cout: usize,
         m: &[f32],
-        y: &mut [f32],
+        out: &Out,
         pool: bool,
         epilogue: Option<Epilogue>,
     ) {
-        super::output_block(b, cout, m, y, pool, epilogue);
+        super::output_block(b, k0, cout, m, out, pool, epilogue);
     }
 }
 

@@ -3,7 +3,8 @@
 //! plan and the node this worker is, receives the plan sections the worker does not hold yet
 //! (kept across sessions by their hash, so a second run ships nothing), compiles the node's
 //! kernels (kept while the same plan runs), and then streams tiles through
-//! [`crate::worker::Worker`] on `--threads` threads.
+//! [`crate::worker::Worker`]: `--threads` tiles at once, each tile's layers split over the
+//! worker's `--threads` kernel threads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +55,8 @@ pub const SESSION_KEY: &str = "adcnn-session";
 #[derive(Debug)]
 pub struct DaemonConfig {
     pub token: Token,
-    /// Threads that compute tiles.
+    /// Threads that compute tiles: as many tiles at once, and each tile's layers split over
+    /// as many kernel threads (one pool, shared).
     pub threads: usize,
     /// Bytes of plan sections kept between sessions.
     pub cache_bytes: usize,
@@ -479,9 +481,12 @@ impl proto::worker_server::Worker for Daemon {
         let (worker, cached) = match reused {
             Some(w) => (w, true),
             None => {
-                let w = tokio::task::spawn_blocking(move || load_worker(key, &refs, &bytes, epoch))
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))??;
+                let threads = self.inner.config.threads.max(1);
+                let w = tokio::task::spawn_blocking(move || {
+                    load_worker(key, &refs, &bytes, epoch, threads)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
                 (Arc::new(w), false)
             }
         };
@@ -738,6 +743,7 @@ fn load_worker(
     refs: &[proto::SectionRef],
     bytes: &[Arc<Vec<u8>>],
     epoch: Instant,
+    threads: usize,
 ) -> Result<Worker, Status> {
     let bad = |e: String| Status::invalid_argument(format!("the plan sections: {e}"));
     let plan_at = refs
@@ -767,6 +773,7 @@ fn load_worker(
         programs.insert(i, Arc::new(p));
     }
     Worker::new(node, &header, plan_hash, &programs, kernels, epoch)
+        .and_then(|w| w.with_threads(threads))
         .map_err(|e| Status::internal(e.to_string()))
 }
 

@@ -16,7 +16,8 @@ use super::wired::{Wired, quantised};
 use crate::act::Act;
 use crate::depthwise::{self as host_dw, bias_act};
 use crate::direct;
-use crate::gemm::{NR, PackB, gemm_packed, gemm_packed_with};
+use crate::gemm::{Dense, NR, PackB, gemm_packed_par};
+use crate::par;
 use crate::winograd;
 
 impl CompiledKernels {
@@ -151,9 +152,30 @@ impl CompiledKernels {
                     pad: [p.top, p.left, p.bottom, p.right],
                     pool: k.pool2,
                 };
-                let mut scratch = overwritten(direct::scratch_len(c, &shape));
-                direct::run(c, &shape, xs, wd, &k.bias, k.act, y, &mut scratch);
-                recycle_vec(scratch);
+                // Split over the caller's pool by blocks of 8 output channels (the kernel's
+                // unit); each thread pads the input into a scratch of its own.
+                let taps = cin * c.kernel.h * c.kernel.w;
+                let flops = 2.0 * (cout * taps * oh * ow) as f64;
+                let parts = par::ranges(cout, 8, flops);
+                par::for_each(y, yh * yw, &parts, |r, y| {
+                    let part = Conv2d {
+                        out_channels: r.len(),
+                        ..c.clone()
+                    };
+                    let mut scratch = overwritten(direct::scratch_len(&part, &shape));
+                    let w = &wd[r.start * taps..];
+                    direct::run(
+                        &part,
+                        &shape,
+                        xs,
+                        w,
+                        &k.bias[r.start..],
+                        k.act,
+                        y,
+                        &mut scratch,
+                    );
+                    recycle_vec(scratch);
+                });
                 let t = tensor(buf, (cout, yh, yw)).map_err(|e| bad(&e.to_string()))?;
                 return Ok((t, None));
             }
@@ -163,7 +185,7 @@ impl CompiledKernels {
                 let mut full = overwritten(cout * n);
                 let pa = k.packed.first().ok_or_else(|| bad("no packed weights"))?;
                 let im2col = Im2col { g: &geo, x: xs };
-                gemm_packed_with(pa, &im2col, n, &mut full[..cout * n], n, false);
+                gemm_packed_par(pa, &im2col, n, &mut full[..cout * n], n, false);
                 epilogue_host(&mut full[..cout * n], n, &k.bias, None, k.act);
                 let full = tensor(full, (cout, oh, ow)).map_err(|e| bad(&e.to_string()))?;
                 let pool = Pool2d {
@@ -190,9 +212,9 @@ impl CompiledKernels {
                     let xg = &xs[gi * k.cin_g * h * w..(gi + 1) * k.cin_g * h * w];
                     let yg = &mut y[gi * k.cout_g * n..(gi + 1) * k.cout_g * n];
                     if direct {
-                        gemm_packed(pa, xg, n, n, yg, n, false);
+                        gemm_packed_par(pa, &Dense { b: xg, ldb: n }, n, yg, n, false);
                     } else {
-                        gemm_packed_with(pa, &Im2col { g: &geo, x: xg }, n, yg, n, false);
+                        gemm_packed_par(pa, &Im2col { g: &geo, x: xg }, n, yg, n, false);
                     }
                 }
             }

@@ -12,7 +12,7 @@ use ndarray::Array3;
 use super::compiled::{CompiledKernels, Profile};
 use super::prepare::vector;
 use super::run::missing;
-use crate::gemm::gemv;
+use crate::gemm::gemv_par;
 
 impl CompiledKernels {
     /// Runs the tail program `tail` on the coordinator's thread from `live` (the last
@@ -73,7 +73,7 @@ pub(super) fn linear(
     ) {
         (Some(w), Some(b)) => {
             let mut y = vec![0.0; out];
-            gemv(w, xs.len(), xs, &mut y);
+            gemv_par(w, xs.len(), xs, &mut y);
             y.iter_mut().zip(&b).for_each(|(v, b)| *v += b);
             Ok(
                 Array3::from_shape_vec((out, 1, 1), y).map_err(|e| EvalError::Parameter {

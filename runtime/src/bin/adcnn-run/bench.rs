@@ -8,6 +8,7 @@ use adcnn_core::format::{DecodedPlan, ProgramLayers, decode};
 use adcnn_core::outln;
 use adcnn_core::program::run_segments;
 use adcnn_core::weights::SplitMix64;
+use adcnn_kernels::par::Pool;
 use adcnn_kernels::{CompiledKernels, Profile};
 use adcnn_runtime::coordinator::Coordinator;
 use adcnn_runtime::local::LocalCluster;
@@ -25,10 +26,13 @@ use crate::status::Status;
 pub struct BenchCli {
     /// plan.bin
     plan: PathBuf,
-    /// 1: every tile on the calling thread, one after another (no worker threads);
-    /// more: the in-process cluster, one thread per node.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Threads per node: each tile's layers are split over this many threads (a node's
+    /// cores; default: the `threads` the plan's cluster gives each node, 1 unless it says).
+    /// A plan whose tiles are all on one node runs tile after tile on them, the tail with
+    /// them; any other plan, or with --in-flight, --replan or --steal, runs on the
+    /// in-process cluster (a thread per node takes its tiles, the coordinator stitches).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Timed runs after two warm-up runs.
     #[arg(long, default_value_t = 10)]
     runs: usize,
@@ -90,11 +94,23 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
     let mut profile = Profile::new();
     let compile_ms;
     let weight_bytes;
+    let threads_label;
     // Bytes on the wire per frame (none when every tile runs on this thread).
     let mut bytes = 0.0;
     let gflop = lp.header.network.flops() as f64 / 1e9;
     let header = lp.header.clone();
-    if cli.threads <= 1 {
+    let nodes: std::collections::BTreeSet<usize> = header
+        .plan
+        .segments
+        .iter()
+        .flat_map(|s| s.tiles.iter().map(|t| t.node))
+        .collect();
+    let in_process_cluster = nodes.len() > 1 || cli.in_flight > 1 || cli.replan || steal.is_some();
+    if !in_process_cluster {
+        let only = nodes.first().map(|&n| header.plan.cluster.nodes[n].threads);
+        let threads = cli.threads.or(only).unwrap_or(1).max(1);
+        threads_label = format!("{threads} thread(s)");
+        let pool = Pool::new(threads).map_err(|e| format!("error: {e}"))?;
         let parts: Vec<_> = header.plan.segments.iter().zip(&lp.segments).collect();
         let compiled = match which.compile_options() {
             Some(opts) => Some(
@@ -120,17 +136,28 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
                 }
                 .map_err(|e| format!("error: {e}"))
             };
-        for _ in 0..2 {
-            once(None)?;
-        }
-        for _ in 0..runs {
-            let t = Instant::now();
-            once(cli.profile.then_some(&mut profile))?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut timed = || -> Result<(), String> {
+            for _ in 0..2 {
+                once(None)?;
+            }
+            for _ in 0..runs {
+                let t = Instant::now();
+                once(cli.profile.then_some(&mut profile))?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(())
+        };
+        match &pool {
+            Some(pool) => pool.run(timed)?,
+            None => timed()?,
         }
     } else {
         let replan = cli.replan.then(|| cli.adapt.config()).transpose()?;
-        let mut cluster = LocalCluster::with_kernels(lp, which, 1);
+        threads_label = match cli.threads {
+            Some(t) => format!("{} thread(s) per node", t.max(1)),
+            None => "threads per node as planned".into(),
+        };
+        let mut cluster = LocalCluster::with_kernels(lp, which, cli.threads);
         if let Some(e) = cluster.compile_error() {
             return Err(format!("error: {e}"));
         }
@@ -170,12 +197,12 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
     }
     let plan = &header.plan;
     outln!(
-        "{} plan {} ({} segment(s)), kernels {}, {} thread(s), {runs} runs after 2 warm-up",
+        "{} plan {} ({} segment(s)), kernels {}, {}, {runs} runs after 2 warm-up",
         plan.network,
         plan.strategy.name(),
         plan.segments.len(),
         cli.kernels,
-        cli.threads.max(1)
+        threads_label
     );
     outln!(
         "p50 {p50:.2} ms  p99 {p99:.2} ms  min {:.2} ms  {:.2} frames/s  {:.1} GFLOP/s ({gflop:.2} GFLOP)",

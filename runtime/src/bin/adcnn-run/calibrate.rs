@@ -102,7 +102,7 @@ pub fn main(cli: &CalibrateCli) -> Result<(), String> {
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
         let plan = decode(&bytes).map_err(|e| plan_error(&cli.plan, &e))?;
         let header = plan.header.clone();
-        let mut cluster = LocalCluster::with_kernels(plan, which, 1);
+        let mut cluster = LocalCluster::with_kernels(plan, which, None);
         if let Some(e) = cluster.compile_error() {
             return Err(format!("error: {e}"));
         }
@@ -141,8 +141,8 @@ pub fn main(cli: &CalibrateCli) -> Result<(), String> {
         outln!(
             "  {:<10} {:>8.1} → {:>8.1} GFLOP/s{link}{}",
             now.name,
-            was.gflops,
-            now.gflops,
+            was.speed(),
+            now.speed(),
             notes[i]
                 .as_ref()
                 .map_or(String::new(), |n| format!(" ({n})"))
@@ -228,7 +228,7 @@ fn calibrated(header: &PlanHeader, reports: &[RunReport]) -> (Cluster, Vec<Optio
             continue;
         }
         if s.compute_us > 0.0 {
-            node.gflops = s.flops / s.compute_us / 1e3;
+            node.set_speed(s.flops / s.compute_us / 1e3);
         } else {
             notes[i] = Some("no tile in this plan: speed as the file says".into());
         }
@@ -294,6 +294,9 @@ fn cluster_yaml(
         }
         if !n.worker {
             fields.push("worker: false".into());
+        }
+        if n.threads != 1 {
+            fields.push(format!("threads: {}", n.threads));
         }
         let _ = writeln!(y, "    - {{ {} }}", fields.join(", "));
     }

@@ -189,7 +189,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         let replan = (!cli.no_replan && steal.is_none())
             .then(|| cli.adapt.config())
             .transpose()?;
-        let mut cluster = LocalCluster::with_kernels(plan, which, 1);
+        let mut cluster = LocalCluster::with_kernels(plan, which, None);
         if let Some(e) = cluster.compile_error() {
             eprintln!("warning: {e}; that node runs the reference kernels");
         }
@@ -245,8 +245,22 @@ pub fn main(cli: &Cli) -> Result<(), String> {
         } else {
             String::new()
         };
+        // The plan was made for the cluster file's threads; a worker started with others
+        // computes at another speed than planned (re-planning, if on, will notice).
+        let planned = header
+            .plan
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == l.name)
+            .map_or(1, |n| n.threads);
+        let differs = if l.threads as usize != planned {
+            format!(" (the plan assumed {planned})")
+        } else {
+            String::new()
+        };
         outln!(
-            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s){emulated}",
+            "worker {:<10} {:<22} {shipped}, {compiled}, {} thread(s){differs}{emulated}",
             l.name,
             l.address,
             l.threads

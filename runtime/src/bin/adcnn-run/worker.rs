@@ -35,7 +35,8 @@ pub struct WorkerCli {
     /// Serve plain text on an address that is not loopback (no TLS).
     #[arg(long)]
     pub insecure: bool,
-    /// Threads that compute tiles (default: the cores this process may use).
+    /// Threads that compute tiles: each tile's layers are split over this many threads,
+    /// and as many tiles are taken at once (default: the cores this process may use).
     #[arg(long)]
     pub threads: Option<usize>,
     /// MiB of plan sections kept between coordinator sessions.
