@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# adcnn (plan `single`, one thread, compiled kernels) against onnxruntime (1 intra-op thread,
-# all graph optimisations) on the same architectures, interleaved, in one run.
+# adcnn (plan `single`, compiled kernels, `--threads N`) against onnxruntime (N intra-op
+# threads, all graph optimisations) on the same architectures, interleaved, in one run, for
+# each N in THREADS (default 1,2).
 #
 #   bench/vs-onnxruntime.sh [ROUNDS] [MODELS...]     (default: 10 rounds, all five models)
+#   THREADS=1,2,4 bench/vs-onnxruntime.sh 5 vgg16
 #
 # Makes its own venv under bench/.venv (torch, torchvision, onnx, onnxruntime, numpy) unless
 # ADCNN_BENCH_VENV names an existing one (e.g. /tmp/tv). A benchmark: prints, asserts nothing.
@@ -30,5 +32,5 @@ done
 echo "loadavg: $(cat /proc/loadavg)"
 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
   "$VENV/bin/python" "$ROOT/bench/vs_onnxruntime.py" --rounds "$ROUNDS" --out "$OUT" \
-  --adcnn-run "$CARGO_TARGET_DIR/release/adcnn-run" $MODELS
+  --threads "${THREADS:-1,2}" --adcnn-run "$CARGO_TARGET_DIR/release/adcnn-run" $MODELS
 echo "loadavg: $(cat /proc/loadavg)"

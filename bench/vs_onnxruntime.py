@@ -69,49 +69,79 @@ def timed(f):
     return time.perf_counter() - t
 
 
+def cpu_model():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def session(path, threads):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--out", required=True)
     p.add_argument("--adcnn-run", required=True)
+    p.add_argument("--threads", default="1", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("models", nargs="+")
     a = p.parse_args()
+    counts = [int(t) for t in a.threads.split(",")]
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, onnxruntime {ort.__version__}")
     ceiling = sgemm_ceiling()
     print(f"one-thread SGEMM ceiling (numpy BLAS, 1024^3): {ceiling:.1f} GFLOP/s")
     rows = []
     for name in a.models:
         onnx_path = export(name, a.out)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-        shape = [1] + [d for d in sess.get_inputs()[0].shape[1:]]
+        sessions = {t: session(onnx_path, t) for t in counts}
+        shape = [1] + [d for d in sessions[counts[0]].get_inputs()[0].shape[1:]]
         x = np.random.rand(*shape).astype(np.float32)
-        for _ in range(2):
-            sess.run(None, {"input": x})
-        ours, theirs, compile_ms, gflop, mib = [], [], [], 0.0, 0.0
+        for sess in sessions.values():
+            for _ in range(2):
+                sess.run(None, {"input": x})
+        ours = {t: [] for t in counts}
+        theirs = {t: [] for t in counts}
+        compile_ms, gflop, mib = [], 0.0, 0.0
         plan = os.path.join(a.out, f"{name}.plan.bin")
         for _ in range(a.rounds):
-            r = subprocess.run([a.adcnn_run, "bench", plan, "--threads", "1", "--runs", "3", "--quiet"],
-                               check=True, capture_output=True, text=True).stdout.split()
-            ours.append(float(r[1]))
-            compile_ms.append(float(r[3]))
-            gflop, mib = float(r[4]), float(r[5])
-            theirs.append(statistics.median(1e3 * timed(lambda: sess.run(None, {"input": x}))
-                                            for _ in range(3)))
-        mo, mt = statistics.median(ours), statistics.median(theirs)
-        gfs = gflop / (mo / 1e3)
-        rows.append((name, mo, mt, mo / mt, gfs, 100 * gfs / ceiling, statistics.median(compile_ms),
-                     mib))
-    print(f"\n| model | adcnn ms | ORT ms | ratio | adcnn GFLOP/s | % of SGEMM ceiling | compile ms "
-          "| prepared weights MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+            # Interleaved: every thread count of both, in turn, each round.
+            for t in counts:
+                # onnxruntime's pool threads spin a while after a run: let them go idle
+                # before adcnn's process starts, so they do not take its cores.
+                time.sleep(0.3)
+                r = subprocess.run([a.adcnn_run, "bench", plan, "--threads", str(t), "--runs", "3",
+                                    "--quiet"], check=True, capture_output=True, text=True).stdout.split()
+                ours[t].append(float(r[1]))
+                compile_ms.append(float(r[3]))
+                gflop, mib = float(r[4]), float(r[5])
+                sess = sessions[t]
+                theirs[t].append(statistics.median(1e3 * timed(lambda: sess.run(None, {"input": x}))
+                                                   for _ in range(3)))
+        for t in counts:
+            mo, mt = statistics.median(ours[t]), statistics.median(theirs[t])
+            gfs = gflop / (mo / 1e3)
+            speedup = statistics.median(ours[counts[0]]) / mo
+            rows.append((name, t, mo, mt, mo / mt, speedup, gfs, 100 * gfs / (ceiling * t),
+                         statistics.median(compile_ms), mib))
+    print(f"\n| model | threads | adcnn ms | ORT ms | ratio | adcnn speedup vs {counts[0]} thread(s) "
+          "| adcnn GFLOP/s | % of SGEMM ceiling × threads | compile ms | prepared weights MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.0f} % | {r[6]:.0f} "
-              f"| {r[7]:.0f} |")
-    print(f"\n(medians of {a.rounds} interleaved rounds; a round: adcnn's median of 3 runs after 2 "
-          "warm-up runs in a fresh process, then ORT's median of 3 runs on a warmed-up session)")
+        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.2f} | {r[5]:.2f}× | {r[6]:.1f} "
+              f"| {r[7]:.0f} % | {r[8]:.0f} | {r[9]:.0f} |")
+    print(f"\n(medians of {a.rounds} interleaved rounds; a round: for each thread count, adcnn's median "
+          "of 3 runs after 2 warm-up runs in a fresh process, then ORT's median of 3 runs on a "
+          "warmed-up session with that many intra-op threads)")
 
 
 if __name__ == "__main__":
