@@ -234,14 +234,10 @@ impl LocalCluster {
                     compile_error = Some(format!("node {}: {e}", node.name));
                     Worker::new(i, &header, hash, &programs, Kernels::Reference, epoch)
                 });
-                let w = w.ok()?;
-                let w = match w.with_threads(threads.unwrap_or(node.threads)) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        compile_error = Some(format!("node {}: {e}", node.name));
-                        Worker::new(i, &header, hash, &programs, kernels, epoch).ok()?
-                    }
-                };
+                let mut w = w.ok()?;
+                if let Err(e) = w.set_threads(threads.unwrap_or(node.threads)) {
+                    compile_error.get_or_insert_with(|| format!("node {}: {e}", node.name));
+                }
                 Some(Arc::new(w))
             })
             .collect();

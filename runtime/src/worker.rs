@@ -165,11 +165,12 @@ impl Worker {
         })
     }
 
-    /// The same worker with `threads` threads for its kernels: each tile's layers are split
-    /// over them ([`adcnn_kernels::par`]). 1 (the default) computes on the calling thread.
-    pub fn with_threads(mut self, threads: usize) -> Result<Worker, WorkerError> {
+    /// Gives its kernels `threads` threads: each tile's layers are split over them
+    /// ([`adcnn_kernels::par`]). 1 (the default) computes on the calling thread. If the
+    /// threads do not start, it keeps computing as before.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), WorkerError> {
         self.pool = Pool::new(threads).map_err(WorkerError::Threads)?;
-        Ok(self)
+        Ok(())
     }
 
     /// The threads its kernels use per tile.

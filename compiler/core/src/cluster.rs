@@ -35,6 +35,9 @@ pub struct Node {
 /// each thread repeats take the rest.
 pub const THREAD_EFFICIENCY: f64 = 0.8;
 
+/// The most threads a node may have (the cluster file's and `plan.bin`'s limit).
+pub const MAX_THREADS: usize = 1024;
+
 fn one_thread() -> usize {
     1
 }

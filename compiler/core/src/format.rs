@@ -38,6 +38,7 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::MAX_THREADS;
 use crate::net::{Input, Layer, LayerId};
 use crate::ops::Shape;
 use crate::plan::Plan;
@@ -194,6 +195,17 @@ impl PlanHeader {
         }
         if p.node_busy_ms.len() != nodes {
             return fail("per-node figures do not match the nodes".into());
+        }
+        if let Some(n) = p
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| !(1..=MAX_THREADS).contains(&n.threads))
+        {
+            return fail(format!(
+                "node {} has {} threads (1 to {MAX_THREADS})",
+                n.name, n.threads
+            ));
         }
         let mut at = 0usize;
         for (i, s) in p.segments.iter().enumerate() {

@@ -151,7 +151,10 @@ fn lower_node(node: &Node, diags: &mut Diagnostics) -> Option<ClusterNode> {
         None => Some(true),
     };
     let threads = match threads {
-        Some(t) => read::integer(t, "`threads`", 1, 1024, diags).map(|t| t as usize),
+        Some(t) => {
+            let most = adcnn_core::cluster::MAX_THREADS as i64;
+            read::integer(t, "`threads`", 1, most, diags).map(|t| t as usize)
+        }
         None => Some(1),
     };
     if diags.len() != before {

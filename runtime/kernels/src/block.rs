@@ -187,17 +187,32 @@ pub fn run(
     y: &mut [f32],
     scratch: [&mut [f32]; 4],
 ) {
+    run_rows(b, x, b.dw.h * b.dw.w, residual, y, scratch);
+}
+
+/// [`run`] on an input whose channel planes are `plane` floats apart: `b` may be a band of
+/// a larger block (its `dw` a band's spec, `x` starting at the band's first input row), as
+/// when a block's rows are split over threads.
+pub fn run_rows(
+    b: &Block,
+    x: &[f32],
+    plane: usize,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: [&mut [f32]; 4],
+) {
     assert!(applies(b), "block does not apply: {b:?}");
     let s = &b.dw;
     let (hidden, w, cout) = (s.channels, s.w, b.project.weights.m);
-    let (plane, n) = (s.h * s.w, s.oh * s.ow);
+    let n = s.oh * s.ow;
     let cin = b.expand.map_or(hidden, |e| e.weights.k);
-    assert!(x.len() >= cin * plane && y.len() >= cout * n);
+    assert!(plane >= s.h * w && cin > 0);
+    assert!(x.len() >= (cin - 1) * plane + s.h * w && y.len() >= cout * n);
     if let Some(r) = residual {
         assert!(r.len() >= cout * n, "residual too short");
     }
     if interleaves(b) {
-        interleaved(b, x, residual, y, scratch);
+        interleaved(b, x, plane, residual, y, scratch);
         return;
     }
     let [mut prev, mut cur, d, dw_scratch] = scratch;
@@ -272,12 +287,13 @@ pub fn run(
 fn interleaved(
     b: &Block,
     x: &[f32],
+    plane: usize,
     residual: Option<&[f32]>,
     y: &mut [f32],
     scratch: [&mut [f32]; 4],
 ) {
     let s = &b.dw;
-    let (hidden, w, plane, n) = (s.channels, s.w, s.h * s.w, s.oh * s.ow);
+    let (hidden, w, n) = (s.channels, s.w, s.oh * s.ow);
     let (Some(expand), Some(et), Some(pt), Some(taps)) = (
         b.expand,
         b.expand.and_then(|e| e.transposed),

@@ -1,7 +1,9 @@
 //! Host SGEMM: packed panels, cache blocking, and a register-blocked micro-kernel chosen at
 //! run time — AVX2 + FMA (6×16, twelve 256-bit accumulators, and 6×8 for strips of at most
 //! 8 columns such as the 49th column of a 7×7 map) on x86-64, NEON on aarch64 (6×16 with
-//! twenty-four 128-bit accumulators, and 6×8), a portable kernel elsewhere.
+//! twenty-four 128-bit accumulators, and 6×8), a portable kernel elsewhere; where an x86-64
+//! CPU also has AVX-512F, pairs of full 16-column strips run on a 6×32 kernel with twelve
+//! 512-bit accumulators ([`wide`]).
 //! Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third of this
 //! kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
 //! [`adcnn_sgemm`] through `JITBuilder::symbol`.

@@ -1,13 +1,13 @@
 //! One layer's work split over the threads of the rayon pool the caller runs in: a worker
 //! with `--threads N` runs its tiles inside a [`Pool`] of N threads, and the kernels
-//! split each large convolution (and the tail's matrix-vector products) into N contiguous
-//! ranges of output channels. Called from outside a pool, everything runs on the calling
-//! thread: the kernels never start threads of their own.
+//! split each large layer into at most N parts. Called from outside a pool, everything runs
+//! on the calling thread: the kernels never start threads of their own.
 //!
-//! Every split is along output channels (rows of the GEMM's C, blocks of the Winograd
-//! output, rows of a GEMV), so each output element is computed by the very same operations
-//! in the same order as on one thread: results are bit-identical whatever the thread count
-//! (`tests/threads.rs` asserts it).
+//! Every split is along output elements (strips of output channels in the GEMM, rows of
+//! tiles or strips of channels in Winograd, 8-channel blocks in the direct kernel, rows of
+//! a GEMV, groups of output rows in the inverted-residual blocks), so each output element
+//! is computed by the very same operations in the same order as on one thread: results are
+//! bit-identical whatever the thread count (`tests/e2e.rs` asserts it).
 
 use std::ops::Range;
 

@@ -134,7 +134,8 @@ impl Winograd {
         assert!(y.len() >= self.cout * out_len, "output too short");
         let (th, tw) = (s.oh.div_ceil(M), s.ow.div_ceil(M));
         let tiles = th * tw;
-        if tiles == 0 {
+        // Nothing to write (a pooled output 0 wide or high), or nothing to compute.
+        if tiles == 0 || out_len == 0 {
             return;
         }
         // Split over the threads of the caller's pool: by rows of tiles when the transformed

@@ -3,8 +3,8 @@
 //! plan and the node this worker is, receives the plan sections the worker does not hold yet
 //! (kept across sessions by their hash, so a second run ships nothing), compiles the node's
 //! kernels (kept while the same plan runs), and then streams tiles through
-//! [`crate::worker::Worker`]: `--threads` tiles at once, each tile's layers split over the
-//! worker's `--threads` kernel threads.
+//! [`crate::worker::Worker`]: one tile at a time, its layers split over `--threads` kernel
+//! threads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,8 +55,8 @@ pub const SESSION_KEY: &str = "adcnn-session";
 #[derive(Debug)]
 pub struct DaemonConfig {
     pub token: Token,
-    /// Threads that compute tiles: as many tiles at once, and each tile's layers split over
-    /// as many kernel threads (one pool, shared).
+    /// Threads that compute tiles: each tile's layers are split over as many kernel threads,
+    /// one tile at a time.
     pub threads: usize,
     /// Bytes of plan sections kept between sessions.
     pub cache_bytes: usize,
@@ -552,8 +552,15 @@ impl proto::worker_server::Worker for Daemon {
         let mut incoming = req.into_inner();
         let (out_tx, out_rx) = mpsc::channel::<Result<proto::FromWorker, Status>>(256);
         let (job_tx, job_rx) = unbounded::<(TileJob, Instant)>();
-        let threads = self.inner.config.threads.max(1);
-        for t in 0..threads {
+        // Tiles one at a time, each split over the worker's kernel threads: a tile's time is
+        // then its own (several tile threads on one pool would let a waiting thread start
+        // another tile inside the first, whose time would include it).
+        let tile_threads = if worker.threads() > 1 {
+            1
+        } else {
+            self.inner.config.threads.max(1)
+        };
+        for t in 0..tile_threads {
             let (worker, jobs, out) = (Arc::clone(&worker), job_rx.clone(), out_tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("adcnn-tiles-{t}"))
@@ -772,9 +779,12 @@ fn load_worker(
         p.check_tiles(seg).map_err(bad)?;
         programs.insert(i, Arc::new(p));
     }
-    Worker::new(node, &header, plan_hash, &programs, kernels, epoch)
-        .and_then(|w| w.with_threads(threads))
-        .map_err(|e| Status::internal(e.to_string()))
+    let mut worker = Worker::new(node, &header, plan_hash, &programs, kernels, epoch)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    worker
+        .set_threads(threads)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(worker)
 }
 
 /// Serves `daemon` on `listener` (with `tls`, or in plain text) until `shutdown` resolves;

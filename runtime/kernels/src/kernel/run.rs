@@ -387,11 +387,74 @@ pub(super) fn run_block(
     let rs = res.as_ref().and_then(|r| r.as_slice());
     let len = dim.0 * dim.1 * dim.2;
     let mut y = overwritten(len);
+    // Split over the caller's pool by groups of output rows: each group is a block of its
+    // own (its input rows, halo included, expanded again; its own bands), written to a
+    // buffer of its own and then copied into its rows of every plane. The bits are the
+    // whole block's: no value depends on how the rows are banded.
+    let s = &b.dw;
+    let hidden = s.channels;
+    let cin = b.expand.map_or(hidden, |e| e.weights.k);
+    let flops = 2.0 * (s.oh * s.ow) as f64 * (hidden * (cin + 9 + dim.0)) as f64;
+    let groups = crate::par::ranges(s.oh, 1, flops);
+    let specs = block::bands(s, groups[0].len());
+    // Each group must be a block the kernel computes (e.g. rows enough for its window).
+    let whole = specs.len() == 1
+        || !specs
+            .iter()
+            .all(|g| block::applies(&Block { dw: g.spec, ..*b }));
+    if whole {
+        run_block_rows(b, xs, rs, &mut y[..len]);
+        return tensor(y, dim).map_err(|e| bad(&e.to_string()));
+    }
+    let (plane_in, ow, n) = (s.h * s.w, s.ow, s.oh * s.ow);
+    let mut outs: Vec<Vec<f32>> = vec![Vec::new(); specs.len()];
+    let ids: Vec<_> = (0..outs.len()).map(|i| i..i + 1).collect();
+    crate::par::for_each(&mut outs, 1, &ids, |i, out| {
+        let g = &specs[i.start];
+        let part = Block { dw: g.spec, ..*b };
+        let gn = (g.o1 - g.o0) * ow;
+        // The group's residual rows, as its own planes.
+        let r = rs.map(|r| {
+            let mut own = overwritten(dim.0 * gn);
+            for (co, dst) in own[..dim.0 * gn].chunks_exact_mut(gn).enumerate() {
+                dst.copy_from_slice(&r[co * n + g.o0 * ow..][..gn]);
+            }
+            own
+        });
+        let mut yg = overwritten(dim.0 * gn);
+        let xg = &xs[g.lo * s.w..];
+        let r_part = r.as_ref().map(|r| &r[..dim.0 * gn]);
+        run_block_part(&part, xg, plane_in, r_part, &mut yg[..dim.0 * gn]);
+        out[0] = yg;
+        if let Some(r) = r {
+            recycle_vec(r);
+        }
+    });
+    // Each group's planes into its rows of the output's, by blocks of output channels.
+    let channels = crate::par::ranges(dim.0, 1, len as f64);
+    crate::par::for_each(&mut y[..len], n, &channels, |chs, y| {
+        for (co, dst) in chs.clone().zip(y.chunks_exact_mut(n)) {
+            for (g, yg) in specs.iter().zip(&outs) {
+                let gn = (g.o1 - g.o0) * ow;
+                dst[g.o0 * ow..][..gn].copy_from_slice(&yg[co * gn..][..gn]);
+            }
+        }
+    });
+    outs.into_iter().for_each(recycle_vec);
+    tensor(y, dim).map_err(|e| bad(&e.to_string()))
+}
+
+/// Block `b` on the calling thread, with its own scratch.
+fn run_block_rows(b: &Block, xs: &[f32], rs: Option<&[f32]>, y: &mut [f32]) {
+    run_block_part(b, xs, b.dw.h * b.dw.w, rs, y);
+}
+
+/// [`block::run_rows`] with scratch from this thread's buffers.
+fn run_block_part(b: &Block, xs: &[f32], plane: usize, rs: Option<&[f32]>, y: &mut [f32]) {
     let mut scratch = block::scratch_lens(b).map(overwritten);
     let [s0, s1, s2, s3] = &mut scratch;
-    block::run(b, xs, rs, &mut y[..len], [s0, s1, s2, s3]);
+    block::run_rows(b, xs, plane, rs, y, [s0, s1, s2, s3]);
     scratch.into_iter().for_each(recycle_vec);
-    tensor(y, dim).map_err(|e| bad(&e.to_string()))
 }
 
 pub(super) fn missing(what: &str) -> EvalError {

@@ -28,26 +28,30 @@ pub struct BenchCli {
     plan: PathBuf,
     /// Threads per node: each tile's layers are split over this many threads (a node's
     /// cores; default: the `threads` the plan's cluster gives each node, 1 unless it says).
-    /// A plan whose tiles are all on one node runs tile after tile on them, the tail with
-    /// them; any other plan, or with --in-flight, --replan or --steal, runs on the
-    /// in-process cluster (a thread per node takes its tiles, the coordinator stitches).
+    /// A plan whose tiles are all on one node (or with --sequential) runs tile after tile
+    /// on them, the tail with them; any other plan, or with --replan or --steal, runs on
+    /// the in-process cluster (a thread per node takes its tiles, the coordinator stitches).
     #[arg(long)]
     threads: Option<usize>,
+    /// Every tile on this thread (and its --threads), one after another, whatever nodes the
+    /// plan names: the plan's compute alone, as --profile splits it.
+    #[arg(long, conflicts_with_all = ["replan", "remote", "steal"])]
+    sequential: bool,
     /// Timed runs after two warm-up runs.
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// `jit`, `gemm` (compiled without Winograd) or `reference`.
     #[arg(long, default_value = "jit")]
     kernels: String,
-    /// Print milliseconds per kind of layer work (one thread, JIT kernels).
+    /// Print milliseconds per kind of layer work (JIT kernels; a plan on one node, or
+    /// --sequential).
     #[arg(long)]
     profile: bool,
     /// Print one machine-readable line: `bench <p50 ms> <p99 ms> <compile ms> <GFLOP>
     /// <prepared weights MiB> <frames/s> <bytes on the wire per frame> <predicted ms>`.
     #[arg(long)]
     quiet: bool,
-    /// Frames on their way at once in the throughput run (with more than one thread or
-    /// --remote).
+    /// Frames on their way at once in the throughput run (with --remote).
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
     /// Run on the plan's workers over gRPC (see `adcnn-run --help` for the options) instead
@@ -55,8 +59,8 @@ pub struct BenchCli {
     #[arg(long)]
     remote: bool,
     /// Re-plan the tiles when a node's measured speed drifts (see `adcnn-run --help`); by
-    /// default a benchmark measures the plan as it was built. With more than one thread or
-    /// --remote; not with --steal.
+    /// default a benchmark measures the plan as it was built. On the in-process cluster or
+    /// with --remote; not with --steal.
     #[arg(long)]
     replan: bool,
     #[command(flatten)]
@@ -105,7 +109,13 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
         .iter()
         .flat_map(|s| s.tiles.iter().map(|t| t.node))
         .collect();
-    let in_process_cluster = nodes.len() > 1 || cli.in_flight > 1 || cli.replan || steal.is_some();
+    let in_process_cluster = !cli.sequential && (nodes.len() > 1 || cli.replan || steal.is_some());
+    if in_process_cluster && cli.profile {
+        return Err(format!(
+            "error: --profile times the tiles on this thread: this plan's tiles are on {} nodes, add --sequential",
+            nodes.len()
+        ));
+    }
     if !in_process_cluster {
         let only = nodes.first().map(|&n| header.plan.cluster.nodes[n].threads);
         let threads = cli.threads.or(only).unwrap_or(1).max(1);

@@ -36,7 +36,7 @@ pub struct WorkerCli {
     #[arg(long)]
     pub insecure: bool,
     /// Threads that compute tiles: each tile's layers are split over this many threads,
-    /// and as many tiles are taken at once (default: the cores this process may use).
+    /// one tile at a time (default: the cores this process may use).
     #[arg(long)]
     pub threads: Option<usize>,
     /// MiB of plan sections kept between coordinator sessions.
