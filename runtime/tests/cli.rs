@@ -251,6 +251,40 @@ fn bench_prints_latency_and_compile_time_with_either_kernels() {
     let _ = std::fs::remove_file(&plan);
 }
 
+/// A plan on several nodes runs on the in-process cluster, where per-kind profiles cannot be
+/// taken: `--profile` says to add `--sequential`, which runs every tile on this thread (and
+/// its `--threads`).
+#[test]
+fn bench_profiles_a_multi_node_plan_only_sequentially() {
+    let plan = plan_file(
+        "alexnet",
+        adcnn_compiler::plan::Strategy::Auto,
+        "sequential",
+    );
+    let p = plan.to_str().expect("utf-8 path");
+    let (code, _, stderr) = adcnn_run(&["bench", p, "--runs", "1", "--profile"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("add --sequential"), "{stderr}");
+    let (code, stdout, stderr) = adcnn_run(&[
+        "bench",
+        p,
+        "--runs",
+        "1",
+        "--profile",
+        "--sequential",
+        "--threads",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("kernels jit, 2 thread(s)"), "{stdout}");
+    assert!(stdout.contains("per kind of work"), "{stdout}");
+    assert!(stdout.contains("conv winograd"), "{stdout}");
+    let (code, stdout, stderr) = adcnn_run(&["bench", p, "--runs", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("threads per node as planned"), "{stdout}");
+    let _ = std::fs::remove_file(&plan);
+}
+
 #[test]
 fn runs_a_classifier_on_an_image_and_prints_top_5() {
     let plan = plan_file("mobilenetv2", adcnn_compiler::plan::Strategy::Auto, "top5");

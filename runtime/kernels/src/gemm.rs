@@ -3,7 +3,7 @@
 //! 8 columns such as the 49th column of a 7×7 map) on x86-64, NEON on aarch64 (6×16 with
 //! twenty-four 128-bit accumulators, and 6×8), a portable kernel elsewhere; where an x86-64
 //! CPU also has AVX-512F, pairs of full 16-column strips run on a 6×32 kernel with twelve
-//! 512-bit accumulators ([`wide`]).
+//! 512-bit accumulators ([`wide`]), in [`gemm_strided`] too.
 //! Cranelift 0.135 has no 256-bit vectors and its f32x4 FMA reaches about a third of this
 //! kernel (see ARCHITECTURE.md), so the inner products run here; generated code calls
 //! [`adcnn_sgemm`] through `JITBuilder::symbol`.
@@ -271,6 +271,23 @@ fn gemm_strided_on(
                     // on the 8-wide kernel. Other last panels take `micro_strided` below.
                     let full = (n / NR).clamp(p0, p1);
                     let eight = full < p1 && n - full * NR == NR / 2;
+                    // Pairs of full panels on the AVX-512 kernel where the CPU has it.
+                    let pairs = if wide() { (full - p0) / 2 * 2 } else { 0 };
+                    if pairs > 0 {
+                        let c0 = p0 * NR;
+                        let cols = pairs * NR;
+                        let bias = e.map(|e| (&e.bias[c0..c0 + cols], e.act));
+                        let cblk = &mut c[r0 * ldc + c0..];
+                        assert!(cblk.len() >= (MR - 1) * ldc + cols);
+                        let bp = b.panels(k0, kc, p0, p0 + pairs);
+                        // SAFETY: `wide()` detected AVX-512F; A holds MR rows of kc at (rs,
+                        // ks) (asserted by gemm_strided_on), `bp` an even number of panels,
+                        // C MR rows of `cols` at ldc (asserted above), the bias `cols`.
+                        unsafe {
+                            avx512::strip(kc, (ap, rs, ks), bp, cblk, ldc, k0 > 0, bias);
+                        }
+                    }
+                    let p0 = p0 + pairs;
                     for (t0, t1, w) in [(p0, full, 2), (full, full + usize::from(eight), 1)] {
                         if t1 == t0 {
                             continue;
@@ -289,6 +306,7 @@ fn gemm_strided_on(
                         }
                         t = t1;
                     }
+                    t = t.max(p0);
                 }
                 for t in t..p1 {
                     let c0 = t * NR;
@@ -859,7 +877,82 @@ fn portable_kernel(kc: usize, a: &[f32], b: &[f32], ldb: usize, out: &mut [[f32;
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::MR;
+    use super::{Act, MR, NR};
+
+    /// [`super::avx2::strip`] for an even number of full panels, two at a time: twelve
+    /// 512-bit accumulators, then `act(v + bias)` per column when `epi` is given. Each
+    /// element gets the AVX2 kernel's operations in its order (FMA chain, accumulate, bias,
+    /// activation), so the same bits.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` covers MR rows of `kc` at those strides, `b` an even
+    /// number of whole panels, `c` MR rows of their columns `ldc` apart, the bias those
+    /// columns.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn strip(
+        kc: usize,
+        (a, rs, ks): (&[f32], usize, usize),
+        b: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        acc: bool,
+        epi: Option<(&[f32], Act)>,
+    ) {
+        let panels = b.len() / (kc * NR);
+        let (bias, act) = match epi {
+            Some((bias, act)) => (bias.as_ptr(), act),
+            None => (std::ptr::null(), Act::None),
+        };
+        let (lo, hi) = act.bounds();
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // SAFETY (whole body): every offset stays within the bounds the caller guarantees.
+        unsafe {
+            let rows: [*const f32; MR] = std::array::from_fn(|i| a.add(i * rs));
+            for t in (0..panels).step_by(2) {
+                let mut r = [[_mm512_setzero_ps(); 2]; MR];
+                let mut p0 = b.add(t * kc * NR);
+                let mut p1 = b.add((t + 1) * kc * NR);
+                for kk in 0..kc {
+                    let (b0, b1) = (_mm512_loadu_ps(p0), _mm512_loadu_ps(p1));
+                    for (i, ri) in r.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(*rows[i].add(kk * ks));
+                        ri[0] = _mm512_fmadd_ps(av, b0, ri[0]);
+                        ri[1] = _mm512_fmadd_ps(av, b1, ri[1]);
+                    }
+                    p0 = p0.add(NR);
+                    p1 = p1.add(NR);
+                }
+                let cp = c.add(t * NR);
+                for (i, ri) in r.iter().enumerate() {
+                    for (h, &v) in ri.iter().enumerate() {
+                        let dst = cp.add(i * ldc + NR * h);
+                        let mut v = if acc {
+                            _mm512_add_ps(v, _mm512_loadu_ps(dst))
+                        } else {
+                            v
+                        };
+                        if !bias.is_null() {
+                            v = _mm512_add_ps(v, _mm512_loadu_ps(bias.add(t * NR + NR * h)));
+                            // max/min return their second operand when either is NaN, as
+                            // the AVX2 kernel's (and `Act::apply`).
+                            v = match act {
+                                Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+                                Act::Clip { .. } => _mm512_min_ps(_mm512_max_ps(v, lo), hi),
+                                Act::Leaky { .. } => {
+                                    let pos =
+                                        _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps());
+                                    _mm512_mask_blend_ps(pos, _mm512_mul_ps(v, lo), v)
+                                }
+                                Act::None => v,
+                            };
+                        }
+                        _mm512_storeu_ps(dst, v);
+                    }
+                }
+            }
+        }
+    }
 
     /// 6×32 block: for each k two 16-float loads of B (one per panel), six broadcasts of
     /// A, twelve 512-bit FMAs into registers; then stored (added to C with `acc`). Each
