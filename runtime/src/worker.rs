@@ -271,10 +271,7 @@ impl Worker {
     pub fn run(&self, job: &TileJob) -> TileDone {
         let started = Instant::now();
         let start_us = self.epoch.elapsed().as_secs_f64() * 1e6;
-        let output = match &self.pool {
-            Some(pool) => pool.run(|| self.compute(job)),
-            None => self.compute(job),
-        };
+        let output = adcnn_kernels::par::install(self.pool.as_ref(), || self.compute(job));
         if let Some(k) = self.slowdown(job) {
             // A k times slower node takes k times as long: (k − 1) more.
             std::thread::sleep(started.elapsed().mul_f64(k - 1.0));

@@ -47,18 +47,20 @@ fn is_one_thread(t: &usize) -> bool {
 }
 
 impl Node {
-    /// The node's speed in GFLOP/s: `gflops` per thread, each thread past the first adding
-    /// [`THREAD_EFFICIENCY`] of one.
+    /// The node's speed in GFLOP/s: a worker's `gflops` per thread, each thread past the
+    /// first adding [`THREAD_EFFICIENCY`] of one; a node that only coordinates runs the
+    /// tail on one thread, at `gflops`.
     pub fn speed(&self) -> f64 {
-        self.gflops * Self::thread_factor(self.threads)
+        self.gflops * self.thread_factor()
     }
 
     /// Sets `gflops` so that [`Node::speed`] is `speed` (a measured node speed).
     pub fn set_speed(&mut self, speed: f64) {
-        self.gflops = speed / Self::thread_factor(self.threads);
+        self.gflops = speed / self.thread_factor();
     }
 
-    fn thread_factor(threads: usize) -> f64 {
+    fn thread_factor(&self) -> f64 {
+        let threads = if self.worker { self.threads } else { 1 };
         1.0 + THREAD_EFFICIENCY * threads.saturating_sub(1) as f64
     }
 }

@@ -78,8 +78,7 @@ pub fn text(header: &PlanHeader) -> String {
             "  {:<10} {:<18} {:>7.1} GFLOP/s  {link}{threads}",
             n.name,
             role,
-            // A worker at its threads' speed; the coordinator's tail runs on one thread.
-            if n.worker { n.speed() } else { n.gflops }
+            n.speed()
         );
     }
     for (i, s) in plan.segments.iter().enumerate() {

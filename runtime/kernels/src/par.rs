@@ -119,24 +119,26 @@ pub fn for_each<T: Send>(
     });
 }
 
-/// Runs `f(part)` for each of `parts` on the current pool's threads at once (on the
-/// caller's alone when there is one), for work that writes through something other than
-/// one slice cut in order (see `winograd.rs`).
-pub fn run<P: Sync>(parts: &[P], f: impl Fn(&P) + Sync) {
-    let Some((first, rest)) = parts.split_first() else {
-        return;
-    };
-    if rest.is_empty() {
-        f(first);
-        return;
-    }
-    let f = &f;
-    rayon::scope(|s| {
-        for p in rest {
-            s.spawn(move |_| f(p));
-        }
-        f(first);
+/// `f(part)` for each of `parts`, on the current pool's threads at once (on the caller's
+/// alone when there is one), in order: for work that returns its output or writes through
+/// something other than one slice cut in order (see `winograd.rs`, the blocks in
+/// `kernel/run.rs`).
+pub fn map<P: Sync, R: Send>(parts: &[P], f: impl Fn(&P) -> R + Sync) -> Vec<R> {
+    let mut out: Vec<Option<R>> = parts.iter().map(|_| None).collect();
+    let each: Vec<_> = (0..parts.len()).map(|i| i..i + 1).collect();
+    for_each(&mut out, 1, &each, |i, slot| {
+        slot[0] = Some(f(&parts[i.start]))
     });
+    out.into_iter().flatten().collect()
+}
+
+/// Runs `f` in `pool` when there is one (its layers split over the pool's threads), else
+/// on the calling thread.
+pub fn install<R: Send>(pool: Option<&Pool>, f: impl FnOnce() -> R + Send) -> R {
+    match pool {
+        Some(pool) => pool.run(f),
+        None => f(),
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +178,15 @@ mod tests {
             });
         });
         assert_eq!(y, (0..38).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn map_keeps_the_parts_order() {
+        let pool = Pool::new(3).expect("pool").expect("three threads");
+        let parts: Vec<usize> = (0..7).collect();
+        let squares = install(Some(&pool), || map(&parts, |p| p * p));
+        assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36]);
+        assert_eq!(map(&parts[..1], |p| p + 1), [1]);
+        assert!(map(&parts[..0], |p| p + 1).is_empty());
     }
 }

@@ -126,11 +126,12 @@ impl Winograd {
         epilogue: Option<Epilogue>,
     ) {
         assert!(x.len() >= self.cin * s.h * s.w, "input too short");
-        let out_len = if pool {
-            (s.oh / 2) * (s.ow / 2)
+        let (out_h, out_w) = if pool {
+            (s.oh / 2, s.ow / 2)
         } else {
-            s.oh * s.ow
+            (s.oh, s.ow)
         };
+        let out_len = out_h * out_w;
         assert!(y.len() >= self.cout * out_len, "output too short");
         let (th, tw) = (s.oh.div_ceil(M), s.ow.div_ceil(M));
         let tiles = th * tw;
@@ -157,12 +158,10 @@ impl Winograd {
             ptr: y.as_mut_ptr(),
             len: y.len(),
             plane: out_len,
-            width: if pool { s.ow / 2 } else { s.ow },
-            height: out_len
-                .checked_div(if pool { s.ow / 2 } else { s.ow })
-                .unwrap_or(0),
+            width: out_w,
+            height: out_h,
         };
-        crate::par::run(&parts, |(rows, strips)| {
+        crate::par::map(&parts, |(rows, strips)| {
             self.conv_part(s, x, &out, pool, epilogue, rows.clone(), strips.clone());
         });
     }

@@ -402,15 +402,12 @@ pub(super) fn run_block(
         || !specs
             .iter()
             .all(|g| block::applies(&Block { dw: g.spec, ..*b }));
+    let (plane_in, ow, n) = (s.h * s.w, s.ow, s.oh * s.ow);
     if whole {
-        run_block_rows(b, xs, rs, &mut y[..len]);
+        run_block_part(b, xs, plane_in, rs, &mut y[..len]);
         return tensor(y, dim).map_err(|e| bad(&e.to_string()));
     }
-    let (plane_in, ow, n) = (s.h * s.w, s.ow, s.oh * s.ow);
-    let mut outs: Vec<Vec<f32>> = vec![Vec::new(); specs.len()];
-    let ids: Vec<_> = (0..outs.len()).map(|i| i..i + 1).collect();
-    crate::par::for_each(&mut outs, 1, &ids, |i, out| {
-        let g = &specs[i.start];
+    let outs = crate::par::map(&specs, |g| {
         let part = Block { dw: g.spec, ..*b };
         let gn = (g.o1 - g.o0) * ow;
         // The group's residual rows, as its own planes.
@@ -425,10 +422,10 @@ pub(super) fn run_block(
         let xg = &xs[g.lo * s.w..];
         let r_part = r.as_ref().map(|r| &r[..dim.0 * gn]);
         run_block_part(&part, xg, plane_in, r_part, &mut yg[..dim.0 * gn]);
-        out[0] = yg;
         if let Some(r) = r {
             recycle_vec(r);
         }
+        yg
     });
     // Each group's planes into its rows of the output's, by blocks of output channels.
     let channels = crate::par::ranges(dim.0, 1, len as f64);
@@ -442,11 +439,6 @@ pub(super) fn run_block(
     });
     outs.into_iter().for_each(recycle_vec);
     tensor(y, dim).map_err(|e| bad(&e.to_string()))
-}
-
-/// Block `b` on the calling thread, with its own scratch.
-fn run_block_rows(b: &Block, xs: &[f32], rs: Option<&[f32]>, y: &mut [f32]) {
-    run_block_part(b, xs, b.dw.h * b.dw.w, rs, y);
 }
 
 /// [`block::run_rows`] with scratch from this thread's buffers.

@@ -146,7 +146,7 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
                 }
                 .map_err(|e| format!("error: {e}"))
             };
-        let mut timed = || -> Result<(), String> {
+        let timed = || -> Result<(), String> {
             for _ in 0..2 {
                 once(None)?;
             }
@@ -157,10 +157,7 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
             }
             Ok(())
         };
-        match &pool {
-            Some(pool) => pool.run(timed)?,
-            None => timed()?,
-        }
+        adcnn_kernels::par::install(pool.as_ref(), timed)?;
     } else {
         let replan = cli.replan.then(|| cli.adapt.config()).transpose()?;
         threads_label = match cli.threads {
