@@ -6,7 +6,9 @@ use std::path::Path;
 
 use adcnn_compiler::build::build;
 use adcnn_compiler::plan::{Options, Strategy};
-use adcnn_core::format::{FORMAT_VERSION, FormatError, PlanFile, SectionKind, decode, fnv1a};
+use adcnn_core::format::{
+    FORMAT_VERSION, FormatError, OLDEST_READABLE, PlanFile, SectionKind, decode, fnv1a,
+};
 use adcnn_core::ops::Op;
 use proptest::prelude::*;
 
@@ -161,11 +163,35 @@ fn another_format_version_is_refused_naming_both() {
             "{message}"
         );
         assert!(
-            message.contains(&format!("reads format {FORMAT_VERSION}")),
+            message.contains(&format!(
+                "reads formats {OLDEST_READABLE} to {FORMAT_VERSION}"
+            )),
             "{message}"
         );
         assert!(message.contains("rebuild the plan"), "{message}");
     }
+}
+
+/// Format 4 only added operators: a plan that uses none of them, written as format 3,
+/// still decodes to the same plan.
+#[test]
+fn a_format_3_plan_still_decodes() {
+    let bytes = small();
+    let mut old = bytes.clone();
+    old[8..12].copy_from_slice(&OLDEST_READABLE.to_le_bytes());
+    // The index hash covers the header: magic, version, compiler string, count, index.
+    let name = u16::from_le_bytes([old[12], old[13]]) as usize;
+    let at = 14 + name;
+    let count = u32::from_le_bytes(old[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let hash_at = at + 4 + count * (1 + 4 + 8 + 8 + 8);
+    let hash = fnv1a(&old[..hash_at]);
+    old[hash_at..hash_at + 8].copy_from_slice(&hash.to_le_bytes());
+    let (new, old) = (
+        decode(&bytes).expect("format 4"),
+        decode(&old).expect("format 3"),
+    );
+    assert_eq!(new.header, old.header);
+    assert_eq!(new.segments, old.segments);
 }
 
 #[test]

@@ -63,7 +63,12 @@ def run_ort(model_bytes, x):
     return sess.run(None, {name: x})[0]
 
 
+ONLY = []  # --only: make just the cases whose names start with one of these
+
+
 def save_case(name, model_bytes, x):
+    if ONLY and not any(name.startswith(o) for o in ONLY):
+        return
     y = run_ort(model_bytes, x)
     assert y.shape[0] == 1, (name, y.shape)
     os.makedirs(CASES, exist_ok=True)
@@ -232,6 +237,67 @@ class Branches(nn.Module):
         return torch.cat([s, self.c(x)], dim=1)
 
 
+class SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-and-excitation: global mean, 1×1 reduce, ReLU, 1×1 expand,
+    hard sigmoid, a per-channel scale of the input."""
+
+    def __init__(self, c, r):
+        super().__init__()
+        self.fc1 = nn.Conv2d(c, r, 1)
+        self.fc2 = nn.Conv2d(r, c, 1)
+
+    def forward(self, x):
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class Arithmetic(nn.Module):
+    """Tensor-tensor and tensor-constant arithmetic the way models write it: a learnable
+    scalar affine (PP-LCNet's), a spelled-out hard-swish, a per-channel scale and shift,
+    subtraction and division both ways round where supported, and SiLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 6, 1)
+        self.scale = nn.Parameter(torch.tensor([0.7]))
+        self.shift = nn.Parameter(torch.tensor([0.2]))
+        self.gamma = nn.Parameter(torch.rand(1, 6, 1, 1) + 0.5)
+        self.beta = nn.Parameter(torch.rand(1, 6, 1, 1) - 0.5)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        y = self.scale * a + self.shift
+        y = y * F.relu6(y + 3) / 6
+        y = y * self.gamma + self.beta
+        y = (y - b) / 2.0 - 0.25
+        y = 1.5 - y
+        z = y * torch.sigmoid(y)
+        return z / (b * b + 1.0) + y * b
+
+
+class UNetTiny(nn.Module):
+    """A U-Net in miniature: two strided stages down, a transposed convolution and a nearest
+    upsampling back up, skip connections concatenated (an FPN-style neck, as DBNet's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.e1 = seq(nn.Conv2d(3, 8, 3, 1, 1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.e2 = seq(nn.Conv2d(8, 12, 3, 2, 1), nn.BatchNorm2d(12), nn.ReLU())
+        self.e3 = seq(nn.Conv2d(12, 16, 3, 2, 1), nn.SiLU())
+        self.up3 = nn.ConvTranspose2d(16, 12, 2, 2)
+        self.d2 = seq(nn.Conv2d(24, 8, 3, 1, 1), nn.ReLU())
+        self.head = seq(nn.Conv2d(16, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.ConvTranspose2d(4, 1, 3, 1, 1), nn.Sigmoid())
+
+    def forward(self, x):
+        a = self.e1(x)
+        b = self.e2(a)
+        c = self.e3(b)
+        d = self.d2(torch.cat([self.up3(c), b], 1))
+        return self.head(torch.cat([F.interpolate(d, scale_factor=2, mode="nearest"), a], 1))
+
+
 def torch_cases():
     export("conv_relu", seq(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), (3, 8, 8), 1)
     export("conv_groups_dilation", seq(nn.Conv2d(4, 8, 3, stride=2, padding=2, dilation=2, groups=2)), (4, 11, 9), 2)
@@ -265,6 +331,17 @@ def torch_cases():
     export_dynamo("dynamo_resnet_tiny", TinyResNet(), (3, 16, 16), 30)
     export_dynamo("dynamo_mobilenetv2_tiny", TinyMobileNetV2(), (3, 16, 16), 31)
     export_dynamo("dynamo_yolo_tiny", TinyYolo(), (3, 16, 16), 32)
+    export("act_hardswish_opset14", seq(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.Conv2d(6, 4, 1), nn.Hardsigmoid(), nn.Conv2d(4, 4, 1), nn.SiLU()), (3, 7, 9), 33, opset=14)
+    export("act_hardswish_opset13", seq(nn.Conv2d(3, 6, 3, padding=1), nn.Hardswish(), nn.Conv2d(6, 4, 1), nn.SiLU()), (3, 7, 9), 34, opset=13)
+    export("se_block", seq(nn.Conv2d(3, 8, 3, padding=1), nn.Hardswish(), SqueezeExcite(8, 4), nn.Conv2d(8, 4, 1)), (3, 9, 9), 35)
+    export("arith_broadcast", Arithmetic(), (3, 8, 8), 36)
+    export("convt_stride_pad_outpad", seq(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)), (4, 5, 6), 37)
+    export("convt_groups_dilation", seq(nn.ConvTranspose2d(4, 6, 3, stride=(2, 1), padding=(2, 1), dilation=2, groups=2, bias=False)), (4, 6, 5), 38)
+    export("convt_2x2_fpn", seq(nn.Conv2d(3, 8, 3, 2, 1), nn.ConvTranspose2d(8, 4, 2, 2), nn.ReLU(), nn.ConvTranspose2d(4, 1, 2, 2)), (3, 8, 8), 39)
+    export("upsample_nearest_opset11", Lambda(lambda x, c: F.interpolate(c(x), scale_factor=(2, 3), mode="nearest"), nn.Conv2d(3, 4, 3, 2, 1)), (3, 8, 8), 40, opset=11)
+    export("upsample_nearest_size", Lambda(lambda x, c: F.interpolate(c(x), size=(8, 8), mode="nearest"), nn.Conv2d(3, 4, 3, 2, 1)), (3, 8, 8), 41, opset=13)
+    export("unet_tiny", UNetTiny(), (3, 16, 16), 42)
+    export_dynamo("dynamo_unet_tiny", UNetTiny(), (3, 16, 16), 43)
 
 
 # ---- hand-built graphs (options PyTorch does not emit) --------------------------------------
@@ -370,6 +447,22 @@ def hand_cases():
     build("h_pad_opset7_attrs", [
         N("Pad", ["input"], ["output"], name="pad", pads=[0, 0, 1, 0, 0, 0, 0, 2], value=0.0),
     ], [], [2, 3, 3], None, opset=7, seed=16)
+    build("h_resize_half_pixel", [
+        N("Resize", ["input", "", "scales"], ["output"], name="up", mode="nearest",
+          coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor"),
+    ], [init("scales", np.array([1, 1, 3, 2], np.float32))], [2, 3, 4], None, seed=18)
+    build("h_resize_asymmetric_paddle", [
+        N("Conv", ["input", "c.weight"], ["t"], name="conv"),
+        N("Constant", [], ["roi"], name="roi", value=helper.make_tensor("roi", TensorProto.FLOAT, [0], [])),
+        N("Constant", [], ["sc"], name="sc", value=helper.make_tensor("sc", TensorProto.FLOAT, [4], [1, 1, 2, 2])),
+        N("Resize", ["t", "roi", "sc"], ["u"], name="up", mode="nearest",
+          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        N("HardSigmoid", ["u"], ["h"], name="hsig", alpha=0.2, beta=0.5),
+        N("Mul", ["h", "u"], ["output"], name="gate"),
+    ], [init("c.weight", w(rng, 3, 2, 1, 1))], [2, 4, 5], None, opset=12, seed=19)
+    build("h_upsample_opset9", [
+        N("Upsample", ["input", "scales"], ["output"], name="up", mode="nearest"),
+    ], [init("scales", np.array([1, 1, 2, 2], np.float32))], [2, 3, 3], None, opset=9, seed=20)
     build("h_dead_branch_identity_weights", [
         N("Identity", ["c.w0"], ["c.weight"], name="dedup"),
         N("Conv", ["input", "c.weight"], ["output"], name="/c/Conv"),
@@ -381,7 +474,8 @@ def full(folder):
     import torchvision
 
     os.makedirs(folder, exist_ok=True)
-    for i, name in enumerate(["alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2"]):
+    for i, name in enumerate(["alexnet", "vgg16", "resnet18", "resnet50", "mobilenet_v2",
+                              "mobilenet_v3_small", "mobilenet_v3_large"]):
         torch.manual_seed(i)
         model = randomize(getattr(torchvision.models, name)(weights=None), i)
         x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(i))
@@ -398,7 +492,10 @@ def full(folder):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", metavar="DIR", help="export full torchvision models to DIR instead")
+    p.add_argument("--only", nargs="*", default=[], metavar="PREFIX",
+                   help="make only the cases whose names start with one of these")
     args = p.parse_args()
+    ONLY.extend(args.only)
     if args.full:
         full(args.full)
         return

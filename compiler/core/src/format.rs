@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic        8 bytes  "ADCNNPLN"
-//! format       u32      FORMAT_VERSION (3)
+//! format       u32      FORMAT_VERSION (4; format 3 is read too)
 //! compiler     u16 len + UTF-8   version of the adcnn that wrote it
 //! sections     u32      count
 //! index        count × { kind u8, id u32, offset u64, length u64, hash u64 }
@@ -46,8 +46,11 @@ use crate::program::Program;
 use crate::weights::{Seeded, Weights};
 
 pub const MAGIC: &[u8; 8] = b"ADCNNPLN";
-/// Bumped whenever the layout or the meaning of any field changes.
-pub const FORMAT_VERSION: u32 = 3;
+/// Bumped whenever the layout or the meaning of any field changes. Format 4 added operators
+/// (arithmetic, hard-swish and friends, upsampling, transposed convolution) to format 3's.
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest format this version reads: every format-3 plan is a format-4 plan.
+pub const OLDEST_READABLE: u32 = 3;
 pub const COMPILER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Bounds checked before allocating.
@@ -68,7 +71,7 @@ pub enum FormatError {
     #[error("not a plan file (it does not start with ADCNNPLN)")]
     NotAPlan,
     #[error(
-        "this plan uses plan format {found} (written by adcnn {written_by}); this adcnn ({ours}) reads format {FORMAT_VERSION}: rebuild the plan with this version's `adcnnc build`"
+        "this plan uses plan format {found} (written by adcnn {written_by}); this adcnn ({ours}) reads formats {OLDEST_READABLE} to {FORMAT_VERSION}: rebuild the plan with this version's `adcnnc build`"
     )]
     Version {
         found: u32,
@@ -531,7 +534,7 @@ fn parse_header(head: &[u8]) -> Result<(String, u32, usize), FormatError> {
     }
     let version = r.u32()?;
     let written_by = r.str16().unwrap_or_else(|_| "unknown".into());
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
         return Err(FormatError::Version {
             found: version,
             written_by,

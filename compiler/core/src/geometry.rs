@@ -143,6 +143,11 @@ pub fn input_region(op: &Op, out: &Region, input: Shape) -> Region {
         let (c0, c1, _, _) = back(ww, out.c0, out.c1, input.w);
         return Region { r0, r1, c0, c1 };
     }
+    if let Some((ah, aw)) = scatter(op) {
+        let (r0, r1) = ah.back(out.r0, out.r1, input.h);
+        let (c0, c1) = aw.back(out.c0, out.c1, input.w);
+        return Region { r0, r1, c0, c1 };
+    }
     if let Op::Pad { padding, .. } = op {
         let shift = |a: usize, p: usize, len: usize| a.saturating_sub(p).min(len);
         return Region {
@@ -152,7 +157,87 @@ pub fn input_region(op: &Op, out: &Region, input: Shape) -> Region {
             c1: shift(out.c1, padding.left, input.w),
         };
     }
-    *out
+    // Reductions over the whole map and flat layers read all of their input.
+    if matches!(op, Op::GlobalAvgPool | Op::Flatten | Op::Linear { .. }) {
+        return Region::full(input);
+    }
+    // Element-wise: the same place, except along an axis the input is broadcast over.
+    Region {
+        r0: if input.h == 1 { 0 } else { out.r0 },
+        r1: if input.h == 1 { 1 } else { out.r1 },
+        c0: if input.w == 1 { 0 } else { out.c0 },
+        c1: if input.w == 1 { 1 } else { out.c1 },
+    }
+}
+
+/// One axis of an upsampling layer (transposed convolution or nearest upsampling): input
+/// position `i` reaches output positions `i·s + t·d − crop` for taps `t < k` (nearest
+/// upsampling: `k = s`, `d = 1`).
+#[derive(Clone, Copy, Debug)]
+struct Scatter {
+    k: usize,
+    s: usize,
+    d: usize,
+    /// Output positions cropped before the first (the padding of a transposed convolution).
+    crop: usize,
+}
+
+impl Scatter {
+    /// The input interval that reaches outputs `o0..o1` (in an input of length `len`), and
+    /// starts at or before them: where the taps leave gaps (`k < s`) or only output padding
+    /// lies ahead, the input position just before the tile anchors it.
+    fn back(self, o0: usize, o1: usize, len: usize) -> (usize, usize) {
+        let (u0, u1) = (o0 + self.crop, o1 + self.crop);
+        let i1 = ((u1 - 1) / self.s + 1).min(len);
+        let reaching = (u0.saturating_sub(self.d * (self.k - 1))).div_ceil(self.s);
+        let i0 = reaching.min(u0 / self.s).min(i1.saturating_sub(1));
+        (i0, i1)
+    }
+
+    /// The tile's operator on this axis: what it crops before its first output, and after its
+    /// last output (or, when the input's taps end before it, how many bias-only positions it
+    /// adds: the output padding).
+    fn tile(self, o0: usize, o1: usize, len: usize) -> (usize, usize, usize) {
+        let (i0, i1) = self.back(o0, o1, len);
+        let start = o0 + self.crop - i0 * self.s;
+        let reach = (i1 - i0 - 1) * self.s + self.d * (self.k - 1) + 1;
+        let end = o1 + self.crop - i0 * self.s;
+        (start, reach.saturating_sub(end), end.saturating_sub(reach))
+    }
+}
+
+fn scatter(op: &Op) -> Option<(Scatter, Scatter)> {
+    match op {
+        Op::ConvTranspose(c) => Some((
+            Scatter {
+                k: c.kernel.h,
+                s: c.stride.h,
+                d: c.dilation.h,
+                crop: c.padding.top,
+            },
+            Scatter {
+                k: c.kernel.w,
+                s: c.stride.w,
+                d: c.dilation.w,
+                crop: c.padding.left,
+            },
+        )),
+        Op::Upsample(u) => Some((
+            Scatter {
+                k: u.scale.h,
+                s: u.scale.h,
+                d: 1,
+                crop: u.crop.top,
+            },
+            Scatter {
+                k: u.scale.w,
+                s: u.scale.w,
+                d: 1,
+                crop: u.crop.left,
+            },
+        )),
+        _ => None,
+    }
 }
 
 /// Why a layer cannot be cut at a given place.
@@ -210,6 +295,34 @@ pub fn tile_op(op: &Op, out: &Region, input: Shape) -> Result<Op, NotTileable> {
             }),
             other => other.clone(),
         });
+    }
+    if let Some((ah, aw)) = scatter(op) {
+        let (r0, r1) = ah.back(out.r0, out.r1, input.h);
+        let (c0, c1) = aw.back(out.c0, out.c1, input.w);
+        if r0 >= r1 || c0 >= c1 {
+            return Err(NotTileable(format!(
+                "rows {}..{} and columns {}..{} of its output get no input pixel (only the bias \
+                 of its output padding); cut a coarser grid",
+                out.r0, out.r1, out.c0, out.c1
+            )));
+        }
+        let (top, bottom, pad_h) = ah.tile(out.r0, out.r1, input.h);
+        let (left, right, pad_w) = aw.tile(out.c0, out.c1, input.w);
+        let crop = Pad2 {
+            top,
+            left,
+            bottom,
+            right,
+        };
+        return match op {
+            Op::ConvTranspose(c) => Ok(Op::ConvTranspose(crate::ops::ConvTranspose2d {
+                padding: crop,
+                output_padding: crate::ops::Hw { h: pad_h, w: pad_w },
+                ..c.clone()
+            })),
+            Op::Upsample(u) => Ok(Op::Upsample(crate::ops::Upsample { crop, ..u.clone() })),
+            other => Ok(other.clone()),
+        };
     }
     if let Op::Pad { padding, value } = op {
         let before = |o: usize, p: usize| p.saturating_sub(o);
@@ -292,6 +405,20 @@ pub fn independent_out(op: &Op, rows: usize, cols: usize) -> Option<(usize, usiz
         let h = window_out(rows, wh.k, wh.s, wh.d, wh.pad_begin, wh.pad_end, ceil)?;
         let w = window_out(cols, ww.k, ww.s, ww.d, ww.pad_begin, ww.pad_end, ceil)?;
         return Some((h, w));
+    }
+    if let Op::Upsample(_) = op {
+        let out = op.output_shape(&[Shape::new(1, rows, cols)]).ok()?;
+        return Some((out.h, out.w));
+    }
+    if let Op::ConvTranspose(c) = op {
+        // On a one-channel stand-in: only the spatial extent matters here.
+        let one = Op::ConvTranspose(crate::ops::ConvTranspose2d {
+            out_channels: 1,
+            groups: 1,
+            ..c.clone()
+        });
+        let out = one.output_shape(&[Shape::new(1, rows, cols)]).ok()?;
+        return Some((out.h, out.w));
     }
     if let Op::Pad { padding, .. } = op {
         return Some((
@@ -410,5 +537,94 @@ mod tests {
     fn independent_tiles_of_a_same_conv_keep_their_size() {
         assert_eq!(independent_out(&conv(3, 1, 1), 5, 7), Some((5, 7)));
         assert_eq!(independent_out(&conv(11, 4, 2), 112, 112), Some((27, 27)));
+    }
+
+    /// Every tile of an upsampling layer (transposed convolutions of every stride, padding,
+    /// output padding, dilation and kernel tried here; nearest upsampling), computed from
+    /// its input region by its tile operator, is exactly that part of the whole output.
+    #[test]
+    fn every_tile_of_an_upsampling_layer_is_the_crop_of_the_whole() {
+        use crate::eval::eval_op;
+        use crate::ops::{ConvTranspose2d, Upsample};
+        use crate::tensor::crop;
+        use crate::weights::Weights;
+        use ndarray::{Array3, ArrayD, IxDyn};
+
+        let input = Shape::new(2, 5, 4);
+        let x = Array3::from_shape_fn((2, 5, 4), |(c, i, j)| {
+            ((c * 31 + i * 7 + j * 3) % 11) as f32 - 5.0
+        });
+        let mut ops = vec![Op::Upsample(Upsample {
+            scale: Hw { h: 2, w: 3 },
+            crop: Pad2::default(),
+        })];
+        for (k, s, p, op, d) in [
+            (2, 2, 0, 0, 1),
+            (3, 2, 1, 1, 1),
+            (3, 1, 1, 0, 1),
+            (4, 3, 2, 2, 1),
+            (3, 2, 2, 1, 2),
+            (1, 2, 0, 1, 1),
+        ] {
+            ops.push(Op::ConvTranspose(ConvTranspose2d {
+                out_channels: 3,
+                kernel: Hw::square(k),
+                stride: Hw {
+                    h: s,
+                    w: s.max(2) - 1,
+                },
+                padding: Pad2 {
+                    top: p,
+                    left: p.min(1),
+                    bottom: p / 2,
+                    right: 0,
+                },
+                output_padding: Hw { h: op, w: 0 },
+                dilation: Hw::square(d),
+                groups: 1,
+                bias: true,
+            }));
+        }
+        for op in ops {
+            let mut w = Weights::new();
+            if let Op::ConvTranspose(c) = &op {
+                let shape = [2, 3, c.kernel.h, c.kernel.w];
+                let n: usize = shape.iter().product();
+                let v = (0..n)
+                    .map(|i| ((i * 13) % 7) as f32 * 0.25 - 0.75)
+                    .collect();
+                w.insert(
+                    "l.weight",
+                    ArrayD::from_shape_vec(IxDyn(&shape), v).expect("shape"),
+                );
+                w.insert(
+                    "l.bias",
+                    ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.5, -1.0, 2.0]).expect("shape"),
+                );
+            }
+            let out = op.output_shape(&[input]).expect("fits");
+            let whole = eval_op(&op, "l", &[&x], &w).expect("runs");
+            let full = Region::full(out);
+            for r0 in 0..out.h {
+                for r1 in r0 + 1..=out.h {
+                    for (c0, c1) in [(0, out.w), (1, out.w), (0, 1), (out.w / 2, out.w - 1)] {
+                        let tile = Region { r0, r1, c0, c1 };
+                        if tile.is_empty() {
+                            continue;
+                        }
+                        let Ok(t) = tile_op(&op, &tile, input) else {
+                            // Only tiles no input pixel reaches (output padding) are refused.
+                            assert!(input_region(&op, &tile, input).is_empty(), "{op} {tile:?}");
+                            continue;
+                        };
+                        let need = input_region(&op, &tile, input);
+                        let part = crop(&x, &Region::full(input), &need);
+                        let got = eval_op(&t, "l", &[&part], &w).expect("tile runs");
+                        let want = crop(&whole, &full, &tile);
+                        assert_eq!(got, want, "{op} tile {tile:?} (tile op {t})");
+                    }
+                }
+            }
+        }
     }
 }

@@ -139,6 +139,44 @@ pub struct Pool2d {
     pub count_include_pad: bool,
 }
 
+/// Transposed 2-D convolution (PyTorch's `ConvTranspose2d`, ONNX `ConvTranspose`): every
+/// input pixel scatters `kernel` taps into the output, `stride` apart; `padding` crops the
+/// output's sides and `output_padding` adds rows and columns at its far end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConvTranspose2d {
+    pub out_channels: usize,
+    pub kernel: Hw,
+    pub stride: Hw,
+    pub padding: Pad2,
+    pub output_padding: Hw,
+    pub dilation: Hw,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvTranspose2d {
+    /// Output length on one axis before `padding` crops it: `(len − 1)·s + d·(k − 1) + 1 +
+    /// output_padding`; `None` on overflow or an empty input.
+    pub fn full_len(len: usize, k: usize, s: usize, d: usize, out_pad: usize) -> Option<usize> {
+        len.checked_sub(1)?
+            .checked_mul(s)?
+            .checked_add(d.checked_mul(k.checked_sub(1)?)?)?
+            .checked_add(1)?
+            .checked_add(out_pad)
+    }
+}
+
+/// Nearest-neighbour upsampling by whole factors: output pixel `(y, x)` copies input pixel
+/// `(⌊y / scale.h⌋, ⌊x / scale.w⌋)` — what ONNX `Resize` in `nearest` mode does for integer
+/// scales in every coordinate mode but `align_corners`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Upsample {
+    pub scale: Hw,
+    /// Output rows and columns left out on each side: zero in networks; a tile's operator
+    /// (`geometry::tile_op`) starts and ends where its tile does.
+    pub crop: Pad2,
+}
+
 /// What a layer computes. Parameters are fully resolved (no defaults left to apply).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
@@ -163,8 +201,31 @@ pub enum Op {
     AvgPool(Pool2d),
     /// Mean over H×W: `[C, H, W]` → `[C, 1, 1]`.
     GlobalAvgPool,
-    /// Element-wise sum of two or more inputs of one shape.
+    /// Element-wise sum of two or more inputs, broadcast as numpy does (each axis equal or
+    /// 1: a `[C, 1, 1]` input is one value per channel).
     Add,
+    /// `a − b`, broadcast.
+    Sub,
+    /// `a · b`, broadcast (a squeeze-and-excitation block's per-channel scale).
+    Mul,
+    /// `a / b`, broadcast.
+    Div,
+    /// `x · scale + shift` with constants (arithmetic with a scalar, folded).
+    Affine {
+        scale: f32,
+        shift: f32,
+    },
+    /// `max(0, min(1, alpha · x + beta))`.
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x · max(0, min(1, x / 6 + 1/2))` (MobileNetV3's h-swish).
+    HardSwish,
+    /// `x · sigmoid(x)` (also called swish).
+    Silu,
+    Upsample(Upsample),
+    ConvTranspose(ConvTranspose2d),
     /// Concatenation of the inputs on the channel axis.
     Concat,
     /// `[C, H, W]` → `[C·H·W, 1, 1]`, row-major (PyTorch's `flatten(1)`).
@@ -224,6 +285,15 @@ impl Op {
             Op::AvgPool(_) => "avgpool",
             Op::GlobalAvgPool => "global_avgpool",
             Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Div => "div",
+            Op::Affine { .. } => "affine",
+            Op::HardSigmoid { .. } => "hardsigmoid",
+            Op::HardSwish => "hardswish",
+            Op::Silu => "silu",
+            Op::Upsample(_) => "upsample",
+            Op::ConvTranspose(_) => "conv_transpose",
             Op::Concat => "concat",
             Op::Flatten => "flatten",
             Op::Linear { .. } => "linear",
@@ -238,6 +308,7 @@ impl Op {
     pub fn arity(&self) -> (usize, usize) {
         match self {
             Op::Add | Op::Concat => (2, usize::MAX),
+            Op::Sub | Op::Mul | Op::Div => (2, 2),
             _ => (1, 1),
         }
     }
@@ -252,6 +323,21 @@ impl Op {
                     vec![
                         c.out_channels,
                         input.c / c.groups.max(1),
+                        c.kernel.h,
+                        c.kernel.w,
+                    ],
+                )];
+                if c.bias {
+                    v.push((Bias, vec![c.out_channels]));
+                }
+                v
+            }
+            Op::ConvTranspose(c) => {
+                let mut v = vec![(
+                    Weight,
+                    vec![
+                        input.c,
+                        c.out_channels / c.groups.max(1),
                         c.kernel.h,
                         c.kernel.w,
                     ],
@@ -284,25 +370,15 @@ impl fmt::Display for Op {
     /// Renders the operator as a DSL layer expression with every parameter spelled out.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Conv2d(c) => {
-                write!(f, "conv({}, k={}", c.out_channels, c.kernel)?;
-                if c.stride != Hw::square(1) {
-                    write!(f, ", s={}", c.stride)?;
-                }
-                if !c.padding.is_zero() {
-                    write!(f, ", p={}", c.padding)?;
-                }
-                if c.dilation != Hw::square(1) {
-                    write!(f, ", d={}", c.dilation)?;
-                }
-                if c.groups != 1 {
-                    write!(f, ", g={}", c.groups)?;
-                }
-                if !c.bias {
-                    write!(f, ", bias=false")?;
-                }
-                write!(f, ")")
-            }
+            Op::Conv2d(c) => conv_args(
+                f,
+                "conv",
+                c.out_channels,
+                [c.kernel, c.stride, c.dilation, Hw::square(0)],
+                c.padding,
+                c.groups,
+                c.bias,
+            ),
             Op::BatchNorm { eps } => write!(f, "bn(eps={eps})"),
             Op::Clip { min, max } => write!(f, "clip({min}, {max})"),
             Op::LeakyRelu { slope } => write!(f, "leaky_relu({slope})"),
@@ -327,9 +403,73 @@ impl fmt::Display for Op {
                 write!(f, ")")
             }
             Op::Pad { padding, value } => write!(f, "pad({padding}, value={value})"),
+            Op::Affine { scale, shift } => write!(f, "affine(scale={scale}, shift={shift})"),
+            Op::HardSigmoid { alpha, beta } => {
+                write!(f, "hardsigmoid(alpha={alpha}, beta={beta})")
+            }
+            Op::Upsample(u) => {
+                write!(f, "upsample({}", u.scale)?;
+                if !u.crop.is_zero() {
+                    write!(f, ", crop={}", u.crop)?;
+                }
+                write!(f, ")")
+            }
+            Op::ConvTranspose(c) => conv_args(
+                f,
+                "conv_transpose",
+                c.out_channels,
+                [c.kernel, c.stride, c.dilation, c.output_padding],
+                c.padding,
+                c.groups,
+                c.bias,
+            ),
             other => f.write_str(other.kind()),
         }
     }
+}
+
+/// What convolutions and transposed convolutions share, for the checks.
+struct ConvParams {
+    out_channels: usize,
+    kernel: Hw,
+    stride: Hw,
+    dilation: Hw,
+    output_padding: Hw,
+    padding: Pad2,
+    groups: usize,
+}
+
+/// `NAME(out, k=…` and the arguments that differ from their defaults (`[kernel, stride,
+/// dilation, output padding]`).
+fn conv_args(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    out: usize,
+    [kernel, stride, dilation, out_pad]: [Hw; 4],
+    padding: Pad2,
+    groups: usize,
+    bias: bool,
+) -> fmt::Result {
+    write!(f, "{name}({out}, k={kernel}")?;
+    if stride != Hw::square(1) {
+        write!(f, ", s={stride}")?;
+    }
+    if !padding.is_zero() {
+        write!(f, ", p={padding}")?;
+    }
+    if out_pad != Hw::square(0) {
+        write!(f, ", op={out_pad}")?;
+    }
+    if dilation != Hw::square(1) {
+        write!(f, ", d={dilation}")?;
+    }
+    if groups != 1 {
+        write!(f, ", g={groups}")?;
+    }
+    if !bias {
+        write!(f, ", bias=false")?;
+    }
+    write!(f, ")")
 }
 
 /// Why an operator cannot run on its input shapes (the compiler turns each into a
@@ -365,8 +505,12 @@ pub enum ShapeError {
     },
     #[error("`linear` needs a flat input, found {0}")]
     NotFlat(Shape),
-    #[error("adds tensors of different shapes: {0} and {1}")]
-    AddShapes(Shape, Shape),
+    #[error("{verb} tensors whose shapes do not broadcast: {a} and {b}")]
+    Broadcast {
+        verb: &'static str,
+        a: Shape,
+        b: Shape,
+    },
     #[error("concatenates tensors of different sizes: {0} and {1}")]
     ConcatSizes(Shape, Shape),
 }
@@ -479,10 +623,14 @@ impl Op {
                 .try_for_each(|v| at_most(MAX_WINDOW, "padding", v))
         };
         match self {
-            Op::Conv2d(c) => {
+            Op::Conv2d(_) | Op::ConvTranspose(_) => {
+                let Some(c) = self.conv_params() else {
+                    return Ok(());
+                };
                 window("kernel", c.kernel)?;
                 window("stride", c.stride)?;
                 window("dilation", c.dilation)?;
+                window("output_padding", c.output_padding)?;
                 padding(&c.padding)?;
                 at_most(MAX_CHANNELS, "out_channels", c.out_channels)?;
                 at_most(MAX_CHANNELS, "groups", c.groups)
@@ -491,6 +639,10 @@ impl Op {
                 window("kernel", p.kernel)?;
                 window("stride", p.stride)?;
                 padding(&p.padding)
+            }
+            Op::Upsample(u) => {
+                window("scale", u.scale)?;
+                padding(&u.crop)
             }
             Op::Linear { out_features, .. } => at_most(MAX_CHANNELS, "out_features", *out_features),
             Op::Pad { padding: p, .. } => padding(p),
@@ -524,22 +676,7 @@ impl Op {
         };
         match self {
             Op::Conv2d(c) => {
-                positive("out_channels", c.out_channels)?;
-                positive("groups", c.groups)?;
-                for (what, v) in [
-                    ("kernel", c.kernel),
-                    ("stride", c.stride),
-                    ("dilation", c.dilation),
-                ] {
-                    positive(what, v.h.min(v.w))?;
-                }
-                if !x.c.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
-                    return Err(ShapeError::Groups {
-                        cin: x.c,
-                        cout: c.out_channels,
-                        groups: c.groups,
-                    });
-                }
+                self.check_conv_params(x)?;
                 let h = window_out(
                     x.h,
                     c.kernel.h,
@@ -586,10 +723,69 @@ impl Op {
                 }
                 Ok(Shape::new(*out_features, 1, 1))
             }
-            Op::Add => match inputs.iter().find(|s| **s != x) {
-                Some(other) => Err(ShapeError::AddShapes(x, *other)),
-                None => Ok(x),
-            },
+            Op::Add | Op::Sub | Op::Mul | Op::Div => {
+                let verb = match self {
+                    Op::Add => "adds",
+                    Op::Sub => "subtracts",
+                    Op::Mul => "multiplies",
+                    _ => "divides",
+                };
+                inputs[1..].iter().try_fold(x, |a, &b| {
+                    broadcast(a, b).ok_or(ShapeError::Broadcast { verb, a, b })
+                })
+            }
+            Op::ConvTranspose(c) => {
+                self.check_conv_params(x)?;
+                let axis = |len, k, s, d, op, p0: usize, p1: usize| {
+                    ConvTranspose2d::full_len(len, k, s, d, op)
+                        .and_then(|n| n.checked_sub(p0)?.checked_sub(p1))
+                        .filter(|&n| n > 0)
+                };
+                let h = axis(
+                    x.h,
+                    c.kernel.h,
+                    c.stride.h,
+                    c.dilation.h,
+                    c.output_padding.h,
+                    c.padding.top,
+                    c.padding.bottom,
+                );
+                let w = axis(
+                    x.w,
+                    c.kernel.w,
+                    c.stride.w,
+                    c.dilation.w,
+                    c.output_padding.w,
+                    c.padding.left,
+                    c.padding.right,
+                );
+                match (h, w) {
+                    (Some(h), Some(w)) => Ok(Shape::new(c.out_channels, h, w)),
+                    _ => Err(ShapeError::Parameter(format!(
+                        "the padding {} leaves nothing of the transposed convolution's output on the {x} input",
+                        c.padding
+                    ))),
+                }
+            }
+            Op::Upsample(u) => {
+                positive("scale", u.scale.h.min(u.scale.w))?;
+                let axis = |len: usize, s: usize, c0: usize, c1: usize| {
+                    len.checked_mul(s)?
+                        .checked_sub(c0)?
+                        .checked_sub(c1)
+                        .filter(|&n| n > 0)
+                };
+                match (
+                    axis(x.h, u.scale.h, u.crop.top, u.crop.bottom),
+                    axis(x.w, u.scale.w, u.crop.left, u.crop.right),
+                ) {
+                    (Some(h), Some(w)) => Ok(Shape::new(x.c, h, w)),
+                    _ => Err(ShapeError::Parameter(format!(
+                        "the crop {} leaves nothing of the upsampled {x} input",
+                        u.crop
+                    ))),
+                }
+            }
             Op::Concat => {
                 if let Some(other) = inputs.iter().find(|s| (s.h, s.w) != (x.h, x.w)) {
                     return Err(ShapeError::ConcatSizes(x, *other));
@@ -612,11 +808,83 @@ impl Op {
             | Op::LeakyRelu { .. }
             | Op::PRelu
             | Op::Sigmoid
+            | Op::Affine { .. }
+            | Op::HardSigmoid { .. }
+            | Op::HardSwish
+            | Op::Silu
             | Op::Softmax
             | Op::Dropout
             | Op::Identity => Ok(x),
         }
     }
+
+    /// A convolution's or transposed convolution's parameters, in one shape.
+    fn conv_params(&self) -> Option<ConvParams> {
+        match self {
+            Op::Conv2d(c) => Some(ConvParams {
+                out_channels: c.out_channels,
+                kernel: c.kernel,
+                stride: c.stride,
+                dilation: c.dilation,
+                output_padding: Hw::square(0),
+                padding: c.padding,
+                groups: c.groups,
+            }),
+            Op::ConvTranspose(c) => Some(ConvParams {
+                out_channels: c.out_channels,
+                kernel: c.kernel,
+                stride: c.stride,
+                dilation: c.dilation,
+                output_padding: c.output_padding,
+                padding: c.padding,
+                groups: c.groups,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Channel counts, groups, kernel, stride and dilation at least 1; the groups dividing
+    /// both channel counts of input `x`.
+    fn check_conv_params(&self, x: Shape) -> Result<(), ShapeError> {
+        let Some(c) = self.conv_params() else {
+            return Ok(());
+        };
+        for (what, v) in [
+            ("out_channels", c.out_channels),
+            ("groups", c.groups),
+            ("kernel", c.kernel.h.min(c.kernel.w)),
+            ("stride", c.stride.h.min(c.stride.w)),
+            ("dilation", c.dilation.h.min(c.dilation.w)),
+        ] {
+            if v == 0 {
+                return Err(ShapeError::Parameter(format!("{what} must be at least 1")));
+            }
+        }
+        if !x.c.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
+            return Err(ShapeError::Groups {
+                cin: x.c,
+                cout: c.out_channels,
+                groups: c.groups,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The shape two tensors broadcast to (numpy's rule on `[C, H, W]`: each axis equal, or 1 in
+/// one of them), if they do.
+pub fn broadcast(a: Shape, b: Shape) -> Option<Shape> {
+    let axis = |x: usize, y: usize| match (x, y) {
+        _ if x == y => Some(x),
+        (1, y) => Some(y),
+        (x, 1) => Some(x),
+        _ => None,
+    };
+    Some(Shape::new(
+        axis(a.c, b.c)?,
+        axis(a.h, b.h)?,
+        axis(a.w, b.w)?,
+    ))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use crate::diag::{Diagnostic, Diagnostics, Span, did_you_mean};
 use crate::dsl::expr::{Arg, ArgValue, Call, Name};
-use adcnn_core::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
+use adcnn_core::ops::{Conv2d, ConvTranspose2d, Hw, Op, Pad2, Pool2d, Upsample};
 
 /// Every operator kind the DSL knows, with its parameters (positional ones first) and
 /// a one-line synopsis for help messages.
@@ -25,6 +25,18 @@ pub const KINDS: &[(&str, &str)] = &[
     ),
     ("global_avgpool", "global_avgpool"),
     ("add", "add(other, …)"),
+    ("sub", "sub(other)"),
+    ("mul", "mul(other)"),
+    ("div", "div(other)"),
+    ("affine", "affine(scale=1, shift=0)"),
+    ("hardsigmoid", "hardsigmoid(alpha=1/6, beta=0.5)"),
+    ("hardswish", "hardswish"),
+    ("silu", "silu"),
+    ("upsample", "upsample(scale)"),
+    (
+        "conv_transpose",
+        "conv_transpose(out, k=1, s=1, p=0, op=0, d=1, g=1, bias=true)",
+    ),
     ("concat", "concat(other, …)"),
     ("flatten", "flatten"),
     ("linear", "linear(out, bias=true)"),
@@ -45,6 +57,13 @@ const KIND_ALIASES: &[(&str, &str)] = &[
     ("fc", "linear"),
     ("identity_dropout", "dropout"),
     ("zeropad", "pad"),
+    ("swish", "silu"),
+    ("hard_swish", "hardswish"),
+    ("hard_sigmoid", "hardsigmoid"),
+    ("resize", "upsample"),
+    ("deconv", "conv_transpose"),
+    ("convtranspose", "conv_transpose"),
+    ("conv_transpose2d", "conv_transpose"),
 ];
 
 /// The canonical name of a kind, if it is one.
@@ -148,9 +167,62 @@ pub fn lower(call: &Call, diags: &mut Diagnostics) -> Option<Lowered> {
             }
         }
         "global_avgpool" => Op::GlobalAvgPool,
-        "add" | "concat" => {
+        "add" | "concat" | "sub" | "mul" | "div" => {
             extra_inputs = a.references();
-            if kind == "add" { Op::Add } else { Op::Concat }
+            match kind {
+                "add" => Op::Add,
+                "sub" => Op::Sub,
+                "mul" => Op::Mul,
+                "div" => Op::Div,
+                _ => Op::Concat,
+            }
+        }
+        "affine" => Op::Affine {
+            scale: a.float(0, &["scale"], Some(1.0), Range::Any),
+            shift: a.float(1, &["shift"], Some(0.0), Range::Any),
+        },
+        "hardsigmoid" => Op::HardSigmoid {
+            alpha: a.float(0, &["alpha"], Some(1.0 / 6.0), Range::Any),
+            beta: a.float(1, &["beta"], Some(0.5), Range::Any),
+        },
+        "hardswish" => Op::HardSwish,
+        "silu" => Op::Silu,
+        "upsample" => Op::Upsample(Upsample {
+            scale: a.hw(0, &["scale", "scale_factor"], None),
+            crop: Pad2::default(),
+        }),
+        "conv_transpose" => {
+            let out = a.count(0, &["out", "out_channels"], None);
+            let kernel = a.hw(1, &["k", "kernel"], Some(Hw::square(1)));
+            let stride = a.hw(usize::MAX, &["s", "stride"], Some(Hw::square(1)));
+            let padding = a.pad(usize::MAX, &["p", "padding"]);
+            let output_padding = a.hw_at_least(
+                usize::MAX,
+                &["op", "output_padding"],
+                Some(Hw::square(0)),
+                0,
+            );
+            let dilation = a.hw(usize::MAX, &["d", "dilation"], Some(Hw::square(1)));
+            let groups = a.count(usize::MAX, &["g", "groups"], Some(1)).unwrap_or(1);
+            let bias = a.boolean(&["bias"], true);
+            if output_padding.h >= stride.h.max(dilation.h)
+                || output_padding.w >= stride.w.max(dilation.w)
+            {
+                a.error_at_call(format!(
+                    "output padding {output_padding} must be smaller than the stride {stride} or \
+                     the dilation {dilation} (PyTorch's rule)"
+                ));
+            }
+            Op::ConvTranspose(ConvTranspose2d {
+                out_channels: out.unwrap_or(1),
+                kernel,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                groups,
+                bias,
+            })
         }
         "flatten" => Op::Flatten,
         "linear" => Op::Linear {
@@ -240,7 +312,9 @@ impl<'a> Args<'a> {
                         keyword.push((k, arg, false));
                     }
                 }
-                None if !keyword.is_empty() && kind != "add" && kind != "concat" => {
+                None if !keyword.is_empty()
+                    && !matches!(kind, "add" | "concat" | "sub" | "mul" | "div") =>
+                {
                     diags.push(
                         Diagnostic::error("positional argument after a named one")
                             .at(&arg.span, "move this before the named arguments"),
@@ -437,6 +511,17 @@ impl<'a> Args<'a> {
 
     /// One integer ≥ 1, or `[h, w]`.
     fn hw(&mut self, position: usize, names: &[&'static str], default: Option<Hw>) -> Hw {
+        self.hw_at_least(position, names, default, 1)
+    }
+
+    /// [`Self::hw`] with values from `min` on.
+    fn hw_at_least(
+        &mut self,
+        position: usize,
+        names: &[&'static str],
+        default: Option<Hw>,
+        min: i64,
+    ) -> Hw {
         let Some(arg) = self.take(position, names) else {
             if default.is_none() {
                 self.missing(names[0]);
@@ -445,15 +530,15 @@ impl<'a> Args<'a> {
         };
         match &arg.value {
             ArgValue::List(items) if items.len() == 2 => {
-                let h = self.int_of(&items[0].0, &items[0].1, names[0], 1);
-                let w = self.int_of(&items[1].0, &items[1].1, names[0], 1);
+                let h = self.int_of(&items[0].0, &items[0].1, names[0], min);
+                let w = self.int_of(&items[1].0, &items[1].1, names[0], min);
                 Hw { h, w }
             }
             ArgValue::List(_) => {
                 self.type_error(arg, names[0], "an integer or a list `[h, w]`");
                 Hw::square(1)
             }
-            v => Hw::square(self.int_of(v, &arg.span, names[0], 1)),
+            v => Hw::square(self.int_of(v, &arg.span, names[0], min)),
         }
     }
 

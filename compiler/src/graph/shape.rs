@@ -45,10 +45,16 @@ pub fn infer(
                 _ => None,
             },
         ),
-        ShapeError::AddShapes(..) => (
+        ShapeError::Broadcast { verb, .. } => (
             format!("layer `{name}` {e}"),
             shapes_label(inputs),
-            Some("`add` needs inputs of one shape; a strided branch needs a matching downsample"),
+            Some(if *verb == "adds" {
+                "each axis of the inputs must match or be 1 (a `[C, 1, 1]` input is one value per \
+                 channel); a strided branch needs a matching downsample"
+            } else {
+                "each axis of the inputs must match or be 1 (a `[C, 1, 1]` input is one value per \
+                 channel)"
+            }),
         ),
         ShapeError::ConcatSizes(..) => (
             format!("layer `{name}` {e}"),
@@ -108,12 +114,26 @@ pub fn stats(op: &Op, inputs: &[Shape], out: Shape, receptive: &[Option<Receptiv
         Op::Conv2d(c) => 2 * n * (x.c / c.groups) as u64 * (c.kernel.h * c.kernel.w) as u64,
         Op::Linear { .. } => 2 * n * x.numel() as u64,
         Op::BatchNorm { .. } => 2 * n,
+        Op::ConvTranspose(c) => {
+            2 * x.numel() as u64
+                * (c.out_channels / c.groups) as u64
+                * (c.kernel.h * c.kernel.w) as u64
+        }
         Op::Relu | Op::Clip { .. } | Op::LeakyRelu { .. } | Op::PRelu | Op::Sigmoid => n,
+        Op::Affine { .. } | Op::HardSigmoid { .. } => 2 * n,
+        Op::HardSwish => 4 * n,
+        Op::Silu => 4 * n,
+        Op::Sub | Op::Mul | Op::Div => n,
         Op::MaxPool(p) | Op::AvgPool(p) => n * (p.kernel.h * p.kernel.w) as u64,
         Op::GlobalAvgPool => x.numel() as u64,
         Op::Add => n * (inputs.len() as u64 - 1),
         Op::Softmax => 3 * n,
-        Op::Concat | Op::Flatten | Op::Dropout | Op::Identity | Op::Pad { .. } => 0,
+        Op::Concat
+        | Op::Flatten
+        | Op::Dropout
+        | Op::Identity
+        | Op::Pad { .. }
+        | Op::Upsample(_) => 0,
     };
     let weights = op.weight_shapes(x);
     let numel = |s: &Vec<usize>| s.iter().product::<usize>() as u64;
@@ -156,6 +176,17 @@ fn receptive_field(op: &Op, inputs: &[Option<Receptive>]) -> Option<Receptive> {
     match op {
         Op::Conv2d(c) => window(&mut r, c.kernel, c.stride, c.dilation),
         Op::MaxPool(p) | Op::AvgPool(p) => window(&mut r, p.kernel, p.stride, Hw::square(1)),
+        // Upsampling divides the cumulative stride (the field, in input pixels, stays).
+        Op::Upsample(u) => {
+            r.stride.h = (r.stride.h / u.scale.h).max(1);
+            r.stride.w = (r.stride.w / u.scale.w).max(1);
+        }
+        Op::ConvTranspose(c) => {
+            r.field.h += c.dilation.h * (c.kernel.h - 1) * r.stride.h / c.stride.h;
+            r.field.w += c.dilation.w * (c.kernel.w - 1) * r.stride.w / c.stride.w;
+            r.stride.h = (r.stride.h / c.stride.h).max(1);
+            r.stride.w = (r.stride.w / c.stride.w).max(1);
+        }
         Op::GlobalAvgPool | Op::Flatten | Op::Linear { .. } => return None,
         _ => {}
     }

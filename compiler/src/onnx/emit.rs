@@ -35,6 +35,12 @@ fn render(op: &Op) -> String {
         Op::LeakyRelu { slope } => format!("leaky_relu({})", num(*slope)),
         Op::Pad { padding, value } if *value == 0.0 => format!("pad({padding})"),
         Op::Pad { padding, value } => format!("pad({padding}, value={})", num(*value)),
+        Op::Affine { scale, shift } => {
+            format!("affine(scale={}, shift={})", num(*scale), num(*shift))
+        }
+        Op::HardSigmoid { alpha, beta } => {
+            format!("hardsigmoid(alpha={}, beta={})", num(*alpha), num(*beta))
+        }
         other => other.to_string(),
     }
 }

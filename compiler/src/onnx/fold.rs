@@ -8,7 +8,7 @@ use super::error::ImportError;
 use super::tensor::{Const, Data, FLOAT, INT32, INT64, MAX_TENSOR_ELEMENTS, type_name};
 
 /// Operators supported only on constant inputs.
-pub const CONSTANT_ONLY_OPS: &[&str] = &["Cast", "ConstantOfShape", "Slice", "Transpose"];
+pub const CONSTANT_ONLY_OPS: &[&str] = &["Cast", "ConstantOfShape", "Gather", "Slice", "Transpose"];
 
 /// Operators folded when all their inputs are constants (besides [`CONSTANT_ONLY_OPS`]).
 pub const FOLDABLE_OPS: &[&str] = &["Concat", "Reshape", "Squeeze", "Unsqueeze", "Flatten"];
@@ -194,6 +194,52 @@ pub fn fold(
                     .map(|(a, &i)| (start[a] + i as i64 * step[a]) as usize * s[a])
                     .sum()
             }))
+        }
+        "Gather" => {
+            // Shape arithmetic: picking dimensions out of a `Shape`'s output (axis 0).
+            let Some(idx) = get(1) else {
+                return Ok(Err("indices are required".into()));
+            };
+            let axis = attr_int("axis").unwrap_or(0);
+            let Some(&len) = x.dims.first() else {
+                return Ok(Err("a scalar input".into()));
+            };
+            if axis != 0 && axis != -(x.dims.len() as i64) {
+                return Ok(Err(format!("axis {axis}; folded only on axis 0")));
+            }
+            let picked: Option<Vec<usize>> = idx
+                .ints()?
+                .iter()
+                .map(|&i| {
+                    let i = if i < 0 { i + len as i64 } else { i };
+                    usize::try_from(i).ok().filter(|&i| i < len)
+                })
+                .collect();
+            let Some(picked) = picked else {
+                return Ok(Err("an index out of range".into()));
+            };
+            let inner: usize = x.dims[1..].iter().product();
+            let mut dims = idx.dims.clone();
+            dims.extend_from_slice(&x.dims[1..]);
+            let data = match &x.data {
+                Data::F32(v) => Data::F32(
+                    picked
+                        .iter()
+                        .flat_map(|&i| v[i * inner..(i + 1) * inner].iter().copied())
+                        .collect(),
+                ),
+                Data::I64(v) => Data::I64(
+                    picked
+                        .iter()
+                        .flat_map(|&i| v[i * inner..(i + 1) * inner].iter().copied())
+                        .collect(),
+                ),
+            };
+            Ok(Const {
+                name: x.name.clone(),
+                dims,
+                data,
+            })
         }
         _ => Err(format!("{op} is not folded")),
     })

@@ -3,7 +3,7 @@
 use ndarray::{Array2, Array3, Ix4, linalg::general_mat_mul, s};
 
 use super::operand::{EvalError, channel_vector, dims, weight};
-use crate::ops::{Conv2d, WeightRole};
+use crate::ops::{Conv2d, ConvTranspose2d, WeightRole};
 use crate::weights::Weights;
 
 /// Output length of a convolution along one axis:
@@ -31,6 +31,31 @@ fn unpad(p: usize, pad_begin: usize, len: usize) -> Option<usize> {
     p.checked_sub(pad_begin).filter(|&i| i < len)
 }
 
+/// Groups dividing both channel counts; kernel, stride and dilation positive.
+fn check_params(
+    op: &'static str,
+    cin: usize,
+    cout: usize,
+    g: usize,
+    windows: [usize; 6],
+) -> Result<(), EvalError> {
+    if g == 0 || !cin.is_multiple_of(g) || !cout.is_multiple_of(g) {
+        return Err(EvalError::Parameter {
+            op,
+            reason: format!(
+                "groups = {g} must divide input channels {cin} and output channels {cout}"
+            ),
+        });
+    }
+    if windows.contains(&0) {
+        return Err(EvalError::Parameter {
+            op,
+            reason: "kernel, stride and dilation must be positive".into(),
+        });
+    }
+    Ok(())
+}
+
 pub(super) fn conv2d(
     c: &Conv2d,
     layer: &str,
@@ -43,14 +68,7 @@ pub(super) fn conv2d(
     let (kh, kw) = (c.kernel.h, c.kernel.w);
     let (sh, sw) = (c.stride.h, c.stride.w);
     let (dh, dw) = (c.dilation.h, c.dilation.w);
-    if g == 0 || cin % g != 0 || cout % g != 0 {
-        return Err(param(format!(
-            "groups = {g} must divide input channels {cin} and output channels {cout}"
-        )));
-    }
-    if kh == 0 || kw == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0 {
-        return Err(param("kernel, stride and dilation must be positive".into()));
-    }
+    check_params("conv", cin, cout, g, [kh, kw, sh, sw, dh, dw])?;
     let p = c.padding;
     let (Some(oh), Some(ow)) = (
         conv_out_len(h, p.top, p.bottom, kh, sh, dh),
@@ -111,4 +129,94 @@ pub(super) fn conv2d(
     }
     y.into_shape_with_order((cout, oh, ow))
         .map_err(|e| param(e.to_string()))
+}
+
+/// Transposed convolution: per group, one matrix product `Wᵀ · X` gives every input pixel's
+/// taps (col2im's columns), which are then added into the output at `i·s + k·d`, the
+/// padding cropping the sides. Output padding only adds rows and columns that get the bias.
+pub(super) fn conv_transpose2d(
+    c: &ConvTranspose2d,
+    layer: &str,
+    x: &Array3<f32>,
+    weights: &Weights,
+) -> Result<Array3<f32>, EvalError> {
+    let param = |reason: String| EvalError::Parameter {
+        op: "conv_transpose",
+        reason,
+    };
+    let (cin, h, w) = x.dim();
+    let (cout, g) = (c.out_channels, c.groups);
+    let (kh, kw) = (c.kernel.h, c.kernel.w);
+    let (sh, sw) = (c.stride.h, c.stride.w);
+    let (dh, dw) = (c.dilation.h, c.dilation.w);
+    check_params("conv_transpose", cin, cout, g, [kh, kw, sh, sw, dh, dw])?;
+    let p = c.padding;
+    let crop = |full: Option<usize>, p0: usize, p1: usize| {
+        full.and_then(|n| n.checked_sub(p0)?.checked_sub(p1))
+            .filter(|&n| n > 0)
+    };
+    let (fh, fw) = (
+        ConvTranspose2d::full_len(h, kh, sh, dh, c.output_padding.h),
+        ConvTranspose2d::full_len(w, kw, sw, dw, c.output_padding.w),
+    );
+    let (Some(oh), Some(ow)) = (crop(fh, p.top, p.bottom), crop(fw, p.left, p.right)) else {
+        return Err(EvalError::InputShape {
+            op: "conv_transpose",
+            shapes: vec![dims(x)],
+            reason: format!("the padding {p} leaves no output"),
+        });
+    };
+    let (cin_g, cout_g) = (cin / g, cout / g);
+    let wt = weight(weights, layer, WeightRole::Weight, &[cin, cout_g, kh, kw])?;
+    // [cin, cout_g · kh · kw]: row ci holds its taps for every output channel of its group.
+    let wt = wt
+        .to_shape((cin, cout_g * kh * kw))
+        .map_err(|e| param(e.to_string()))?;
+    let xs = x.to_shape((cin, h * w)).map_err(|e| param(e.to_string()))?;
+    let mut y = vec![0.0f32; cout * oh * ow];
+    let mut cols = Array2::<f32>::zeros((cout_g * kh * kw, h * w));
+    // The input columns whose tap `kx` lands inside the output, and where the first lands.
+    let span = |i: usize, k: usize, s: usize, d: usize, before: usize, out: usize| {
+        let off = (k * d) as isize - before as isize;
+        let first = if off < 0 {
+            ((-off) as usize).div_ceil(s)
+        } else {
+            0
+        };
+        let last = ((out as isize - off + s as isize - 1).max(0) as usize / s).min(i);
+        (first, last.max(first), off)
+    };
+    for gi in 0..g {
+        let wg = wt.slice(s![gi * cin_g..(gi + 1) * cin_g, ..]);
+        let xg = xs.slice(s![gi * cin_g..(gi + 1) * cin_g, ..]);
+        general_mat_mul(1.0, &wg.t(), &xg, 0.0, &mut cols);
+        for co in 0..cout_g {
+            let o = gi * cout_g + co;
+            let plane = &mut y[o * oh * ow..(o + 1) * oh * ow];
+            for ky in 0..kh {
+                let (y0, y1, yoff) = span(h, ky, sh, dh, p.top, oh);
+                for kx in 0..kw {
+                    let (x0, x1, xoff) = span(w, kx, sw, dw, p.left, ow);
+                    let row = cols.row((co * kh + ky) * kw + kx);
+                    let row = row.as_slice().unwrap_or(&[]);
+                    for iy in y0..y1 {
+                        let oy = (iy * sh) as isize + yoff;
+                        let dst = &mut plane[oy as usize * ow..(oy as usize + 1) * ow];
+                        let src = &row[iy * w..(iy + 1) * w];
+                        for ix in x0..x1 {
+                            dst[((ix * sw) as isize + xoff) as usize] += src[ix];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut y = Array3::from_shape_vec((cout, oh, ow), y).map_err(|e| param(e.to_string()))?;
+    if c.bias {
+        let b = channel_vector(weights, layer, WeightRole::Bias, cout)?;
+        for (mut plane, b) in y.outer_iter_mut().zip(b) {
+            plane += b;
+        }
+    }
+    Ok(y)
 }

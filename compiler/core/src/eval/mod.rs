@@ -70,11 +70,17 @@ pub fn eval_op(
         Op::Clip { min, max } => Ok(x.mapv(|v| clip(v, *min, *max))),
         Op::LeakyRelu { slope } => Ok(x.mapv(|v| if v > 0.0 { v } else { v * slope })),
         Op::PRelu => prelu(layer, x, weights),
-        Op::Sigmoid => Ok(x.mapv(|v| 1.0 / (1.0 + (-v).exp()))),
+        Op::Sigmoid => Ok(x.mapv(sigmoid)),
         Op::MaxPool(p) => pool::max_pool(p, x),
         Op::AvgPool(p) => pool::avg_pool(p, x),
         Op::GlobalAvgPool => global_avg_pool(x),
-        Op::Add => add(inputs),
+        Op::Add | Op::Sub | Op::Mul | Op::Div => arithmetic(op, inputs),
+        Op::Affine { scale, shift } => Ok(x.mapv(|v| v * scale + shift)),
+        Op::HardSigmoid { alpha, beta } => Ok(x.mapv(|v| hard_sigmoid(v, *alpha, *beta))),
+        Op::HardSwish => Ok(x.mapv(|v| v * hard_sigmoid(v, 1.0 / 6.0, 0.5))),
+        Op::Silu => Ok(x.mapv(|v| v * sigmoid(v))),
+        Op::Upsample(u) => upsample(u, x),
+        Op::ConvTranspose(c) => conv::conv_transpose2d(c, layer, x, weights),
         Op::Concat => concat(inputs),
         Op::Flatten => flatten(x),
         Op::Linear { out_features, bias } => linear(*out_features, *bias, layer, x, weights),
@@ -82,6 +88,15 @@ pub fn eval_op(
         Op::Dropout | Op::Identity => Ok(x.clone()),
         Op::Pad { padding, value } => Ok(pad(x, *padding, *value)),
     }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// `max(0, min(1, alpha · x + beta))`, NaN propagating.
+fn hard_sigmoid(v: f32, alpha: f32, beta: f32) -> f32 {
+    clip(v * alpha + beta, 0.0, 1.0)
 }
 
 /// `min(max(x, min), max)` as PyTorch's `clamp`, NaN propagating.
@@ -133,20 +148,78 @@ fn global_avg_pool(x: &Array3<f32>) -> Result<Array3<f32>, EvalError> {
     }))
 }
 
-fn add(inputs: &[&Array3<f32>]) -> Result<Array3<f32>, EvalError> {
-    let first = inputs[0];
-    if inputs.iter().any(|t| t.dim() != first.dim()) {
-        return Err(EvalError::InputShape {
-            op: "add",
-            shapes: inputs.iter().map(|t| dims(t)).collect(),
-            reason: "all inputs must have the same shape".into(),
-        });
-    }
-    let mut y = first.clone();
+/// Element-wise arithmetic over inputs broadcast to one shape (numpy's rule), left to right.
+fn arithmetic(op: &Op, inputs: &[&Array3<f32>]) -> Result<Array3<f32>, EvalError> {
+    let fail = || EvalError::InputShape {
+        op: op.kind(),
+        shapes: inputs.iter().map(|t| dims(t)).collect(),
+        reason: "the shapes do not broadcast (each axis must match or be 1)".into(),
+    };
+    let shape = |t: &Array3<f32>| {
+        let (c, h, w) = t.dim();
+        Shape::new(c, h, w)
+    };
+    let out = inputs[1..]
+        .iter()
+        .try_fold(shape(inputs[0]), |a, t| crate::ops::broadcast(a, shape(t)))
+        .ok_or_else(fail)?;
+    let dim = (out.c, out.h, out.w);
+    let mut y = inputs[0].broadcast(dim).ok_or_else(fail)?.to_owned();
     for t in &inputs[1..] {
-        y += *t;
+        let t = t.broadcast(dim).ok_or_else(fail)?;
+        match op {
+            Op::Sub => y -= &t,
+            Op::Mul => y *= &t,
+            Op::Div => y /= &t,
+            _ => y += &t,
+        }
     }
     Ok(y)
+}
+
+/// Nearest-neighbour upsampling by whole factors, less the crop: each output row gathers
+/// its input row through a column table, and rows that repeat the one before are copied.
+fn upsample(u: &crate::ops::Upsample, x: &Array3<f32>) -> Result<Array3<f32>, EvalError> {
+    let (c, h, w) = x.dim();
+    let (sh, sw) = (u.scale.h, u.scale.w);
+    let out = |len: usize, s: usize, c0: usize, c1: usize| {
+        len.checked_mul(s)?
+            .checked_sub(c0)?
+            .checked_sub(c1)
+            .filter(|&n| n > 0 && s > 0)
+    };
+    let (Some(oh), Some(ow)) = (
+        out(h, sh, u.crop.top, u.crop.bottom),
+        out(w, sw, u.crop.left, u.crop.right),
+    ) else {
+        return Err(EvalError::InputShape {
+            op: "upsample",
+            shapes: vec![dims(x)],
+            reason: format!("scale {} less crop {} leaves no output", u.scale, u.crop),
+        });
+    };
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().unwrap_or(&[]);
+    let cols: Vec<usize> = (0..ow).map(|z| (z + u.crop.left) / sw).collect();
+    let mut y = vec![0.0f32; c * oh * ow];
+    for ch in 0..c {
+        let plane = &mut y[ch * oh * ow..(ch + 1) * oh * ow];
+        for oy in 0..oh {
+            let iy = (oy + u.crop.top) / sh;
+            if oy > 0 && (oy - 1 + u.crop.top) / sh == iy {
+                plane.copy_within((oy - 1) * ow..oy * ow, oy * ow);
+                continue;
+            }
+            let src = &xs[(ch * h + iy) * w..(ch * h + iy + 1) * w];
+            for (d, &ix) in plane[oy * ow..(oy + 1) * ow].iter_mut().zip(&cols) {
+                *d = src[ix];
+            }
+        }
+    }
+    Array3::from_shape_vec((c, oh, ow), y).map_err(|e| EvalError::Parameter {
+        op: "upsample",
+        reason: e.to_string(),
+    })
 }
 
 fn concat(inputs: &[&Array3<f32>]) -> Result<Array3<f32>, EvalError> {

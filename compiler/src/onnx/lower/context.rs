@@ -129,11 +129,24 @@ pub(super) struct Ctx<'a> {
     pub(super) values: HashMap<&'a str, Value>,
     /// How many live nodes (and the graph output) read each value.
     pub(super) uses: HashMap<&'a str, usize>,
+    /// Per layer: the names of the values that are its output (several when later nodes
+    /// were folded into it).
+    pub(super) names: Vec<Vec<&'a str>>,
     /// Values constant folding may still make ([`crate::onnx::fold::MAX_FOLDED_ELEMENTS`] in all).
     pub(super) fold_budget: std::cell::Cell<usize>,
 }
 
 impl<'a> Ctx<'a> {
+    /// How many live nodes (and the graph output) read layer `i`'s output, under any name.
+    pub(super) fn layer_uses(&self, i: usize) -> usize {
+        self.names.get(i).map_or(0, |names| {
+            names
+                .iter()
+                .map(|v| self.uses.get(v).copied().unwrap_or(0))
+                .sum()
+        })
+    }
+
     pub(super) fn tensor(&self, n: &Node, i: usize) -> Result<Val, ImportError> {
         let name = n
             .input_name(i)

@@ -4,11 +4,12 @@
 
 use std::rc::Rc;
 
+use super::arith::{lower_arith, lower_hard};
 use super::context::{Ctx, Lowered, Node, Value, layer, missing, preferred_name, prod, rank};
 use super::graph::SUPPORTED_OPS;
 use super::ops::{
-    lower_add, lower_bn, lower_clip, lower_constant, lower_conv, lower_linear, lower_pad,
-    lower_pool,
+    lower_bn, lower_clip, lower_constant, lower_conv, lower_conv_transpose, lower_linear,
+    lower_pad, lower_pool, lower_resize,
 };
 use super::reshape::{flatten_target, reshape_target, reshape_to, squeeze, unsqueeze};
 use crate::onnx::error::ImportError;
@@ -50,7 +51,8 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
         return Err(n.unsupported("input 0 is missing"));
     };
     // What the fold will make, bounded before it allocates: as many values as its input
-    // (Concat: all its inputs; ConstantOfShape: what its shape input says).
+    // (Concat: all its inputs; ConstantOfShape: what its shape input says; Gather: a row of
+    // its input per index).
     let makes = match op {
         "Concat" => inputs
             .iter()
@@ -59,6 +61,11 @@ fn try_fold(n: &Node, ctx: &Ctx) -> Result<Option<Lowered>, ImportError> {
         "ConstantOfShape" => x.ints()?.iter().try_fold(1usize, |a, &d| {
             a.checked_mul(usize::try_from(d).unwrap_or(0))
         }),
+        "Gather" => {
+            let rows = x.dims.first().copied().filter(|&r| r > 0).unwrap_or(1);
+            let indices = inputs.get(1).copied().flatten().map_or(0, |c| c.len());
+            (x.len() / rows).checked_mul(indices)
+        }
         _ => Some(x.len()),
     };
     let left = ctx.fold_budget.get();
@@ -137,6 +144,22 @@ pub(super) fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
                 .ok_or_else(|| missing(n, name))
         }
         "Constant" => lower_constant(n),
+        "Shape" => {
+            // Its dims are known: the shape sub-graphs exporters write (sizes of a Resize)
+            // fold to constants from here.
+            n.check_attrs(&["start", "end"])?;
+            let x = ctx.tensor(n, 0)?;
+            let r = x.dims.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let start = clamp(n.int("start", 0));
+            let end = clamp(n.int("end", r)).max(start);
+            let dims: Vec<i64> = x.dims[start..end].iter().map(|&d| d as i64).collect();
+            Ok(Lowered::Alias(Value::Const(Rc::new(Const {
+                name: n.node.output.first().cloned().unwrap_or_default(),
+                dims: vec![dims.len()],
+                data: Data::I64(dims),
+            }))))
+        }
         "Relu" | "Sigmoid" => {
             n.check_attrs(&[])?;
             let x = ctx.tensor(n, 0)?;
@@ -229,7 +252,10 @@ pub(super) fn lower_node(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
             };
             Ok(Lowered::Layer(layer(Op::GlobalAvgPool, vec![x.src]), dims))
         }
-        "Add" => lower_add(n, ctx),
+        "Add" | "Sub" | "Mul" | "Div" => lower_arith(n, ctx),
+        "HardSigmoid" | "HardSwish" => lower_hard(n, ctx),
+        "Resize" | "Upsample" => lower_resize(n, ctx),
+        "ConvTranspose" => lower_conv_transpose(n, ctx),
         "Concat" => {
             n.check_attrs(&["axis"])?;
             let xs = (0..n.node.input.len())

@@ -3,6 +3,7 @@
 //! constant ([`dispatch`]), tracks ONNX shapes, names the layers ([`naming`]) and collects
 //! their weights.
 
+mod arith;
 mod context;
 mod dispatch;
 mod graph;
@@ -36,6 +37,35 @@ pub struct Network {
     pub parameters: usize,
     /// `producer_name producer_version, opset N`, for the file header.
     pub provenance: String,
+}
+
+/// The layers `last` depends on (itself included), in their order, inputs renumbered.
+fn ancestors(layers: Vec<Layer>, last: usize) -> Vec<Layer> {
+    let mut keep = vec![false; last + 1];
+    keep[last] = true;
+    for i in (0..=last).rev() {
+        if keep[i] {
+            for s in &layers[i].inputs {
+                if let Src::Layer(j) = *s {
+                    keep[j] = true;
+                }
+            }
+        }
+    }
+    let mut index = vec![usize::MAX; last + 1];
+    let mut out = Vec::new();
+    for (i, mut l) in layers.into_iter().enumerate().take(last + 1) {
+        if keep[i] {
+            for s in &mut l.inputs {
+                if let Src::Layer(j) = s {
+                    *j = index[*j];
+                }
+            }
+            index[i] = out.len();
+            out.push(l);
+        }
+    }
+    out
 }
 
 /// Lowers a decoded model to its layers and weights.
@@ -94,6 +124,7 @@ pub fn lower(model: &ModelProto) -> Result<Network, ImportError> {
 
     let mut ctx = Ctx {
         layers: Vec::new(),
+        names: Vec::new(),
         values: HashMap::new(),
         uses,
         fold_budget: std::cell::Cell::new(crate::onnx::fold::MAX_FOLDED_ELEMENTS),
@@ -156,12 +187,20 @@ pub fn lower(model: &ModelProto) -> Result<Network, ImportError> {
                 layer.op_seg = op_seg;
                 layer.op_type = node.op_type().to_string();
                 ctx.layers.push(*layer);
+                ctx.names.push(Vec::new());
                 Value::Tensor(Val {
                     src: Src::Layer(ctx.layers.len() - 1),
                     dims,
                 })
             }
         };
+        if let Value::Tensor(Val {
+            src: Src::Layer(i), ..
+        }) = &value
+            && let Some(names) = ctx.names.get_mut(*i)
+        {
+            names.push(out);
+        }
         ctx.values.insert(out, value);
     }
 
@@ -183,10 +222,9 @@ pub fn lower(model: &ModelProto) -> Result<Network, ImportError> {
             reason: "the output is the input: the network has no layers".into(),
         });
     };
-    let mut layers = ctx.layers;
-    // Layers are in ONNX order, so every layer's inputs come before it; `last` may not be
-    // the final one when a node after it is dead (folded), so keep only its ancestors.
-    layers.truncate(last + 1);
+    // Keep only the output's ancestors: nodes after it may be dead (folded), and layers
+    // fused into a later one (an activation's pieces) are read by nothing.
+    let mut layers = ancestors(ctx.layers, last);
     name_layers(&mut layers);
 
     let mut weights = Vec::new();

@@ -4,12 +4,12 @@
 
 use std::rc::Rc;
 
-use super::context::{Ctx, Lowered, Node, Value, dsl_shape, layer, missing, preferred_name, rank};
+use super::context::{Ctx, Lowered, Node, Val, Value, dsl_shape, layer, preferred_name, rank};
 use crate::onnx::error::ImportError;
 use crate::onnx::proto::AttributeProto;
 use crate::onnx::tensor::{self, Const, Data};
 use crate::onnx::types::Src;
-use adcnn_core::ops::{Conv2d, Hw, Op, Pad2, Pool2d};
+use adcnn_core::ops::{Conv2d, ConvTranspose2d, Hw, Op, Pad2, Pool2d, Upsample};
 use adcnn_core::ops::{pool_out, window_out};
 
 /// Spatial `(kh, kw)`-style pair from an attribute, default `default`, all ≥ `min`.
@@ -182,16 +182,7 @@ pub(super) fn lower_conv(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
         "pads",
         "strides",
     ])?;
-    let x = ctx.tensor(n, 0)?;
-    rank(n, &x, &[4])?;
-    let w = ctx.required_constant(n, 1, "weight")?;
-    let wv = w.floats()?;
-    let &[m, cg, kh, kw] = w.dims.as_slice() else {
-        return Err(n.unsupported(format!(
-            "weight dims {:?}; only 2-D convolutions ([M, C/group, kH, kW]) are supported",
-            w.dims
-        )));
-    };
+    let (x, w, [m, cg, kh, kw]) = input_and_weight(n, ctx, "convolutions ([M, C/group, kH, kW])")?;
     let group = n.int("group", 1);
     let c = x.dims[1];
     if !(1..=c as i64).contains(&group) {
@@ -213,13 +204,6 @@ pub(super) fn lower_conv(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
         )));
     }
     let kernel = Hw { h: kh, w: kw };
-    if let Some(ks) = n.ints("kernel_shape")
-        && ks != [kh as i64, kw as i64]
-    {
-        return Err(n.unsupported(format!(
-            "kernel_shape {ks:?} differs from the weight's {kh}×{kw}"
-        )));
-    }
     let stride = pair(n, "strides", 1, 1)?;
     let dilation = pair(n, "dilations", 1, 1)?;
     let padding = spatial_pads(n, (x.dims[2], x.dims[3]), kernel, stride, dilation)?;
@@ -260,7 +244,48 @@ pub(super) fn lower_conv(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
         }),
         vec![x.src],
     );
-    l.weights.push(("weight", w.dims.clone(), wv.to_vec()));
+    weight_and_bias(n, &mut l, &w, bias.as_deref(), m)?;
+    Ok(Lowered::Layer(l, vec![1, m, oh, ow]))
+}
+
+/// A (transposed) convolution's input (`[1, C, H, W]`) and weight: a float constant of four
+/// dims (`layout` names them for the message), agreeing with `kernel_shape` if given.
+fn input_and_weight(
+    n: &Node,
+    ctx: &Ctx,
+    layout: &str,
+) -> Result<(Val, Rc<Const>, [usize; 4]), ImportError> {
+    let x = ctx.tensor(n, 0)?;
+    rank(n, &x, &[4])?;
+    let w = ctx.required_constant(n, 1, "weight")?;
+    w.floats()?; // a float tensor, checked before its dims
+    let &[a, b, kh, kw] = w.dims.as_slice() else {
+        return Err(n.unsupported(format!(
+            "weight dims {:?}; only 2-D {layout} are supported",
+            w.dims
+        )));
+    };
+    if let Some(ks) = n.ints("kernel_shape")
+        && ks != [kh as i64, kw as i64]
+    {
+        return Err(n.unsupported(format!(
+            "kernel_shape {ks:?} differs from the weight's {kh}×{kw}"
+        )));
+    }
+    Ok((x, w, [a, b, kh, kw]))
+}
+
+/// A (transposed) convolution's weight and optional bias (one value per output channel),
+/// the layer named after the weight.
+fn weight_and_bias(
+    n: &Node,
+    l: &mut crate::onnx::types::Layer,
+    w: &Const,
+    bias: Option<&Const>,
+    m: usize,
+) -> Result<(), ImportError> {
+    l.weights
+        .push(("weight", w.dims.clone(), w.floats()?.to_vec()));
     if let Some(b) = bias {
         let bv = b.floats()?;
         if bv.len() != m {
@@ -273,7 +298,7 @@ pub(super) fn lower_conv(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError
         l.weights.push(("bias", vec![m], bv.to_vec()));
     }
     l.preferred = preferred_name(n.input_name(1));
-    Ok(Lowered::Layer(l, vec![1, m, oh, ow]))
+    Ok(())
 }
 
 pub(super) fn lower_pool(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
@@ -395,74 +420,45 @@ pub(super) fn lower_bn(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> 
     Ok(Lowered::Layer(l, x.dims))
 }
 
-pub(super) fn lower_add(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
-    n.check_attrs(&[])?;
-    if n.node.input.len() != 2 {
-        return Err(n.unsupported("Add takes two inputs"));
-    }
-    let get = |i: usize| {
-        let name = n
-            .input_name(i)
-            .ok_or_else(|| n.unsupported("an input is missing"))?;
-        ctx.values
-            .get(name)
-            .cloned()
-            .map(|v| (name, v))
-            .ok_or_else(|| missing(n, name))
+/// `x @ W + b`: the constant `c` added to a bias-free MatMul's output read only here
+/// becomes that linear layer's bias (`None` when `x` is not such an output).
+pub(super) fn matmul_bias(
+    n: &Node,
+    ctx: &mut Ctx,
+    x: &Val,
+    c: &Const,
+) -> Result<Option<Lowered>, ImportError> {
+    let Src::Layer(i) = x.src else {
+        return Ok(None);
     };
-    let (an, a) = get(0)?;
-    let (bn, b) = get(1)?;
-    match (a, b) {
-        (Value::Tensor(a), Value::Tensor(b)) => {
-            if a.dims != b.dims {
-                return Err(n.unsupported(format!(
-                    "broadcasting dims {:?} and {:?}; both inputs must have the same dims",
-                    a.dims, b.dims
-                )));
-            }
-            rank(n, &a, &[2, 4])?;
-            Ok(Lowered::Layer(layer(Op::Add, vec![a.src, b.src]), a.dims))
-        }
-        (Value::Tensor(x), Value::Const(c)) | (Value::Const(c), Value::Tensor(x)) => {
-            let xname = if matches!(ctx.values.get(an), Some(Value::Tensor(_))) {
-                an
-            } else {
-                bn
-            };
-            // The bias of a bias-free MatMul: `x @ W + b` is one linear layer.
-            if let Src::Layer(i) = x.src
-                && ctx.uses.get(xname) == Some(&1)
-                && let Some(l) = ctx.layers.get_mut(i)
-                && l.from_matmul
-                && let Op::Linear { out_features, bias } = &mut l.op
-                && !*bias
-            {
-                let v = c.floats()?;
-                let out = *out_features;
-                let ok = c.dims.iter().filter(|&&d| d != 1).count() <= 1 && c.dims.len() <= 2;
-                let data = if v.len() == out && ok {
-                    v.to_vec()
-                } else if v.len() == 1 {
-                    vec![v[0]; out]
-                } else {
-                    return Err(n.unsupported(format!(
-                        "bias `{}` of dims {:?} does not fit {out} features",
-                        c.name, c.dims
-                    )));
-                };
-                *bias = true;
-                l.weights.push(("bias", vec![out], data));
-                return Ok(Lowered::Alias(Value::Tensor(x)));
-            }
-            Err(n.unsupported(format!(
-                "adding the constant `{}`; constants are supported only as the bias of a MatMul",
-                c.name
-            )))
-        }
-        (Value::Const(_), Value::Const(_)) => {
-            Err(n.unsupported("adding two constants (fold constants before export)"))
-        }
+    if ctx.layer_uses(i) != 1 {
+        return Ok(None);
     }
+    let Some(l) = ctx.layers.get_mut(i) else {
+        return Ok(None);
+    };
+    let Op::Linear { out_features, bias } = &mut l.op else {
+        return Ok(None);
+    };
+    if !l.from_matmul || *bias {
+        return Ok(None);
+    }
+    let v = c.floats()?;
+    let out = *out_features;
+    let ok = c.dims.iter().filter(|&&d| d != 1).count() <= 1 && c.dims.len() <= 2;
+    let data = if v.len() == out && ok {
+        v.to_vec()
+    } else if v.len() == 1 {
+        vec![v[0]; out]
+    } else {
+        return Err(n.unsupported(format!(
+            "bias `{}` of dims {:?} does not fit {out} features",
+            c.name, c.dims
+        )));
+    };
+    *bias = true;
+    l.weights.push(("bias", vec![out], data));
+    Ok(Some(Lowered::Alias(Value::Tensor(x.clone()))))
 }
 
 pub(super) fn lower_linear(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
@@ -633,6 +629,188 @@ pub(super) fn lower_pad(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError>
     }
     Ok(Lowered::Layer(
         layer(Op::Pad { padding, value }, vec![x.src]),
+        dims,
+    ))
+}
+
+/// ConvTranspose with explicit pads (`auto_pad` NOTSET or VALID; `output_shape` is not
+/// supported: exporters from PyTorch write pads and output_padding).
+pub(super) fn lower_conv_transpose(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
+    n.check_attrs(&[
+        "auto_pad",
+        "dilations",
+        "group",
+        "kernel_shape",
+        "output_padding",
+        "pads",
+        "strides",
+    ])?;
+    match n.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("VALID") => {}
+        Some(_) => {
+            return Err(n.bad_attr(
+                n.attr("auto_pad").unwrap_or(&AttributeProto::default()),
+                "auto_pad NOTSET or VALID (explicit pads)",
+            ));
+        }
+    }
+    let (x, w, [c, mg, kh, kw]) =
+        input_and_weight(n, ctx, "transposed convolutions ([C, M/group, kH, kW])")?;
+    let group = n.int("group", 1);
+    if !(1..=c.max(1) as i64).contains(&group)
+        || c != x.dims[1]
+        || mg == 0
+        || kh == 0
+        || kw == 0
+        || c % group as usize != 0
+    {
+        return Err(n.unsupported(format!(
+            "weight dims {:?} with group {group} do not fit an input of {} channels",
+            w.dims, x.dims[1]
+        )));
+    }
+    let kernel = Hw { h: kh, w: kw };
+    let stride = pair(n, "strides", 1, 1)?;
+    let dilation = pair(n, "dilations", 1, 1)?;
+    let output_padding = pair(n, "output_padding", 0, 0)?;
+    if output_padding.h >= stride.h.max(dilation.h) || output_padding.w >= stride.w.max(dilation.w)
+    {
+        return Err(n.bad_attr(
+            n.attr("output_padding")
+                .unwrap_or(&AttributeProto::default()),
+            "output padding smaller than the stride or the dilation",
+        ));
+    }
+    let padding = if n.string("auto_pad").as_deref() == Some("VALID") {
+        Pad2::default()
+    } else {
+        spatial_pads(n, (x.dims[2], x.dims[3]), kernel, stride, dilation)?
+    };
+    let m = mg * group as usize;
+    let bias = ctx.constant(n, 2)?;
+    let op = Op::ConvTranspose(ConvTranspose2d {
+        out_channels: m,
+        kernel,
+        stride,
+        padding,
+        output_padding,
+        dilation,
+        groups: group as usize,
+        bias: bias.is_some(),
+    });
+    let Some(shape) = dsl_shape(&x.dims).and_then(|s| op.output_shape(&[s]).ok()) else {
+        return Err(n.unsupported(format!(
+            "the pads {padding} leave no output of the {}×{} input",
+            x.dims[2], x.dims[3]
+        )));
+    };
+    let mut l = layer(op, vec![x.src]);
+    weight_and_bias(n, &mut l, &w, bias.as_deref(), m)?;
+    Ok(Lowered::Layer(l, vec![1, m, shape.h, shape.w]))
+}
+
+/// Resize (and the older Upsample) in `nearest` mode by whole factors on H and W, given as
+/// scales or as sizes, in the coordinate modes where that is a plain repeat.
+pub(super) fn lower_resize(n: &Node, ctx: &mut Ctx) -> Result<Lowered, ImportError> {
+    n.check_attrs(&[
+        "mode",
+        "coordinate_transformation_mode",
+        "nearest_mode",
+        "cubic_coeff_a",
+        "exclude_outside",
+        "extrapolation_value",
+        "antialias",
+        "axes",
+        "keep_aspect_ratio_policy",
+        "scales",
+    ])?;
+    let x = ctx.tensor(n, 0)?;
+    rank(n, &x, &[4])?;
+    let mode = n.string("mode").unwrap_or_else(|| "nearest".into());
+    if mode != "nearest" {
+        return Err(n.bad_attr(
+            n.attr("mode").unwrap_or(&AttributeProto::default()),
+            "mode `nearest` (bilinear and cubic resizing are not supported yet)",
+        ));
+    }
+    let coord = n
+        .string("coordinate_transformation_mode")
+        .unwrap_or_else(|| "half_pixel".into());
+    let nearest = n
+        .string("nearest_mode")
+        .unwrap_or_else(|| "round_prefer_floor".into());
+    // With a whole factor s, output o = k·s + j maps back to k + (j − (s − 1)/2)/s in the
+    // half-pixel modes (rounded: k) and to k + j/s in the asymmetric one (floored: k).
+    let repeats = match coord.as_str() {
+        "half_pixel" | "pytorch_half_pixel" => nearest.starts_with("round_prefer"),
+        "asymmetric" => nearest == "floor",
+        _ => false,
+    };
+    if n.node.op_type() == "Resize" && !repeats {
+        return Err(n.unsupported(format!(
+            "coordinate_transformation_mode `{coord}` with nearest_mode `{nearest}`; supported: \
+             asymmetric with floor (PyTorch's nearest), half_pixel with round_prefer_floor/ceil"
+        )));
+    }
+    if let Some(a) = n.attr("axes") {
+        return Err(n.bad_attr(a, "no axes (all four dimensions)"));
+    }
+    // Scales: the `scales` attribute (Upsample-7), input 1 (Upsample-9, Resize-10) or input 2
+    // (Resize-11 on); sizes: input 3.
+    let (scales_at, sizes_at) = match (n.node.op_type(), n.opset) {
+        ("Upsample", _) | ("Resize", 10) => (1, usize::MAX),
+        _ => (2, 3),
+    };
+    let factor = |got: f64, len: usize| -> Option<usize> {
+        let s = got.round();
+        ((got - s).abs() < 1e-6 && s >= 1.0 && s <= (1 << 16) as f64 && len > 0)
+            .then_some(s as usize)
+    };
+    let (h, w) = (x.dims[2], x.dims[3]);
+    let scales: Option<Vec<f64>> = match n.attr("scales") {
+        Some(a) => Some(a.floats.iter().map(|&v| v as f64).collect()),
+        None => match ctx.constant(n, scales_at)? {
+            Some(c) if c.len() > 0 => Some(c.floats()?.iter().map(|&v| v as f64).collect()),
+            _ => None,
+        },
+    };
+    let scale = match (scales, sizes_at) {
+        (Some(s), _) => match s.as_slice() {
+            [b, c, sh, sw] if *b == 1.0 && *c == 1.0 => factor(*sh, h).zip(factor(*sw, w)),
+            _ => None,
+        },
+        (None, i) if i != usize::MAX => match ctx.constant(n, i)? {
+            Some(c) => match c.ints()? {
+                &[1, cc, oh, ow] if cc == x.dims[1] as i64 && oh > 0 && ow > 0 => {
+                    let (oh, ow) = (oh as usize, ow as usize);
+                    (oh % h == 0 && ow % w == 0)
+                        .then(|| (oh / h, ow / w))
+                        .filter(|&(a, b)| a >= 1 && b >= 1)
+                }
+                _ => None,
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    let Some((sh, sw)) = scale else {
+        return Err(n.unsupported(
+            "scales or sizes that are not whole factors of height and width (batch and channel \
+             scales 1); supported: nearest upsampling by integers",
+        ));
+    };
+    if (sh, sw) == (1, 1) {
+        return Ok(Lowered::Alias(Value::Tensor(x)));
+    }
+    let dims = vec![1, x.dims[1], h * sh, w * sw];
+    Ok(Lowered::Layer(
+        layer(
+            Op::Upsample(Upsample {
+                scale: Hw { h: sh, w: sw },
+                crop: Pad2::default(),
+            }),
+            vec![x.src],
+        ),
         dims,
     ))
 }

@@ -152,8 +152,11 @@ pub(super) fn prepare_conv(
         && prog.consumers(LayerId(last as u32)).len() == 1
     {
         let me = Source::Layer(LayerId(last as u32));
+        // Not a broadcast add: the other operand has the convolution's shape.
         if let Some(k) = next.inputs.iter().position(|s| *s == me)
             && next.inputs[1 - k] != me
+            && prog.shape_of(&next.inputs[1 - k]) == next.shape
+            && prog.layer(LayerId(last as u32)).shape == next.shape
         {
             residual = Some((LayerId((last + 1) as u32), 1 - k));
             last += 1;
