@@ -331,7 +331,7 @@ fn compression_reports_its_error_and_saves_bytes() {
 fn kernel_threads_give_the_same_bits_as_one_thread() {
     use adcnn_core::program::run_segments;
     use adcnn_kernels::par::Pool;
-    use adcnn_kernels::{CompileOptions, CompiledKernels};
+    use adcnn_kernels::{CompileOptions, CompiledKernels, CompiledProgram};
     let pool = Pool::new(3).expect("threads start").expect("a pool");
     for (net, _) in EXAMPLE_NETS {
         for strategy in [Strategy::Single, Strategy::Auto] {
@@ -341,12 +341,14 @@ fn kernel_threads_give_the_same_bits_as_one_thread() {
             let parts: Vec<_> = header.plan.segments.iter().zip(&lp.plan.segments).collect();
             let kernels = CompiledKernels::compile(&parts, |_| true, &CompileOptions::default())
                 .expect("kernels compile");
+            let tail = CompiledProgram::compile(&lp.plan.tail, &CompileOptions::default())
+                .expect("the tail compiles");
             let once = || {
                 let head = run_segments(&header.plan, &lp.plan.segments, &x, |p, s, tile, t| {
                     kernels.run_tile(p, s, tile, t)
                 })
                 .expect("segments run");
-                CompiledKernels::run_tail(&lp.plan.tail, &head, None).expect("tail runs")
+                tail.run(&lp.plan.tail, &head).expect("tail runs")
             };
             let one = once();
             let three = pool.run(once);

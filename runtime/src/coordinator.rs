@@ -32,6 +32,7 @@ use adcnn_core::program::Program;
 use adcnn_core::rebalance::{SegmentLayers, rebalance, shares};
 use adcnn_core::tensor::region_mut;
 use adcnn_kernels::wire::{self, QuantError, WireError, WireTile};
+use adcnn_kernels::{CompileError, CompileOptions, CompiledProgram};
 use ndarray::Array3;
 
 use crate::replan::{Drift, Link, ReplanConfig};
@@ -177,6 +178,8 @@ enum Step {
 pub struct Coordinator<T: Transport> {
     header: Arc<PlanHeader>,
     tail: Arc<Program>,
+    /// The tail on compiled kernels (unless set, on the plain operators).
+    tail_kernels: Option<CompiledProgram>,
     transport: T,
     next_frame: u64,
     /// Measurements that belong to no frame (pings, losses), for the next frame's report.
@@ -274,6 +277,7 @@ impl<T: Transport> Coordinator<T> {
         Coordinator {
             header,
             tail,
+            tail_kernels: None,
             transport,
             next_frame: 0,
             pending: Vec::new(),
@@ -293,6 +297,15 @@ impl<T: Transport> Coordinator<T> {
             has: vec![vec![0]; n_nodes],
             keeps: HashMap::new(),
         }
+    }
+
+    /// Runs the tail on kernels compiled with `opts` (its convolutions as a segment's,
+    /// fully connected layers on the GEMV) instead of the plain operators; returns how long
+    /// compiling took (ms).
+    pub fn compile_tail(&mut self, opts: &CompileOptions) -> Result<f64, CompileError> {
+        let t0 = std::time::Instant::now();
+        self.tail_kernels = Some(CompiledProgram::compile(&self.tail, opts)?);
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
     }
 
     /// Re-plans when the nodes drift from what the running layout assumed, or one is lost
@@ -645,7 +658,10 @@ impl<T: Transport> Coordinator<T> {
         }
         // The tail, on the coordinator.
         let t0 = self.transport.now_us();
-        let output = self.tail.run(&frame.current)?;
+        let output = match &self.tail_kernels {
+            Some(k) => k.run(&self.tail, &frame.current)?,
+            None => self.tail.run(&frame.current)?,
+        };
         if !self.tail.layers().is_empty() {
             let t1 = self.transport.now_us();
             frame.trace.push(Span {

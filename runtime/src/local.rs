@@ -242,7 +242,12 @@ impl LocalCluster {
             })
             .collect();
         let transport = LocalTransport::start(&workers, 1, epoch);
-        let coordinator = Coordinator::new(Arc::clone(&header), Arc::clone(&tail), transport);
+        let mut coordinator = Coordinator::new(Arc::clone(&header), Arc::clone(&tail), transport);
+        if let Some(opts) = kernels.compile_options()
+            && let Err(e) = coordinator.compile_tail(&opts)
+        {
+            compile_error.get_or_insert_with(|| format!("the tail: {e}"));
+        }
         LocalCluster {
             header,
             segments,

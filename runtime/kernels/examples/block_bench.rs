@@ -14,7 +14,7 @@ use adcnn_compiler::lower::{Fold, lower};
 use adcnn_compiler::plan::{Options, Strategy, plan};
 use adcnn_compiler::weights::SplitMix64;
 use adcnn_core::program::run_segments;
-use adcnn_kernels::{BAND_BYTES, CompileOptions, CompiledKernels};
+use adcnn_kernels::{BAND_BYTES, CompileOptions, CompiledKernels, CompiledProgram};
 use ndarray::Array3;
 
 fn main() {
@@ -57,6 +57,8 @@ fn main() {
             CompiledKernels::compile(&parts, |_| true, &o).expect("compiles")
         })
         .collect();
+    let tail =
+        CompiledProgram::compile(&lowered.tail, &CompileOptions::default()).expect("compiles");
     let mut times = vec![Vec::new(); configs.len()];
     for round in 0..42 {
         for (t, k) in times.iter_mut().zip(&kernels) {
@@ -64,7 +66,7 @@ fn main() {
             let out = run_segments(&p, &lowered.segments, &x, |prog, seg, tile, t| {
                 k.run_tile(prog, seg, tile, t)
             })
-            .and_then(|head| CompiledKernels::run_tail(&lowered.tail, &head, None))
+            .and_then(|head| tail.run(&lowered.tail, &head))
             .expect("runs");
             // Two warm-up rounds.
             if round >= 2 {

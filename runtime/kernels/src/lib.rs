@@ -26,7 +26,8 @@ pub mod winograd;
 pub mod wire;
 
 pub use kernel::{
-    BAND_BYTES, CompileError, CompileOptions, CompiledKernels, KernelKind, KernelStats, Profile,
+    BAND_BYTES, CompileError, CompileOptions, CompiledKernels, CompiledProgram, KernelKind,
+    KernelStats, Profile,
 };
 
 /// Relative L2 distance `‖a − b‖ / ‖b‖` (0 when both are zero).

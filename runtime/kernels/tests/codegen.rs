@@ -39,7 +39,9 @@ use adcnn_kernels::jit::{
     max_pool_clif,
 };
 use adcnn_kernels::wire::{self, QuantError, Quantised};
-use adcnn_kernels::{CompileOptions, CompiledKernels, KernelKind, KernelStats, Profile, rel_l2};
+use adcnn_kernels::{
+    CompileOptions, CompiledKernels, CompiledProgram, KernelKind, KernelStats, Profile, rel_l2,
+};
 use ndarray::{Array3, s};
 use proptest::prelude::{Just, ProptestConfig, TestCaseError, any, prop_oneof, proptest};
 use proptest::strategy::Strategy as _;
@@ -1119,12 +1121,14 @@ fn tiles_wholly_in_the_padding_equal_the_whole_network() {
             let parts: Vec<_> = p.segments.iter().zip(&lowered.segments).collect();
             let kernels = CompiledKernels::compile(&parts, |_| true, &CompileOptions::default())
                 .expect("compiles");
+            let tail = CompiledProgram::compile(&lowered.tail, &CompileOptions::default())
+                .expect("the tail compiles");
             let reference = run_plan(graph, weights, &p, &x).expect("reference tiles");
             let compiled =
                 adcnn_core::program::run_segments(&p, &lowered.segments, &x, |pr, sg, t, v| {
                     kernels.run_tile(pr, sg, t, v)
                 })
-                .and_then(|head| CompiledKernels::run_tail(&lowered.tail, &head, None))
+                .and_then(|head| tail.run(&lowered.tail, &head))
                 .expect("compiled tiles");
             for (how, got) in [("reference", reference), ("compiled", compiled)] {
                 assert_eq!(got.dim(), want.dim(), "{layers} {grid:?} {how}");

@@ -172,11 +172,12 @@ pub fn grpc(
     let header = file.header().expect("header");
     let tail: Program = file.tail(&header).expect("tail");
     let transport = GrpcTransport::connect(&file, &header, opts)?;
-    Ok(Coordinator::new(
-        Arc::new(header),
-        Arc::new(tail),
-        transport,
-    ))
+    let mut c = Coordinator::new(Arc::new(header), Arc::new(tail), transport);
+    // As `adcnn-run` does, and as the in-process cluster does with compiled kernels.
+    if let Some(o) = opts.kernels.compile_options() {
+        c.compile_tail(&o).expect("the tail compiles");
+    }
+    Ok(c)
 }
 
 /// The same plan in this process.

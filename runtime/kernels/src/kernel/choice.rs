@@ -32,6 +32,8 @@ pub(super) enum Kernel {
     Gemm,
     /// A generated max pool.
     MaxPoolGenerated(Handle, MaxPoolSpec),
+    /// A fully connected layer on the host GEMV.
+    Gemv,
     /// The plain operator (`adcnn_core::eval`).
     Plain,
 }
@@ -54,10 +56,8 @@ pub enum KernelKind {
     Block,
     /// The same, channel-interleaved inside.
     BlockInterleaved,
-    /// A fully connected tail layer on the host GEMV.
-    TailGemv,
-    /// Another tail layer, on its plain operator.
-    TailPlain,
+    /// A fully connected layer on the host GEMV.
+    Gemv,
 }
 
 impl KernelKind {
@@ -79,8 +79,7 @@ impl KernelKind {
             KernelKind::BlockInterleaved => {
                 "inverted residual block over row bands, channel-interleaved (host gemm + depthwise avx2)"
             }
-            KernelKind::TailGemv => "tail: linear (host gemv)",
-            KernelKind::TailPlain => "tail: other layers (reference)",
+            KernelKind::Gemv => "linear (host gemv)",
         }
     }
 }
@@ -96,6 +95,7 @@ impl Kernel {
             Kernel::GemmThenPool => KernelKind::GemmThenPool,
             Kernel::Gemm => KernelKind::Gemm,
             Kernel::MaxPoolGenerated(..) => KernelKind::MaxPoolGenerated,
+            Kernel::Gemv => KernelKind::Gemv,
             Kernel::Plain => KernelKind::Plain(op.kind()),
         }
     }
@@ -135,6 +135,7 @@ impl CompiledKernels {
             (None, Op::MaxPool(_)) => max_pool_spec(op, cin, h, w)
                 .and_then(|s| Some(Kernel::MaxPoolGenerated(*self.pools.get(&(i, s))?, s)))
                 .unwrap_or(Kernel::Plain),
+            (None, Op::Linear { .. }) => Kernel::Gemv,
             _ => Kernel::Plain,
         }
     }

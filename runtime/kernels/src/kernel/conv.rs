@@ -218,7 +218,7 @@ impl CompiledKernels {
                     }
                 }
             }
-            Kernel::MaxPoolGenerated(..) | Kernel::Plain => {
+            Kernel::MaxPoolGenerated(..) | Kernel::Gemv | Kernel::Plain => {
                 return Err(bad("not a convolution's kernel"));
             }
         }

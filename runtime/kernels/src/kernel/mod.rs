@@ -12,16 +12,16 @@
 //! GEMM over an implicit im2col (the input itself for 1×1 stride-1), followed by a generated
 //! epilogue (bias, residual add, activation; quantising for the wire when the segment's
 //! output comes out of it); max pools on generated loop nests; inverted-residual blocks over
-//! bands of output rows (`block.rs`) when a tile's regions line up; the tail's fully
-//! connected layers on the host GEMV. Every other layer kind runs on the plain operator.
+//! bands of output rows (`block.rs`) when a tile's regions line up; fully connected layers
+//! on the host GEMV. Every other layer kind runs on the plain operator.
 //!
 //! The parts: `compiled` (the types: options, statistics, the kernels), `choice` (the one
 //! place a layer's kernel on a tile is chosen), `prepare` (weights packed or transformed,
 //! what is fused into each convolution, inverted-residual blocks, shared between the nodes
 //! of a process), `geometry` (each layer's operator and input on a tile; specs of the
 //! generated functions), `compile` (the driver), `run` (a tile, layer by layer), `conv` (one
-//! convolution on its kernel), `wired` (outputs quantised by the epilogue), `tail` (the
-//! coordinator's layers) and `buffers` (intermediate tensors recycled per thread).
+//! convolution on its kernel), `wired` (outputs quantised by the epilogue), `tail` (a program run whole: the
+//! coordinator's tail) and `buffers` (intermediate tensors recycled per thread).
 
 mod buffers;
 mod choice;
@@ -38,3 +38,4 @@ pub use choice::KernelKind;
 pub use compiled::{
     BAND_BYTES, CompileError, CompileOptions, CompiledKernels, KernelStats, Profile,
 };
+pub use tail::CompiledProgram;

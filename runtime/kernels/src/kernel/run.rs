@@ -8,19 +8,21 @@ use std::time::Instant;
 use adcnn_core::eval::{EvalError, eval_op};
 use adcnn_core::geometry::{input_region, tile_op};
 use adcnn_core::net::{LayerId, Source};
-use adcnn_core::ops::{Op, Pad2};
+use adcnn_core::ops::{Op, Pad2, WeightRole};
 use adcnn_core::plan::{Compression, Mode, Region, Segment, Tile};
 use adcnn_core::program::Program;
 use adcnn_core::tensor::{crop, empty};
+use adcnn_core::weights::Weights;
 use ndarray::Array3;
 
 use super::buffers::{overwritten, padded, recycle, recycle_vec, tensor};
 use super::choice::{Kernel, KernelKind};
 use super::compiled::{CompiledKernels, Profile};
 use super::geometry::{depthwise_spec, tile_geometry};
-use super::prepare::{BlockConvs, ConvKernel, Interleaved};
+use super::prepare::{BlockConvs, ConvKernel, Interleaved, vector};
 use super::wired::{Wired, quantised};
 use crate::block::{self, Block};
+use crate::gemm::gemv_par;
 use crate::wire::{self, QuantError, WireTile};
 
 impl CompiledKernels {
@@ -231,6 +233,12 @@ impl CompiledKernels {
                         op: "maxpool",
                         reason: e.to_string(),
                     })?
+                }
+                Kernel::Gemv => {
+                    let Op::Linear { out_features, bias } = &op else {
+                        return Err(missing("a fully connected layer"));
+                    };
+                    linear(&layer.name, *out_features, *bias, &x, weights)?
                 }
                 Kernel::Plain => {
                     let mut rest = Vec::with_capacity(layer.inputs.len());
@@ -453,5 +461,47 @@ pub(super) fn missing(what: &str) -> EvalError {
     EvalError::Parameter {
         op: "tile",
         reason: format!("{what}: an input region was not computed"),
+    }
+}
+
+/// A fully connected layer at batch 1 on the host GEMV, straight from the plan's weights
+/// (row-major `[out, in]`: nothing to prepare). Weights it cannot use as they are
+/// (non-contiguous, wrong shape) go to the reference interpreter, which reports the errors.
+fn linear(
+    name: &str,
+    out: usize,
+    bias: bool,
+    x: &Array3<f32>,
+    weights: &Weights,
+) -> Result<Array3<f32>, EvalError> {
+    let op = Op::Linear {
+        out_features: out,
+        bias,
+    };
+    let xc = x.as_standard_layout();
+    let xs = xc.as_slice().ok_or_else(|| missing(name))?;
+    let w = weights.get(name, WeightRole::Weight);
+    let b = if bias {
+        vector(weights, name, WeightRole::Bias, out)
+    } else {
+        Some(vec![0.0; out])
+    };
+    match (
+        w.filter(|w| w.shape() == [out, xs.len()])
+            .and_then(|w| w.as_slice()),
+        b,
+    ) {
+        (Some(w), Some(b)) => {
+            let mut y = vec![0.0; out];
+            gemv_par(w, xs.len(), xs, &mut y);
+            y.iter_mut().zip(&b).for_each(|(v, b)| *v += b);
+            Ok(
+                Array3::from_shape_vec((out, 1, 1), y).map_err(|e| EvalError::Parameter {
+                    op: "linear",
+                    reason: e.to_string(),
+                })?,
+            )
+        }
+        _ => eval_op(&op, name, &[x], weights),
     }
 }

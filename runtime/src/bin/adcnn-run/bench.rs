@@ -9,13 +9,12 @@ use adcnn_core::outln;
 use adcnn_core::program::run_segments;
 use adcnn_core::weights::SplitMix64;
 use adcnn_kernels::par::Pool;
-use adcnn_kernels::{CompiledKernels, Profile};
-use adcnn_runtime::coordinator::Coordinator;
+use adcnn_kernels::{CompiledKernels, CompiledProgram, Profile};
 use adcnn_runtime::local::LocalCluster;
 use ndarray::Array3;
 
 use crate::adapt::{self, Adapt};
-use crate::remote::{Remote, open_plan, plan_error};
+use crate::remote::{self, Remote, open_plan, plan_error};
 use crate::run::kernels;
 use crate::status::Status;
 
@@ -129,8 +128,15 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
             ),
             None => None,
         };
+        let tail = match which.compile_options() {
+            Some(opts) => {
+                Some(CompiledProgram::compile(&lp.tail, &opts).map_err(|e| format!("error: {e}"))?)
+            }
+            None => None,
+        };
         compile_ms = compiled.as_ref().map_or(0.0, |k| k.compile_ms);
-        weight_bytes = compiled.as_ref().map_or(0, CompiledKernels::weight_bytes);
+        weight_bytes = compiled.as_ref().map_or(0, CompiledKernels::weight_bytes)
+            + tail.as_ref().map_or(0, CompiledProgram::weight_bytes);
         let once =
             |mut profile: Option<&mut Profile>| -> Result<Array3<f32>, String> {
                 let head = run_segments(&header.plan, &lp.segments, &x, |prog, seg, tile, t| {
@@ -140,8 +146,8 @@ pub fn main(cli: &BenchCli) -> Result<(), String> {
                     }
                 })
                 .map_err(|e| format!("error: {e}"))?;
-                match &compiled {
-                    Some(_) => CompiledKernels::run_tail(&lp.tail, &head, profile),
+                match &tail {
+                    Some(k) => k.run_profiled(&lp.tail, &head, profile),
                     None => lp.tail.run(&head),
                 }
                 .map_err(|e| format!("error: {e}"))
@@ -270,7 +276,7 @@ fn remote(cli: &BenchCli) -> Result<(), String> {
     let gflop = header.network.flops() as f64 / 1e9;
     let mut rng = SplitMix64::new(1);
     let x = Array3::from_shape_simple_fn((s.c, s.h, s.w), || rng.uniform(-1.0, 1.0));
-    let mut coordinator = Coordinator::new(Arc::new(header.clone()), tail, transport);
+    let mut coordinator = remote::coordinator(header.clone(), tail, transport, which)?;
     coordinator.set_deadlines(deadlines);
     coordinator.set_stealing(steal);
     if let Some((config, layers)) = replan {

@@ -16,7 +16,7 @@ use adcnn_runtime::telemetry::Telemetry;
 use adcnn_runtime::transport::Transport;
 use ndarray::Array3;
 
-use crate::remote::{Remote, open_plan, plan_error};
+use crate::remote::{self, Remote, open_plan, plan_error};
 use crate::run::kernels;
 
 /// `adcnn-run calibrate PLAN -o CLUSTER.yaml`: measures the plan's cluster running the plan
@@ -113,7 +113,7 @@ pub fn main(cli: &CalibrateCli) -> Result<(), String> {
         let tail = Arc::new(file.tail(&header).map_err(|e| plan_error(&cli.plan, &e))?);
         let deadlines = cli.net.deadlines()?;
         let transport = cli.net.connect(&file, &header, which)?;
-        let mut coordinator = Coordinator::new(Arc::new(header.clone()), tail, transport);
+        let mut coordinator = remote::coordinator(header.clone(), tail, transport, which)?;
         coordinator.set_deadlines(deadlines);
         let reports = measure(&mut coordinator, &header, cli.frames)?;
         (reports, header, "over gRPC")

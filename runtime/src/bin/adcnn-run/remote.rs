@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use adcnn_core::format::{PlanFile, PlanHeader};
-use adcnn_runtime::coordinator::Deadlines;
+use adcnn_runtime::coordinator::{Coordinator, Deadlines};
 use adcnn_runtime::net::auth::Token;
 use adcnn_runtime::net::client::{ConnectOptions, GrpcTransport};
 use adcnn_runtime::net::cluster_file;
@@ -188,4 +188,20 @@ pub fn plan_error(path: &Path, e: &adcnn_core::format::FormatError) -> String {
         ),
         e => format!("error: {}: {e}", path.display()),
     }
+}
+
+/// The coordinator of a plan over the workers' gRPC links, its tail compiled as `kernels`
+/// says.
+pub fn coordinator(
+    header: PlanHeader,
+    tail: std::sync::Arc<adcnn_core::program::Program>,
+    transport: GrpcTransport,
+    kernels: Kernels,
+) -> Result<Coordinator<GrpcTransport>, String> {
+    let mut c = Coordinator::new(std::sync::Arc::new(header), tail, transport);
+    if let Some(opts) = kernels.compile_options() {
+        c.compile_tail(&opts)
+            .map_err(|e| format!("error: the coordinator's tail: {e}"))?;
+    }
+    Ok(c)
 }
