@@ -3,7 +3,7 @@
 # threads, all graph optimisations) on the same architectures, interleaved, in one run, for
 # each N in THREADS (default 1,2).
 #
-#   bench/vs-onnxruntime.sh [ROUNDS] [MODELS...]     (default: 10 rounds, all five models)
+#   bench/vs-onnxruntime.sh [ROUNDS] [MODELS...]     (default: 10 rounds, all six models)
 #   THREADS=1,2,4 bench/vs-onnxruntime.sh 5 vgg16
 #
 # Makes its own venv under bench/.venv (torch, torchvision, onnx, onnxruntime, numpy) unless
@@ -13,7 +13,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 ROUNDS="${1:-10}"
 shift || true
-MODELS="${*:-vgg16 yolov2-tiny resnet18 resnet50 mobilenetv2}"
+MODELS="${*:-vgg16 yolov2-tiny resnet18 resnet50 mobilenetv2 ppocr-det}"
 VENV="${ADCNN_BENCH_VENV:-$ROOT/bench/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

@@ -8,7 +8,7 @@ tmp=$(mktemp -d)
 strategies="single layerwise halo-even halo auto fdsp"
 printf '| network |'; for s in $strategies; do printf ' %s |' "$s"; done; printf ' ideal bound |\n'
 printf '|---|'; for s in $strategies; do printf -- '---:|'; done; printf -- '---:|\n'
-for net in alexnet vgg16 resnet18 resnet50 mobilenetv2 yolov2-tiny; do
+for net in alexnet vgg16 resnet18 resnet50 mobilenetv2 mobilenetv3-small mobilenetv3-large yolov2-tiny ppocr-det; do
   printf '| %s |' "$net"
   for s in $strategies; do
     line=$(target/release/adcnnc build "dsl-examples/$net.yaml" --cluster dsl-examples/edge4.yaml --strategy "$s" -o "$tmp/p.bin" | grep '^predicted latency')

@@ -15,6 +15,8 @@ pub const EXAMPLE_NETS: &[(&str, f64)] = &[
     ("resnet18", 3.63),
     ("resnet50", 8.17),
     ("mobilenetv2", 0.60),
+    ("mobilenetv3-small", 0.11),
+    ("mobilenetv3-large", 0.43),
     ("yolov2-tiny", 6.97),
 ];
 

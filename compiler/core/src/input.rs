@@ -157,12 +157,8 @@ pub fn normalize(pixels: ArrayView3<u8>, pre: &ImagePreprocess) -> Array3<f32> {
     out
 }
 
-/// Decodes an image, resized and cropped as the network says, as `[C, H, W]` pixels.
-pub fn image_pixels(
-    bytes: &[u8],
-    spec: &Input,
-    pre: &ImagePreprocess,
-) -> Result<Array3<u8>, String> {
+/// Decodes an image (PNG, JPEG, …) within the size limits.
+pub fn decode_image(bytes: &[u8]) -> Result<image::DynamicImage, String> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -171,7 +167,16 @@ pub fn image_pixels(
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(1 << 30);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| e.to_string())?;
+    reader.decode().map_err(|e| e.to_string())
+}
+
+/// Decodes an image, resized and cropped as the network says, as `[C, H, W]` pixels.
+pub fn image_pixels(
+    bytes: &[u8],
+    spec: &Input,
+    pre: &ImagePreprocess,
+) -> Result<Array3<u8>, String> {
+    let img = decode_image(bytes)?;
     let (h, w) = (spec.shape.h as u32, spec.shape.w as u32);
     let img = match pre.resize {
         Some(short) => {

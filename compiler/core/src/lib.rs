@@ -12,12 +12,14 @@
 //!   and the plain tile runner;
 //! - [`format`](mod@format) — `plan.bin`, sectioned so a node reads only its segments;
 //! - [`input`] — input tensors from `.npy` files and images; [`report`] — top-k classes;
+//!   [`boxes`] — regions of a one-channel probability map (text detectors), drawn into images;
 //! - [`tensor`], [`npy`], [`cluster`], [`stdout`] — small shared parts.
 //!
 //! Architecture invariant: nothing here parses the DSL, plans, compiles or does network
 //! I/O; the only file I/O is reading and writing `plan.bin` and `.npy` files and reading
 //! input images.
 
+pub mod boxes;
 pub mod cluster;
 pub mod eval;
 pub mod format;

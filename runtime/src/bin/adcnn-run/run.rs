@@ -10,7 +10,7 @@ use adcnn_core::format::{ProgramLayers, decode};
 use adcnn_core::plan::{Compression, Plan};
 use adcnn_core::program::Program;
 use adcnn_core::tensor::rel_l2;
-use adcnn_core::{npy, outln, report};
+use adcnn_core::{boxes, npy, outln, report};
 use adcnn_runtime::coordinator::{Coordinator, RunError, RunReport};
 use adcnn_runtime::local::LocalCluster;
 use adcnn_runtime::telemetry::Telemetry;
@@ -24,7 +24,7 @@ const LATENCY_WINDOW: usize = 1 << 16;
 
 use crate::adapt::{self, Adapt};
 use crate::frames::{self, Frame};
-use crate::remote::{Remote, open_plan, plan_error};
+use crate::remote::{self, Remote, open_plan, plan_error};
 use crate::status::Status;
 
 /// Run a plan built by `adcnnc build` on a cluster of edge devices: the coordinator here, the
@@ -56,6 +56,14 @@ pub struct Cli {
     /// How many classes to print for a classifier.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// For a network whose output is one probability map (a text detector such as the
+    /// bundled `ppocr-det.yaml`): draw the regions found in it into this PNG, over the input
+    /// image. The regions are printed either way.
+    #[arg(long, value_name = "PNG")]
+    pub boxes: Option<PathBuf>,
+    /// Probability above which a pixel of a one-channel output belongs to a region.
+    #[arg(long, default_value_t = 0.3)]
+    pub box_threshold: f32,
     /// Frames on their way at once (pipelining: the next frame's tiles are on the workers
     /// while this one's tail runs).
     #[arg(long, default_value_t = 1)]
@@ -125,8 +133,18 @@ fn report_frame(
                 format!("  class {c:>4}  p = {p:.4}")
             });
         outln!("{stem:<24} {:>9.2} ms{top}", r.measured_ms);
+    } else if let Some(map) = one_channel_map(&r.output) {
+        let found = boxes::find_boxes(map, &box_options(cli)?);
+        print_boxes(&found);
+        if let Some(png) = &cli.boxes {
+            let (h, w) = map.dim();
+            boxes::draw_into(&cli.input, w, h, &found, png).map_err(|e| format!("error: {e}"))?;
+            outln!("drew {} box(es) into {}", found.len(), png.display());
+        }
     } else {
         report::print_top_k(&r.output, cli.top_k);
+    }
+    if !many {
         outln!("per node: busy measured / predicted");
         for (i, n) in plan.cluster.nodes.iter().enumerate() {
             outln!(
@@ -158,11 +176,57 @@ fn report_frame(
         let want = exact(segments, tail, x)?;
         let dev = rel_l2(r.output.iter(), want.iter());
         outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
+        if let (Some(got), Some(exact)) = (one_channel_map(&r.output), one_channel_map(&want)) {
+            let o = box_options(cli)?;
+            let (got, exact) = (boxes::find_boxes(got, &o), boxes::find_boxes(exact, &o));
+            let (same, extra, missed) = boxes::compare(&got, &exact);
+            outln!(
+                "boxes against the exact network's {}: {same} the same (IoU ≥ 0.5), {extra} \
+                 extra, {missed} missed",
+                exact.len()
+            );
+        }
     }
     if let Some(path) = written {
         outln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The output as one `H × W` probability map, when it is one (one channel, not a vector).
+fn one_channel_map(y: &Array3<f32>) -> Option<ndarray::ArrayView2<'_, f32>> {
+    let (c, h, w) = y.dim();
+    (c == 1 && h * w > 1).then(|| y.index_axis(ndarray::Axis(0), 0))
+}
+
+fn box_options(cli: &Cli) -> Result<boxes::BoxOptions, String> {
+    if !(0.0..1.0).contains(&cli.box_threshold) {
+        return Err(format!(
+            "error: --box-threshold takes a probability in [0, 1), not {}",
+            cli.box_threshold
+        ));
+    }
+    Ok(boxes::BoxOptions {
+        threshold: cli.box_threshold,
+        ..boxes::BoxOptions::default()
+    })
+}
+
+fn print_boxes(found: &[boxes::Box2]) {
+    outln!(
+        "{} region(s) in the output map (x0, y0 – x1, y1 in output pixels, mean probability):",
+        found.len()
+    );
+    for b in found {
+        outln!(
+            "  {:>6.1}, {:>6.1} – {:>6.1}, {:>6.1}   {:.3}",
+            b.x0,
+            b.y0,
+            b.x1,
+            b.y1,
+            b.score
+        );
+    }
 }
 
 /// The network the plan computes, whole (every segment's program on whole tensors, then the
@@ -181,6 +245,14 @@ fn exact(
 
 pub fn main(cli: &Cli) -> Result<(), String> {
     let which = kernels(&cli.kernels)?;
+    box_options(cli)?;
+    let npy = cli.input.extension().is_some_and(|e| e == "npy");
+    if cli.boxes.is_some() && (npy || cli.input.is_dir() || cli.input.as_os_str() == "-") {
+        return Err(
+            "error: --boxes draws over the input image: give one image (PNG, JPEG) as --input"
+                .into(),
+        );
+    }
     if cli.local {
         let bytes = std::fs::read(&cli.plan)
             .map_err(|e| format!("error: cannot read {}: {e}", cli.plan.display()))?;
@@ -266,7 +338,7 @@ pub fn main(cli: &Cli) -> Result<(), String> {
             l.threads
         );
     }
-    let mut coordinator = Coordinator::new(Arc::new(header), Arc::clone(&tail), transport);
+    let mut coordinator = remote::coordinator(header, Arc::clone(&tail), transport, which)?;
     coordinator.set_deadlines(deadlines);
     coordinator.set_stealing(steal);
     if let Some((config, layers)) = replan {
