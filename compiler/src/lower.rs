@@ -2,7 +2,8 @@
 //! and one for the tail, and the [`PlanHeader`].
 //!
 //! With [`Fold::BatchNorms`], a batch norm that directly follows a convolution in the same
-//! segment, and is the convolution's only reader, is folded into it here, once, at build
+//! segment (or both in the tail, which the coordinator runs on compiled kernels too), and is
+//! the convolution's only reader, is folded into it here, once, at build
 //! time: `w' = w·γ/√(σ²+ε)` per output channel, `b' = (b − μ)·γ/√(σ²+ε) + β`, the
 //! convolution gains a bias and the batch norm becomes [`Op::Identity`], so layers keep their
 //! places and tiles their per-layer regions. The f32 operations are the ones the compiled
@@ -95,7 +96,7 @@ pub fn lower(
         plan.tail_start,
         end,
         shape_of(graph, &tail_input),
-        Fold::Nothing,
+        fold,
     )?;
     check_cut(graph, &tail, tail_input).map_err(|what| LowerError::NotACut {
         segment: plan.segments.len(),
