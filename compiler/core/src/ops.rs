@@ -317,31 +317,17 @@ impl Op {
     pub fn weight_shapes(&self, input: Shape) -> Vec<(WeightRole, Vec<usize>)> {
         use WeightRole::*;
         match self {
-            Op::Conv2d(c) => {
-                let mut v = vec![(
-                    Weight,
-                    vec![
-                        c.out_channels,
-                        input.c / c.groups.max(1),
-                        c.kernel.h,
-                        c.kernel.w,
-                    ],
-                )];
-                if c.bias {
-                    v.push((Bias, vec![c.out_channels]));
-                }
-                v
-            }
-            Op::ConvTranspose(c) => {
-                let mut v = vec![(
-                    Weight,
-                    vec![
-                        input.c,
-                        c.out_channels / c.groups.max(1),
-                        c.kernel.h,
-                        c.kernel.w,
-                    ],
-                )];
+            Op::Conv2d(_) | Op::ConvTranspose(_) => {
+                let Some(c) = self.conv_params() else {
+                    return Vec::new();
+                };
+                let (k, g) = (c.kernel, c.groups.max(1));
+                // PyTorch's layouts: [out, in / g, kh, kw], transposed [in, out / g, kh, kw].
+                let dims = match self {
+                    Op::ConvTranspose(_) => vec![input.c, c.out_channels / g, k.h, k.w],
+                    _ => vec![c.out_channels, input.c / g, k.h, k.w],
+                };
+                let mut v = vec![(Weight, dims)];
                 if c.bias {
                     v.push((Bias, vec![c.out_channels]));
                 }
@@ -437,6 +423,7 @@ struct ConvParams {
     output_padding: Hw,
     padding: Pad2,
     groups: usize,
+    bias: bool,
 }
 
 /// `NAME(out, k=…` and the arguments that differ from their defaults (`[kernel, stride,
@@ -829,6 +816,7 @@ impl Op {
                 output_padding: Hw::square(0),
                 padding: c.padding,
                 groups: c.groups,
+                bias: c.bias,
             }),
             Op::ConvTranspose(c) => Some(ConvParams {
                 out_channels: c.out_channels,
@@ -838,6 +826,7 @@ impl Op {
                 output_padding: c.output_padding,
                 padding: c.padding,
                 groups: c.groups,
+                bias: c.bias,
             }),
             _ => None,
         }

@@ -126,6 +126,13 @@ fn report_frame(
         }
         None => None,
     };
+    // A one-channel output's regions: printed for a single frame, compared with the exact
+    // network's when the deviation is measured.
+    let deviation = input.is_some() && !segments.is_empty();
+    let regions = match one_channel_map(&r.output).filter(|_| !many || deviation) {
+        Some(map) => Some(boxes::find_boxes(map, &box_options(cli)?)),
+        None => None,
+    };
     if many {
         let top = report::top_k(&r.output, 1)
             .and_then(|t| t.first().copied())
@@ -133,12 +140,11 @@ fn report_frame(
                 format!("  class {c:>4}  p = {p:.4}")
             });
         outln!("{stem:<24} {:>9.2} ms{top}", r.measured_ms);
-    } else if let Some(map) = one_channel_map(&r.output) {
-        let found = boxes::find_boxes(map, &box_options(cli)?);
-        print_boxes(&found);
+    } else if let (Some(map), Some(found)) = (one_channel_map(&r.output), &regions) {
+        print_boxes(found);
         if let Some(png) = &cli.boxes {
             let (h, w) = map.dim();
-            boxes::draw_into(&cli.input, w, h, &found, png).map_err(|e| format!("error: {e}"))?;
+            boxes::draw_into(&cli.input, w, h, found, png).map_err(|e| format!("error: {e}"))?;
             outln!("drew {} box(es) into {}", found.len(), png.display());
         }
     } else {
@@ -176,10 +182,9 @@ fn report_frame(
         let want = exact(segments, tail, x)?;
         let dev = rel_l2(r.output.iter(), want.iter());
         outln!("deviation of the output from the exact network: relative L2 {dev:.2e}");
-        if let (Some(got), Some(exact)) = (one_channel_map(&r.output), one_channel_map(&want)) {
-            let o = box_options(cli)?;
-            let (got, exact) = (boxes::find_boxes(got, &o), boxes::find_boxes(exact, &o));
-            let (same, extra, missed) = boxes::compare(&got, &exact);
+        if let (Some(got), Some(exact)) = (&regions, one_channel_map(&want)) {
+            let exact = boxes::find_boxes(exact, &box_options(cli)?);
+            let (same, extra, missed) = boxes::compare(got, &exact);
             outln!(
                 "boxes against the exact network's {}: {same} the same (IoU ≥ 0.5), {extra} \
                  extra, {missed} missed",
